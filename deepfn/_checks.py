@@ -1,0 +1,106 @@
+"""Static input checks with one message form.
+
+Every check reads metadata only (``.shape``, ``.ndim``, ``.dtype``), so it costs nothing
+under ``torch.compile`` and never calls ``.item()``. Messages read::
+
+    Dense(in_features=4, out_features=2, bias=True).apply: x must have size 4 (in_features) in axis -1; got float32 [3, 5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+
+def where(owner: Any, method: str = "apply") -> str:
+    """``"Dense(...).apply"``: the prefix naming the block (or function) that rejected input."""
+    if isinstance(owner, str):
+        return owner
+    return f"{owner!r}.{method}"
+
+
+def describe(x: Any) -> str:
+    """``"float32 [2, 3]"`` for a tensor, the type name otherwise."""
+    if isinstance(x, torch.Tensor):
+        dtype = str(x.dtype).removeprefix("torch.")
+        return f"{dtype} [{', '.join(str(s) for s in x.shape)}]"
+    return f"{type(x).__name__} {x!r}"
+
+
+def check_tensor(owner: Any, name: str, x: Any, method: str = "apply") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where(owner, method)}: {name} must be a torch.Tensor; got {describe(x)}")
+
+
+def check_rank(owner: Any, name: str, x: Any, ranks: int | Iterable[int], *,
+               layout: str | None = None, method: str = "apply") -> None:
+    """Raise ``ValueError`` unless ``x.ndim`` is one of ``ranks``; ``layout`` names the axes."""
+    check_tensor(owner, name, x, method)
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if x.ndim not in allowed:
+        want = " or ".join(f"{r}-d" for r in allowed)
+        extra = f" {layout}" if layout else ""
+        raise ValueError(f"{where(owner, method)}: {name} must be {want}{extra}; got {describe(x)}")
+
+
+def check_dim(owner: Any, name: str, x: Any, *, axis: int, size: int, hyper: str | None = None,
+              method: str = "apply") -> None:
+    """Raise ``ValueError`` unless ``x.shape[axis] == size``; ``hyper`` names the field behind it."""
+    check_tensor(owner, name, x, method)
+    if x.ndim == 0 or not (-x.ndim <= axis < x.ndim) or x.shape[axis] != size:
+        why = f" ({hyper})" if hyper else ""
+        raise ValueError(
+            f"{where(owner, method)}: {name} must have size {size}{why} in axis {axis}; got {describe(x)}"
+        )
+
+
+def check_floating(owner: Any, name: str, x: Any, method: str = "apply") -> None:
+    """Raise ``TypeError`` unless ``x`` has a floating dtype."""
+    check_tensor(owner, name, x, method)
+    if not x.is_floating_point():
+        raise TypeError(f"{where(owner, method)}: {name} must be floating point; got {describe(x)}")
+
+
+def check_integer(owner: Any, name: str, x: Any, method: str = "apply") -> None:
+    """Raise ``TypeError`` unless ``x`` has an integer (not bool) dtype."""
+    check_tensor(owner, name, x, method)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{where(owner, method)}: {name} must be an integer tensor (int64 ids); got {describe(x)}")
+
+
+def check_same_dtype(owner: Any, name: str, x: torch.Tensor, dtype: torch.dtype,
+                     reference: str, method: str = "apply") -> None:
+    if x.dtype != dtype:
+        want = str(dtype).removeprefix("torch.")
+        raise TypeError(f"{where(owner, method)}: {name} must have dtype {want} like {reference}; got {describe(x)}")
+
+
+def check_positive(owner: Any, **fields: Any) -> None:
+    """Config check for ``__post_init__``: every field a positive ``int``."""
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{type(owner).__name__}: {name} must be a positive int; got {value!r}")
+
+
+def check_probability(owner: Any, name: str, value: Any) -> None:
+    """Config check: a rate in ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{type(owner).__name__}: {name} must be a float in [0, 1); got {value!r}")
+
+
+def check_choice(owner: Any, name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"{type(owner).__name__}: {name} must be one of {list(choices)}; got {value!r}")
+
+
+def require_key(owner: Any, key: Any, why: str = "dropout") -> None:
+    """``train=True`` with randomness needs a key: say so, and say how to fix it."""
+    if key is None:
+        raise ValueError(
+            f"{where(owner)}: train=True needs a random key for {why}; pass key=deepfn.random.key(seed) "
+            "(split a fresh one per step), or call with train=False"
+        )
+    if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or key.shape[-1:] != (2,):
+        raise TypeError(f"{where(owner)}: key must be an int64 tensor [2] from deepfn.random.key; got {describe(key)}")

@@ -1,0 +1,188 @@
+"""Explicit random keys with a counter-based generator (Threefry-2x32, 20 rounds).
+
+A key is an ``int64 [2]`` tensor holding two unsigned 32-bit words. Every function is a
+pure function of its key: no ``torch.Generator``, no global RNG, so the same key gives the
+same bits eagerly, under ``torch.compile``, under ``vmap`` (a batch of keys gives a batch of
+independent samples) and on any device. Words are kept in int64 and masked to 32 bits
+after each add because uint32 tensors support few ops and 32x32-bit products overflow int64.
+
+Example:
+    >>> from deepfn import random
+    >>> k_init, k_drop = random.split(random.key(0))
+    >>> random.uniform(k_init, (2, 3)).shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ._checks import describe
+
+__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
+
+_MASK = 0xFFFFFFFF
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA
+
+Shape = int | Sequence[int] | torch.Size
+
+
+def _rotl(x: torch.Tensor, r: int) -> torch.Tensor:
+    # x < 2**32 and r <= 29, so x << r < 2**61 stays inside int64.
+    return ((x << r) | (x >> (32 - r))) & _MASK
+
+
+def _threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
+    """Threefry-2x32 block cipher (Salmon et al. 2011) over broadcastable int64 words."""
+    ks = (k0, k1, k0 ^ k1 ^ _PARITY)
+    x0 = (x0 + ks[0]) & _MASK
+    x1 = (x1 + ks[1]) & _MASK
+    for group in range(5):
+        for r in _ROTATIONS[group % 2]:
+            x0 = (x0 + x1) & _MASK
+            x1 = _rotl(x1, r) ^ x0
+        x0 = (x0 + ks[(group + 1) % 3]) & _MASK
+        x1 = (x1 + ks[(group + 2) % 3] + (group + 1)) & _MASK
+    return x0, x1
+
+
+def _check_key(k: torch.Tensor, fn: str) -> None:
+    if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or k.shape[-1:] != (2,):
+        raise TypeError(f"deepfn.random.{fn}: key must be an int64 tensor [2] from random.key(seed); got {describe(k)}")
+
+
+def _shape(shape: Shape, fn: str) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    out = tuple(shape)
+    if not all(isinstance(s, int) and s >= 0 for s in out):
+        raise ValueError(f"deepfn.random.{fn}: shape must be non-negative ints; got {shape!r}")
+    return out
+
+
+def key(seed: int) -> torch.Tensor:
+    """A key from an integer seed: ``int64 [2]``, words ``(seed >> 32, seed & 0xFFFFFFFF)``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"deepfn.random.key: seed must be an int; got {type(seed).__name__} {seed!r}")
+    seed &= (1 << 64) - 1
+    return torch.tensor([seed >> 32, seed & _MASK], dtype=torch.int64)
+
+
+def bits(key: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` random 32-bit words as ``int64 [n]`` in ``[0, 2**32)``."""
+    _check_key(key, "bits")
+    half = (n + 1) // 2
+    counter = torch.arange(half, dtype=torch.int64, device=key.device)
+    y0, y1 = _threefry2x32(key[..., 0:1], key[..., 1:2], torch.zeros_like(counter), counter)
+    return torch.cat([y0, y1], dim=-1)[..., :n]
+
+
+def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
+    """``num`` new independent keys, ``int64 [num, 2]``; unpack as ``k1, k2 = split(k)``."""
+    _check_key(key, "split")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"deepfn.random.split: num must be a positive int; got {num!r}")
+    counter = torch.arange(num, dtype=torch.int64, device=key.device)
+    # Domain separation from bits(): keys use the high counter word 1, bits() uses 0.
+    y0, y1 = _threefry2x32(key[..., 0:1], key[..., 1:2], torch.ones_like(counter), counter)
+    return torch.stack([y0, y1], dim=-1)
+
+
+def fold_in(key: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
+    """A new key from ``key`` and an integer ``data`` (e.g. a step or a rank).
+
+    ``data`` may be a Python int or a 0-d integer tensor (a traced step counter).
+    """
+    _check_key(key, "fold_in")
+    if isinstance(data, torch.Tensor):
+        if data.is_floating_point() or data.dtype == torch.bool or data.ndim != 0:
+            raise TypeError(f"deepfn.random.fold_in: data must be an int or 0-d integer tensor; got {describe(data)}")
+        d = data.to(device=key.device, dtype=torch.int64)
+    elif isinstance(data, int) and not isinstance(data, bool):
+        d = torch.tensor(data & ((1 << 63) - 1), dtype=torch.int64, device=key.device)
+    else:
+        raise TypeError(f"deepfn.random.fold_in: data must be an int; got {type(data).__name__} {data!r}")
+    hi = ((d >> 32) & _MASK) | (1 << 31)   # the set high bit keeps fold_in apart from split
+    y0, y1 = _threefry2x32(key[..., 0], key[..., 1], hi + torch.zeros_like(key[..., 0]), d & _MASK)
+    return torch.stack([y0, y1], dim=-1)
+
+
+def _unit(key: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uniform ``[0, 1)`` in ``dtype``'s working precision (float64 for float64, else float32).
+
+    The top bits of each word give the mantissa, so every value is an exact multiple of
+    2**-24 (float32) or 2**-53 (float64) and 1.0 is never produced.
+    """
+    n = math.prod(shape)
+    if dtype == torch.float64:
+        w = bits(key, 2 * n)
+        hi, lo = w[..., :n] >> 6, w[..., n:] >> 5         # 26 + 27 = 53 bits
+        u = (hi * (1 << 27) + lo).to(torch.float64) * 2.0 ** -53
+    else:
+        u = (bits(key, n) >> 8).to(torch.float32) * 2.0 ** -24
+    return u.reshape(*key.shape[:-1], *shape)
+
+
+def uniform(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32,
+            low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Uniform samples in ``[low, high)`` of ``dtype`` on the key's device."""
+    _check_key(key, "uniform")
+    shape = _shape(shape, "uniform")
+    if not dtype.is_floating_point:
+        raise TypeError(f"deepfn.random.uniform: dtype must be floating; got {dtype}")
+    if not high > low:
+        raise ValueError(f"deepfn.random.uniform: need low < high; got low={low}, high={high}")
+    u = _unit(key, shape, dtype)
+    x = (low + (high - low) * u).to(dtype)
+    # Rounding to a narrow dtype may land on `high`; keep the interval half-open.
+    top = torch.nextafter(torch.tensor(high, dtype=dtype), torch.tensor(low, dtype=dtype)).to(key.device)
+    return torch.minimum(x, top)
+
+
+def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal samples (Box-Muller) of ``dtype`` on the key's device."""
+    _check_key(key, "normal")
+    shape = _shape(shape, "normal")
+    if not dtype.is_floating_point:
+        raise TypeError(f"deepfn.random.normal: dtype must be floating; got {dtype}")
+    k_radius, k_angle = split(key).unbind(-2)
+    # float64 transcendentals: eager and compiled kernels differ by an ulp of float64,
+    # which rounding to float32 hides, so compiled and eager samples agree bit for bit.
+    u1 = 1.0 - _unit(k_radius, shape, torch.float64)    # (0, 1]: log stays finite
+    u2 = _unit(k_angle, shape, torch.float64)
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    return z.to(dtype)
+
+
+def bernoulli(key: torch.Tensor, p: float | torch.Tensor, shape: Shape) -> torch.Tensor:
+    """Bool samples, ``True`` with probability ``p`` (``p`` broadcasts against ``shape``)."""
+    _check_key(key, "bernoulli")
+    if not isinstance(p, torch.Tensor) and not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"deepfn.random.bernoulli: p must lie in [0, 1]; got {p!r}")
+    return _unit(key, _shape(shape, "bernoulli"), torch.float32) < p
+
+
+def randint(key: torch.Tensor, shape: Shape, low: int, high: int) -> torch.Tensor:
+    """Integers in ``[low, high)``, ``int64``, from 63 random bits (bias below 2**-31 for ranges < 2**32)."""
+    _check_key(key, "randint")
+    shape = _shape(shape, "randint")
+    if not (isinstance(low, int) and isinstance(high, int)) or high <= low:
+        raise ValueError(f"deepfn.random.randint: need ints low < high; got low={low!r}, high={high!r}")
+    n = math.prod(shape)
+    w = bits(key, 2 * n)
+    r = ((w[..., :n] >> 1) << 32) | w[..., n:]
+    return (low + torch.remainder(r, high - low)).reshape(*key.shape[:-1], *shape)
+
+
+def permutation(key: torch.Tensor, n: int) -> torch.Tensor:
+    """A random permutation of ``range(n)`` (``int64 [n]``), by sorting 63-bit random keys."""
+    _check_key(key, "permutation")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"deepfn.random.permutation: n must be a non-negative int; got {n!r}")
+    w = bits(key, 2 * n)
+    sort_keys = ((w[..., :n] >> 1) << 32) | w[..., n:]
+    return torch.argsort(sort_keys, dim=-1, stable=True)

@@ -1,0 +1,193 @@
+"""Pytree utilities over ``torch.utils._pytree``.
+
+A tree is any nesting of ``dict``, ``list``, ``tuple``, ``NamedTuple`` (and registered
+dataclasses such as ``TrainState``) with tensor leaves. Every function here is pure and
+traces under ``torch.compile`` and ``torch.func.vmap``.
+
+Example:
+    >>> import torch, deepfn
+    >>> t = {"a": torch.ones(2), "b": {"c": torch.zeros(3)}}
+    >>> deepfn.tree.size(t)
+    5
+    >>> sorted(deepfn.tree.flatten(t))
+    ['a', 'b.c']
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from .typing import PyTree
+
+__all__ = [
+    "map", "leaves", "structure", "unflatten_leaves", "size", "zeros_like", "ones_like", "cast",
+    "global_norm", "stack", "unstack", "flatten", "unflatten", "all_equal", "register_dataclass",
+]
+
+
+def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:  # noqa: A001
+    """Apply ``fn`` leaf-wise over one or more trees of the same structure.
+
+    Raises:
+        ValueError: the trees' structures differ (both are shown).
+    """
+    if rest:
+        spec = pytree.tree_structure(tree)
+        for i, other in enumerate(rest):
+            other_spec = pytree.tree_structure(other)
+            if other_spec != spec:
+                raise ValueError(
+                    f"deepfn.tree.map: tree {i + 1} has a different structure from tree 0:\n"
+                    f"  tree 0: {spec}\n  tree {i + 1}: {other_spec}"
+                )
+    return pytree.tree_map(fn, tree, *rest)
+
+
+def leaves(tree: PyTree) -> list[Any]:
+    """The leaves in a fixed (insertion) order."""
+    return pytree.tree_leaves(tree)
+
+
+def structure(tree: PyTree) -> pytree.TreeSpec:
+    """The tree's structure (a ``TreeSpec``) without its leaves."""
+    return pytree.tree_structure(tree)
+
+
+def unflatten_leaves(spec: pytree.TreeSpec, values: Sequence[Any]) -> PyTree:
+    """Inverse of ``leaves`` given ``structure(tree)``."""
+    return pytree.tree_unflatten(list(values), spec)
+
+
+def size(tree: PyTree) -> int:
+    """Total number of elements over all tensor leaves."""
+    return sum(x.numel() for x in leaves(tree) if isinstance(x, torch.Tensor))
+
+
+def zeros_like(tree: PyTree) -> PyTree:
+    return map(torch.zeros_like, tree)
+
+
+def ones_like(tree: PyTree) -> PyTree:
+    return map(torch.ones_like, tree)
+
+
+def cast(tree: PyTree, dtype: torch.dtype) -> PyTree:
+    """Cast floating-point leaves to ``dtype``; integer, bool and non-tensor leaves are kept."""
+    def one(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+            return x.to(dtype)
+        return x
+    return map(one, tree)
+
+
+def global_norm(tree: PyTree) -> torch.Tensor:
+    """L2 norm over all floating leaves, ``sqrt(sum ||leaf||^2)``, as a 0-d tensor.
+
+    Like ``torch.nn.utils.clip_grad_norm_``: the norm of the per-leaf norms, each computed in
+    its own dtype, and the result in the first leaf's dtype.
+    """
+    xs = [x for x in leaves(tree) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    if not xs:
+        raise ValueError("deepfn.tree.global_norm: the tree has no floating-point leaves")
+    norms = torch._foreach_norm(xs, 2.0)
+    return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack trees of the same structure along a new leading axis (ensembles, vmap)."""
+    if len(trees) == 0:
+        raise ValueError("deepfn.tree.stack: needs at least one tree; got an empty sequence")
+    return map(lambda *xs: torch.stack(xs), trees[0], *trees[1:])
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Inverse of ``stack``: split every leaf along its leading axis."""
+    flat, spec = pytree.tree_flatten(tree)
+    if not flat:
+        return []
+    n = flat[0].shape[0]
+    for x in flat:
+        if x.ndim == 0 or x.shape[0] != n:
+            raise ValueError(f"deepfn.tree.unstack: every leaf needs leading size {n}; got shape {list(x.shape)}")
+    return [pytree.tree_unflatten([x[i] for x in flat], spec) for i in range(n)]
+
+
+def flatten(tree: PyTree, sep: str = ".") -> dict[str, Any]:
+    """Nested dicts to one flat dict with joined keys, ``{"a": {"b": x}} -> {"a.b": x}``.
+
+    Lists and tuples use their indices as keys. Empty sub-dicts vanish (they hold no leaf).
+    """
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            items = node.items()
+        elif isinstance(node, (list, tuple)):
+            items = ((str(i), v) for i, v in enumerate(node))
+        else:
+            out[prefix] = node
+            return
+        for k, v in items:
+            if not isinstance(k, str):
+                raise TypeError(f"deepfn.tree.flatten: keys must be str; got {type(k).__name__} {k!r}")
+            if sep in k:
+                raise ValueError(f"deepfn.tree.flatten: key {k!r} contains the separator {sep!r}")
+            walk(f"{prefix}{sep}{k}" if prefix else k, v)
+
+    walk("", tree)
+    return out
+
+
+def unflatten(flat: dict[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Inverse of ``flatten`` for dict trees: ``{"a.b": x} -> {"a": {"b": x}}``."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        parts = name.split(sep)
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"deepfn.tree.unflatten: {name!r} nests under the leaf {p!r}")
+            node = child
+        if parts[-1] in node:
+            raise ValueError(f"deepfn.tree.unflatten: {name!r} collides with another key")
+        node[parts[-1]] = value
+    return out
+
+
+def all_equal(a: PyTree, b: PyTree) -> bool:
+    """Same structure and bit-identical leaves (tensors compared with ``torch.equal``)."""
+    if structure(a) != structure(b):
+        return False
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        if isinstance(x, torch.Tensor):
+            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape
+                    and torch.equal(x, y)):
+                return False
+        elif x != y and not (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
+            return False
+    return True
+
+
+def register_dataclass(cls: type) -> type:
+    """Register a dataclass as a pytree node: every ``dataclasses.fields`` entry is a child.
+
+    Deriving the children from the fields means no field can be forgotten (the jmp lesson).
+    """
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    pytree.register_pytree_node(
+        cls,
+        lambda obj: ([getattr(obj, n) for n in names], None),
+        lambda children, _ctx: cls(**dict(builtins.zip(names, children, strict=True))),
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        flatten_with_keys_fn=lambda obj: ([(pytree.GetAttrKey(n), getattr(obj, n)) for n in names], None),
+    )
+    return cls
