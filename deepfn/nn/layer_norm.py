@@ -1,0 +1,56 @@
+"""Layer normalisation over the trailing axes. Twin: ``torch.nn.LayerNorm``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_floating, check_positive, describe, where
+from ..typing import Key, Params, State, Tensor
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last ``len(normalized_shape)`` axes.
+
+    ``normalized_shape`` is an int or a tuple of ints. Params: ``weight`` (ones) and ``bias``
+    (zeros) of that shape. Statistics are computed in float32 for half-precision inputs; the
+    output has the input's dtype.
+
+    Twin: ``torch.nn.LayerNorm``.
+    """
+
+    normalized_shape: int | tuple[int, ...]
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        shape = self.shape
+        check_positive(self, **{f"normalized_shape[{i}]": s for i, s in enumerate(shape)})
+        if not self.eps > 0:
+            raise ValueError(f"LayerNorm: eps must be > 0; got {self.eps!r}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        ns = self.normalized_shape
+        return (ns,) if isinstance(ns, int) else tuple(ns)
+
+    def init(self, key: Key) -> tuple[Params, State]:
+        device = key.device
+        return {"weight": torch.ones(self.shape, device=device),
+                "bias": torch.zeros(self.shape, device=device)}, {}
+
+    def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,
+              train: bool = False) -> tuple[Tensor, State]:
+        """``x [..., *normalized_shape]`` floating -> same shape and dtype."""
+        check_floating(self, "x", x)
+        n = len(self.shape)
+        if x.ndim < n or tuple(x.shape[-n:]) != self.shape:
+            raise ValueError(
+                f"{where(self)}: x must end in {list(self.shape)} (normalized_shape); got {describe(x)}"
+            )
+        if x.dtype in (torch.float16, torch.bfloat16):
+            y = F.layer_norm(x.float(), self.shape, params["weight"].float(), params["bias"].float(), self.eps)
+            return y.to(x.dtype), state
+        return F.layer_norm(x, self.shape, params["weight"], params["bias"], self.eps), state
