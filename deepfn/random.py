@@ -51,22 +51,33 @@ def _threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torc
 
 
 def _check_key(k: torch.Tensor, fn: str) -> None:
-    if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or k.shape[-1:] != (2,):
+    if not isinstance(k, torch.Tensor) or k.dtype != torch.int64:
         raise TypeError(f"deepfn.random.{fn}: key must be an int64 tensor [2] from random.key(seed); got {describe(k)}")
+    if k.shape[-1:] != (2,):
+        raise ValueError(f"deepfn.random.{fn}: key must have shape [2] (or [..., 2]), as random.key(seed) gives; got {describe(k)}")
+
+
+def _check_float_dtype(dtype: torch.dtype, fn: str) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"deepfn.random.{fn}: dtype must be a floating torch.dtype; got {dtype!r}")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _shape(shape: Shape, fn: str) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
     out = tuple(shape)
-    if not all(isinstance(s, int) and s >= 0 for s in out):
+    if not all(_is_int(s) and s >= 0 for s in out):
         raise ValueError(f"deepfn.random.{fn}: shape must be non-negative ints; got {shape!r}")
     return out
 
 
 def key(seed: int) -> torch.Tensor:
     """A key from an integer seed: ``int64 [2]``, words ``(seed >> 32, seed & 0xFFFFFFFF)``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not _is_int(seed):
         raise TypeError(f"deepfn.random.key: seed must be an int; got {type(seed).__name__} {seed!r}")
     seed &= (1 << 64) - 1
     return torch.tensor([seed >> 32, seed & _MASK], dtype=torch.int64)
@@ -75,6 +86,8 @@ def key(seed: int) -> torch.Tensor:
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` random 32-bit words as ``int64 [n]`` in ``[0, 2**32)``."""
     _check_key(key, "bits")
+    if not _is_int(n) or n < 0:
+        raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
     half = (n + 1) // 2
     counter = torch.arange(half, dtype=torch.int64, device=key.device)
     y0, y1 = _threefry2x32(key[..., 0:1], key[..., 1:2], torch.zeros_like(counter), counter)
@@ -84,7 +97,7 @@ def bits(key: torch.Tensor, n: int) -> torch.Tensor:
 def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
     """``num`` new independent keys, ``int64 [num, 2]``; unpack as ``k1, k2 = split(k)``."""
     _check_key(key, "split")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+    if not _is_int(num) or num < 1:
         raise ValueError(f"deepfn.random.split: num must be a positive int; got {num!r}")
     counter = torch.arange(num, dtype=torch.int64, device=key.device)
     # Domain separation from bits(): keys use the high counter word 1, bits() uses 0.
@@ -124,7 +137,7 @@ def _unit(key: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torc
         u = (hi * (1 << 27) + lo).to(torch.float64) * 2.0 ** -53
     else:
         u = (bits(key, n) >> 8).to(torch.float32) * 2.0 ** -24
-    return u.reshape(*key.shape[:-1], *shape)
+    return u.reshape((*key.shape[:-1], *shape))
 
 
 def uniform(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32,
@@ -132,8 +145,10 @@ def uniform(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32,
     """Uniform samples in ``[low, high)`` of ``dtype`` on the key's device."""
     _check_key(key, "uniform")
     shape = _shape(shape, "uniform")
-    if not dtype.is_floating_point:
-        raise TypeError(f"deepfn.random.uniform: dtype must be floating; got {dtype}")
+    _check_float_dtype(dtype, "uniform")
+    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, (int, float)) \
+            or not isinstance(high, (int, float)):
+        raise TypeError(f"deepfn.random.uniform: low and high must be Python numbers; got {low!r}, {high!r}")
     if not high > low:
         raise ValueError(f"deepfn.random.uniform: need low < high; got low={low}, high={high}")
     u = _unit(key, shape, dtype)
@@ -147,8 +162,7 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
     """Standard normal samples (Box-Muller) of ``dtype`` on the key's device."""
     _check_key(key, "normal")
     shape = _shape(shape, "normal")
-    if not dtype.is_floating_point:
-        raise TypeError(f"deepfn.random.normal: dtype must be floating; got {dtype}")
+    _check_float_dtype(dtype, "normal")
     k_radius, k_angle = split(key).unbind(-2)
     # float64 transcendentals: eager and compiled kernels differ by an ulp of float64,
     # which rounding to float32 hides, so compiled and eager samples agree bit for bit.
@@ -161,7 +175,10 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
 def bernoulli(key: torch.Tensor, p: float | torch.Tensor, shape: Shape) -> torch.Tensor:
     """Bool samples, ``True`` with probability ``p`` (``p`` broadcasts against ``shape``)."""
     _check_key(key, "bernoulli")
-    if not isinstance(p, torch.Tensor) and not 0.0 <= float(p) <= 1.0:
+    if not isinstance(p, torch.Tensor):
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"deepfn.random.bernoulli: p must be a float or a tensor; got {type(p).__name__} {p!r}")
+    if not isinstance(p, torch.Tensor) and not 0.0 <= p <= 1.0:
         raise ValueError(f"deepfn.random.bernoulli: p must lie in [0, 1]; got {p!r}")
     return _unit(key, _shape(shape, "bernoulli"), torch.float32) < p
 
@@ -170,18 +187,20 @@ def randint(key: torch.Tensor, shape: Shape, low: int, high: int) -> torch.Tenso
     """Integers in ``[low, high)``, ``int64``, from 63 random bits (bias below 2**-31 for ranges < 2**32)."""
     _check_key(key, "randint")
     shape = _shape(shape, "randint")
-    if not (isinstance(low, int) and isinstance(high, int)) or high <= low:
-        raise ValueError(f"deepfn.random.randint: need ints low < high; got low={low!r}, high={high!r}")
+    if not (_is_int(low) and _is_int(high)):
+        raise TypeError(f"deepfn.random.randint: low and high must be ints; got low={low!r}, high={high!r}")
+    if not low < high <= low + 2**62:
+        raise ValueError(f"deepfn.random.randint: need low < high <= low + 2**62; got low={low!r}, high={high!r}")
     n = math.prod(shape)
     w = bits(key, 2 * n)
     r = ((w[..., :n] >> 1) << 32) | w[..., n:]
-    return (low + torch.remainder(r, high - low)).reshape(*key.shape[:-1], *shape)
+    return (low + torch.remainder(r, high - low)).reshape((*key.shape[:-1], *shape))
 
 
 def permutation(key: torch.Tensor, n: int) -> torch.Tensor:
     """A random permutation of ``range(n)`` (``int64 [n]``), by sorting 63-bit random keys."""
     _check_key(key, "permutation")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if not _is_int(n) or n < 0:
         raise ValueError(f"deepfn.random.permutation: n must be a non-negative int; got {n!r}")
     w = bits(key, 2 * n)
     sort_keys = ((w[..., :n] >> 1) << 32) | w[..., n:]

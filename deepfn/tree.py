@@ -123,31 +123,39 @@ def flatten(tree: PyTree, sep: str = ".") -> dict[str, Any]:
 
     Lists and tuples use their indices as keys. Empty sub-dicts vanish (they hold no leaf).
     """
+    if not isinstance(sep, str) or not sep:
+        raise ValueError(f"deepfn.tree.flatten: sep must be a non-empty str; got {sep!r}")
     out: dict[str, Any] = {}
 
-    def walk(prefix: str, node: Any) -> None:
+    # The root's prefix is None, not "": an empty-string key must still add a path segment,
+    # else {"": {"b": x}} would flatten to "b" and collide with a sibling "b".
+    def walk(prefix: str | None, node: Any) -> None:
         if isinstance(node, dict):
             items = node.items()
         elif isinstance(node, (list, tuple)):
             items = ((str(i), v) for i, v in enumerate(node))
         else:
-            out[prefix] = node
+            out["" if prefix is None else prefix] = node     # a bare leaf flattens to {"": leaf}
             return
         for k, v in items:
             if not isinstance(k, str):
                 raise TypeError(f"deepfn.tree.flatten: keys must be str; got {type(k).__name__} {k!r}")
             if sep in k:
                 raise ValueError(f"deepfn.tree.flatten: key {k!r} contains the separator {sep!r}")
-            walk(f"{prefix}{sep}{k}" if prefix else k, v)
+            walk(k if prefix is None else f"{prefix}{sep}{k}", v)
 
-    walk("", tree)
+    walk(None, tree)
     return out
 
 
 def unflatten(flat: dict[str, Any], sep: str = ".") -> dict[str, Any]:
     """Inverse of ``flatten`` for dict trees: ``{"a.b": x} -> {"a": {"b": x}}``."""
+    if not isinstance(sep, str) or not sep:
+        raise ValueError(f"deepfn.tree.unflatten: sep must be a non-empty str; got {sep!r}")
     out: dict[str, Any] = {}
     for name, value in flat.items():
+        if not isinstance(name, str):
+            raise TypeError(f"deepfn.tree.unflatten: keys must be str; got {type(name).__name__} {name!r}")
         parts = name.split(sep)
         node = out
         for p in parts[:-1]:

@@ -12,9 +12,14 @@ from typing import Any
 
 import torch
 
+from . import seed_names, torchvision
+
 Rename = Callable[[str], str]
 #: ``(matches(block, module), make_rename(block, module))`` pairs, tried in order.
-_TABLES: list[tuple[Callable[[Any, torch.nn.Module], bool], Callable[[Any, torch.nn.Module], Rename]]] = []
+_TABLES: list[tuple[Callable[[Any, torch.nn.Module], bool], Callable[[Any, torch.nn.Module], Rename]]] = [
+    (seed_names.matches_sequential_mlp, seed_names.sequential_mlp),
+    (torchvision.matches_resnet, torchvision.resnet),
+]
 
 
 def find(block: Any, module: torch.nn.Module) -> Rename | None:

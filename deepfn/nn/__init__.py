@@ -8,3 +8,17 @@ from .dense import Dense as Dense
 from .dropout import Dropout as Dropout
 from .dropout import dropout as dropout
 from .layer_norm import LayerNorm as LayerNorm
+from .conv import Conv2d as Conv2d
+from .batch_norm import BatchNorm as BatchNorm
+from .embedding import Embedding as Embedding
+from .positional import PositionalEncoding as PositionalEncoding
+from .resnet import ConvBlock as ConvBlock
+from .resnet import ResidualBlock as ResidualBlock
+from .squeeze_excite import SEBlock as SEBlock
+from .spatial_attention import SpatialAttention as SpatialAttention
+from .masks import padding_mask as padding_mask
+from .masks import causal_mask as causal_mask
+from .masks import combine as combine
+from .attention import MultiHeadAttention as MultiHeadAttention
+from .transformer import TransformerEncoderLayer as TransformerEncoderLayer
+from .transformer import TransformerDecoderLayer as TransformerDecoderLayer

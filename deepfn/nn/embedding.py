@@ -1,0 +1,79 @@
+"""Lookup table of learned vectors for integer ids. Twin: ``torch.nn.Embedding``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_integer
+from ..typing import Key, Params, State, Tensor
+from . import initializers
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Map ids ``[...]`` to rows of ``weight [num_embeddings, embedding_dim]``.
+
+    Params: ``weight``, initialised ``N(0, 1)`` as ``torch.nn.Embedding``. With
+    ``padding_idx`` set, that row starts at zero and receives no gradient (PyTorch's
+    semantics); a negative ``padding_idx`` counts from the end.
+
+    Ids are checked for an integer dtype only: checking their values would need
+    data-dependent ops (a sync, a graph break under ``torch.compile``). An id outside
+    ``[0, num_embeddings)`` makes PyTorch's own lookup raise eagerly ``IndexError: index
+    out of range in self`` on CPU (a device-side assert on CUDA); models that take user
+    tokens (``deepfn.models.Transformer``) check the range and name the vocabulary.
+
+    Twin: ``torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)``.
+    """
+
+    num_embeddings: int
+    embedding_dim: int
+    padding_idx: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_embeddings", "embedding_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Embedding: {name} must be a positive int; got {value!r}")
+        p = self.padding_idx
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int)
+                              or not -self.num_embeddings <= p < self.num_embeddings):
+            raise ValueError(
+                f"Embedding: padding_idx must be None or an int in [-{self.num_embeddings}, "
+                f"{self.num_embeddings}) (num_embeddings); got {p!r}"
+            )
+
+    @property
+    def _padding_row(self) -> int | None:
+        p = self.padding_idx
+        return None if p is None else p % self.num_embeddings
+
+    def init(self, key: Key) -> tuple[Params, State]:
+        weight = initializers.normal(1.0)(key, (self.num_embeddings, self.embedding_dim))
+        row = self._padding_row
+        if row is not None:
+            # Zero the padding row out of place (index_fill) rather than writing into weight.
+            weight = weight.index_fill(0, weight.new_tensor([row], dtype=torch.int64), 0.0)
+        return {"weight": weight}, {}
+
+    def apply(self, params: Params, state: State, ids: Tensor, *, key: Key | None = None,
+              train: bool = False) -> tuple[Tensor, State]:
+        """Look up ``ids``.
+
+        Args:
+            ids: ``[...]``, any integer dtype (int64 usually), values in ``[0, num_embeddings)``.
+
+        Returns:
+            ``([..., embedding_dim], state)`` in the weight's dtype; ``state`` unchanged.
+
+        Raises:
+            TypeError: ``ids`` is floating point, bool or complex.
+        """
+        check_integer(self, "ids", ids)
+        if ids.dtype not in (torch.int32, torch.int64):
+            ids = ids.to(torch.int64)   # the lookup kernel takes int32/int64 indices only
+        return F.embedding(ids, params["weight"], padding_idx=self._padding_row), state
+

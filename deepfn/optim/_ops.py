@@ -1,0 +1,99 @@
+"""Out-of-place list ops over the leaves of a tree: ``torch._foreach_*`` when it can, per leaf when not.
+
+Eagerly, one ``_foreach`` kernel per op over all leaves is what makes ``torch.optim``'s
+``foreach=True`` path fast, and we use the same kernels (out of place, so the caller's
+tensors are never written). Two places refuse or do not need them:
+
+* ``torch.func`` transforms: ``_foreach_*`` ops have no batching rule (``vmap`` raises
+  "Batching rule not implemented for aten::_foreach_mul.Scalar"), so functorch-wrapped
+  leaves take the per-leaf path.
+* ``torch.compile``: Inductor fuses the per-leaf elementwise ops itself, and the functorch
+  probe above cannot be traced by Dynamo, so compiled code always takes the per-leaf path.
+
+Scalars may be Python numbers or 0-d tensors (schedules give float64 0-d tensors for a
+tensor step); both are cast to the leaf dtype inside the kernel, as ``torch.optim`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+Leaves = Sequence[Tensor]
+Scalar = Any  # float | int | 0-d Tensor
+
+
+def use_foreach(xs: Leaves) -> bool:
+    """True eagerly on plain tensors; False while compiling or under a ``torch.func`` transform."""
+    if torch.compiler.is_compiling() or len(xs) == 0:
+        return False
+    return not any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
+
+
+def _cast(x: Tensor, s: Scalar) -> Scalar:
+    # A float64 0-d scalar times a float32 0-d leaf would promote the leaf to float64
+    # (two 0-d tensors promote like any tensors): cast the scalar to the leaf dtype, which
+    # is also the rounding the kernel applies to a Python-float scalar.
+    return s.to(x.dtype) if isinstance(s, torch.Tensor) and s.dtype != x.dtype else s
+
+
+def _scalar_op(foreach_op, op, xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
+    if fe and isinstance(s, torch.Tensor) and len({x.dtype for x in xs}) == 1:
+        return list(foreach_op(xs, _cast(xs[0], s)))
+    if fe and not isinstance(s, torch.Tensor):
+        return list(foreach_op(xs, s))
+    return [op(x, _cast(x, s)) for x in xs]
+
+
+def mul(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
+    return _scalar_op(torch._foreach_mul, torch.mul, xs, s, fe)
+
+
+def div(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
+    return _scalar_op(torch._foreach_div, torch.div, xs, s, fe)
+
+
+def add_scalar(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
+    return _scalar_op(torch._foreach_add, torch.add, xs, s, fe)
+
+
+def add(xs: Leaves, ys: Leaves, fe: bool, alpha: float = 1.0) -> list[Tensor]:
+    """``x + alpha * y`` (one rounding, like ``Tensor.add(y, alpha=...)``)."""
+    if fe:
+        return list(torch._foreach_add(xs, ys, alpha=alpha))
+    return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+
+
+def mul_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
+    return list(torch._foreach_mul(xs, ys)) if fe else [x * y for x, y in zip(xs, ys, strict=True)]
+
+
+def div_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
+    return list(torch._foreach_div(xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
+
+
+def lerp(xs: Leaves, ys: Leaves, weight: float, fe: bool) -> list[Tensor]:
+    """``x + weight * (y - x)``, the exact kernel of ``exp_avg.lerp_(grad, 1 - beta1)``."""
+    if fe:
+        return list(torch._foreach_lerp(xs, ys, weight))
+    return [torch.lerp(x, y, weight) for x, y in zip(xs, ys, strict=True)]
+
+
+def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float, fe: bool) -> list[Tensor]:
+    """``x + value * y * z``."""
+    if fe:
+        return list(torch._foreach_addcmul(xs, ys, zs, value))
+    return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
+
+
+def sqrt(xs: Leaves, fe: bool) -> list[Tensor]:
+    return list(torch._foreach_sqrt(xs)) if fe else [torch.sqrt(x) for x in xs]
+
+
+def global_norm(xs: Leaves, fe: bool) -> Tensor:
+    """``clip_grad_norm_``'s total: the 2-norm of the per-leaf 2-norms, in the first leaf's dtype."""
+    norms = torch._foreach_norm(xs, 2.0) if fe else [torch.linalg.vector_norm(x, 2.0) for x in xs]
+    return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)

@@ -1,0 +1,112 @@
+"""Adam and AdamW. Twins: ``torch.optim.Adam``, ``torch.optim.AdamW``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from .. import tree
+from ..typing import PyTree, Tensor
+from . import _ops
+from . import _steps as S
+from .base import GradientTransformation, ScalarOrSchedule, chain, check_count, check_same_structure, zero_count
+from .transforms import Mask, add_decayed_weights, scale_by_learning_rate
+
+
+class ScaleByAdamState(NamedTuple):
+    count: Tensor
+    mu: PyTree
+    nu: PyTree
+
+
+def _check_betas(name: str, betas: Sequence[float]) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name}: betas must be a pair (beta1, beta2); got {betas!r}")
+    b1 = S.check_number(name, "betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+    b2 = S.check_number(name, "betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
+    return b1, b2
+
+
+def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> GradientTransformation:
+    """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` with ``torch.optim.Adam``'s numbers.
+
+    With ``k = n + 1`` at update n: ``m = lerp(m, g, 1 - b1)``, ``v = b2 * v + (1 - b2) * g*g``,
+    ``bc1 = 1 - b1**k``, ``bc2 = 1 - b2**k`` (float64), and the output is
+    ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``, computed as
+    ``m / (sqrt(v) + eps * sqrt(bc2)) * (sqrt(bc2) / bc1)`` (one pass fewer; equal to
+    torch's order up to rounding).
+    """
+    name = "deepfn.optim.scale_by_adam"
+    b1, b2 = _check_betas(name, betas)
+    eps = S.check_number(name, "eps", eps, low=0.0)
+
+    def init(params: PyTree) -> ScaleByAdamState:
+        return ScaleByAdamState(zero_count(params), tree.zeros_like(params), tree.zeros_like(params))
+
+    def update(updates: PyTree, state: ScaleByAdamState, params: PyTree = None):
+        check_count(name, state.count)
+        check_same_structure(name, "updates", updates, state.mu)
+        gs = tree.leaves(updates)
+        fe = _ops.use_foreach(gs)
+        mu = _ops.lerp(tree.leaves(state.mu), gs, 1.0 - b1, fe)
+        nu = _ops.addcmul(_ops.mul(tree.leaves(state.nu), b2, fe), gs, gs, 1.0 - b2, fe)
+        count = state.count + 1
+        # Bias corrections in float64, as torch computes them in Python floats.
+        k = count.to(torch.float64)
+        sqrt_bc2 = torch.sqrt(1.0 - b2 ** k)
+        bc1 = 1.0 - b1 ** k
+        denom = _ops.add_scalar(_ops.sqrt(nu, fe), eps * sqrt_bc2, fe)
+        out = _ops.mul(_ops.div_lists(mu, denom, fe), sqrt_bc2 / bc1, fe)
+        spec = tree.structure(updates)
+        new_state = ScaleByAdamState(count, tree.unflatten_leaves(spec, mu), tree.unflatten_leaves(spec, nu))
+        return tree.unflatten_leaves(spec, out), new_state
+
+    return GradientTransformation(init, update)
+
+
+def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+         weight_decay: float = 0.0, mask: Mask | None = None) -> GradientTransformation:
+    """Adam with L2 decay added to the gradient: ``chain(add_decayed_weights, scale_by_adam, scale_by_learning_rate)``.
+
+    ``g = g + weight_decay * p`` (masked leaves only), then ``p = p - lr(n) * adam(g)``.
+
+    Raises:
+        ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
+
+    Example:
+        >>> import torch
+        >>> opt = adam(lr=0.1)
+        >>> p = {"w": torch.zeros(2)}
+        >>> u, s = opt.update({"w": torch.ones(2)}, opt.init(p), p)
+        >>> [round(v, 4) for v in u["w"].tolist()]
+        [-0.1, -0.1]
+    """
+    name = "deepfn.optim.adam"
+    _check_common(name, lr, betas, eps, weight_decay)
+    return chain(add_decayed_weights(weight_decay, mask), scale_by_adam(betas, eps), scale_by_learning_rate(lr))
+
+
+def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+          weight_decay: float = 1e-2, mask: Mask | None = None) -> GradientTransformation:
+    """AdamW (decoupled decay): ``chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)``.
+
+    ``p = p - lr(n) * (adam(g) + weight_decay * p)``, which is torch's
+    ``p *= 1 - lr * weight_decay`` before the Adam step, reassociated. Note that the decay
+    is scaled by the learning rate (torch's convention; Optax's ``adamw`` is the same).
+
+    Raises:
+        ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
+    """
+    name = "deepfn.optim.adamw"
+    _check_common(name, lr, betas, eps, weight_decay)
+    return chain(scale_by_adam(betas, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
+
+
+def _check_common(name: str, lr, betas, eps, weight_decay) -> None:
+    if not callable(lr):
+        S.check_number(name, "lr", lr, low=0.0)
+    _check_betas(name, betas)
+    S.check_number(name, "eps", eps, low=0.0)
+    S.check_number(name, "weight_decay", weight_decay, low=0.0)

@@ -1,0 +1,41 @@
+"""Gradient clipping by global norm. Twin: ``torch.nn.utils.clip_grad_norm_``."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import tree
+from ..typing import PyTree
+from . import _ops
+from . import _steps as S
+from .base import EmptyState, GradientTransformation
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale all updates by ``min(1, max_norm / (norm + 1e-6))``, ``norm`` their global 2-norm.
+
+    The norm is ``clip_grad_norm_``'s: the 2-norm of the per-leaf 2-norms, in the first
+    leaf's dtype; the 1e-6 is torch's too, so clipped gradients equal torch's.
+
+    Example:
+        >>> import torch
+        >>> u, _ = clip_by_global_norm(1.0).update({"w": torch.tensor([3.0, 4.0])}, EmptyState())
+        >>> [round(v, 4) for v in u["w"].tolist()]
+        [0.6, 0.8]
+    """
+    name = "deepfn.optim.clip_by_global_norm"
+    max_norm = S.check_number(name, "max_norm", max_norm, low=0.0, low_open=True)
+
+    def update(updates: PyTree, state: EmptyState, params: PyTree = None):
+        xs = tree.leaves(updates)
+        if not xs:
+            return updates, state
+        for x in xs:
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                raise TypeError(f"{name}: every update leaf must be a floating tensor; got {type(x).__name__}")
+        fe = _ops.use_foreach(xs)
+        norm = _ops.global_norm(xs, fe)
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        return tree.unflatten_leaves(tree.structure(updates), _ops.mul(xs, coef, fe)), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)

@@ -1,0 +1,19 @@
+"""Training: the :class:`TrainState` pytree, compiled pure steps, per-example gradients,
+vmapped ensembles."""
+
+from .ensemble import ensemble_init as ensemble_init
+from .ensemble import ensemble_train_state as ensemble_train_state
+from .ensemble import make_ensemble_train_step as make_ensemble_train_step
+from .per_example import clip_per_example as clip_per_example
+from .per_example import dp_sgd_grads as dp_sgd_grads
+from .per_example import per_example_grads as per_example_grads
+from .state import TrainState as TrainState
+from .step import build_train_step as build_train_step
+from .step import make_eval_step as make_eval_step
+from .step import make_train_step as make_train_step
+
+__all__ = [
+    "TrainState", "build_train_step", "clip_per_example", "dp_sgd_grads", "ensemble_init",
+    "ensemble_train_state", "make_ensemble_train_step", "make_eval_step", "make_train_step",
+    "per_example_grads",
+]

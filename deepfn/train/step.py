@@ -1,0 +1,210 @@
+"""One pure, compiled optimizer update: grad, mixed precision, loss scaling, accumulation,
+clipping and an optional gradient all-reduce, composed in a single function.
+
+Twin: the body of a PyTorch training loop (``zero_grad``, autocast forward, ``GradScaler``
+``scale``/``unscale_``/``step``/``update``, ``clip_grad_norm_``, ``optimizer.step``), written
+as ``train_state, metrics = step(train_state, (inputs, labels), key)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import random, tree
+from .._checks import describe
+from ..amp import NoOpLossScale, Policy, all_finite
+from ..typing import Block, Key, Params, PyTree, State, Tensor
+from .state import TrainState
+
+__all__ = ["make_train_step", "make_eval_step", "build_train_step"]
+
+
+def _apply_updates(params: Params, updates: Params) -> Params:
+    # optim.apply_updates semantics: p + u, keeping each parameter's dtype.
+    return tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
+
+
+def _forward(model: Block, policy: Policy | None, params: Params, state: State, inputs: Any,
+             key: Key | None, train: bool) -> tuple[Tensor, State]:
+    if policy is not None:
+        params, inputs = policy.cast_to_compute(params), policy.cast_to_compute(inputs)
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    logits, new_state = model.apply(params, state, *args, key=key, train=train)
+    if policy is not None:
+        logits = policy.cast_to_output(logits)
+        # The state keeps its stored dtypes (fp32 running statistics under a bf16 policy).
+        new_state = tree.map(lambda n, o: n.to(o.dtype), new_state, state)
+    return logits, new_state
+
+
+def _accuracy(logits: Tensor, labels: Any) -> Tensor | None:
+    usable = (isinstance(labels, torch.Tensor) and not labels.is_floating_point()
+              and labels.dtype != torch.bool and logits.shape[:-1] == labels.shape)
+    if not usable:
+        return None
+    return (logits.argmax(-1) == labels).float().mean()
+
+
+def _micro(x: Any, k: int, i: int) -> Any:
+    return tree.map(lambda t: t[i * (t.shape[0] // k):(i + 1) * (t.shape[0] // k)], x)
+
+
+def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any, *,
+                     policy: Policy | None = None, accumulation_steps: int = 1,
+                     clip_norm: float | None = None,
+                     all_reduce: Callable[[PyTree], PyTree] | None = None, lr: Any = None) -> Callable:
+    """The uncompiled pure step behind :func:`make_train_step` (for ``vmap``: ensembles)."""
+    k = accumulation_steps
+
+    def objective(params, state, inputs, labels, key, scaler):
+        logits, new_state = _forward(model, policy, params, state, inputs, key, True)
+        loss = loss_fn(logits, labels).float()
+        return scaler.scale(loss), (loss, logits, new_state)
+
+    grad_fn = torch.func.grad_and_value(objective, has_aux=True)
+
+    def step(ts: TrainState, batch: tuple[Any, Any], key: Key | None):
+        inputs, labels = batch
+        scaling = ts.loss_scale is not None
+        scaler = ts.loss_scale if scaling else NoOpLossScale()
+        state, grads, losses, accs = ts.state, None, [], []
+        # A Python loop over static slices: the compiled graph holds all k micro-batches,
+        # and each one's activations are freed before the next forward.
+        for i in range(k):
+            k_i = key if (k == 1 or key is None) else random.fold_in(key, i)
+            g, (_, (loss, logits, state)) = grad_fn(ts.params, state, _micro(inputs, k, i),
+                                                   _micro(labels, k, i), k_i, scaler)
+            grads = g if grads is None else tree.map(torch.add, grads, g)
+            losses.append(loss)
+            accs.append(_accuracy(logits, _micro(labels, k, i)))
+        if k > 1:
+            grads = tree.map(lambda g: g / k, grads)   # mean losses: the full batch's gradient
+        if all_reduce is not None:
+            grads = all_reduce(grads)
+        grads = scaler.unscale(grads)
+        grad_norm = tree.global_norm(grads).float()
+        if clip_norm is not None:
+            # optim.clip_by_global_norm / clip_grad_norm_: multiply by min(1, max / (norm + 1e-6)).
+            factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)
+            grads = tree.map(lambda g: g * factor.to(g.dtype), grads)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = _apply_updates(ts.params, updates)
+        metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm}
+        if accs[0] is not None:
+            metrics["accuracy"] = torch.stack(accs).mean()
+        if lr is not None:
+            rate = lr(ts.step) if callable(lr) else lr
+            metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
+        if scaling:
+            # Branch-free skip (GradScaler): non-finite gradients keep params and optimizer state.
+            finite = all_finite(grads)
+            keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, torch.Tensor) else new  # noqa: E731
+            params = tree.map(keep, params, ts.params)
+            opt_state = tree.map(keep, opt_state, ts.opt_state)
+            metrics["loss_scale"] = scaler.loss_scale
+            metrics["grads_finite"] = finite
+            scaler = scaler.adjust(finite)
+        new_ts = TrainState(params, state, opt_state, ts.step + 1, scaler if scaling else None)
+        return new_ts, metrics
+
+    return step
+
+
+def _check_batch(fn: str, batch: Any, k: int) -> None:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"{fn}: batch must be a pair (inputs, labels); got {type(batch).__name__}")
+    sizes = {x.shape[0] for x in tree.leaves(batch) if isinstance(x, torch.Tensor) and x.ndim > 0}
+    if len(sizes) != 1:
+        shapes = [describe(x) for x in tree.leaves(batch)]
+        raise ValueError(f"{fn}: every batch tensor needs the same leading (batch) size; got {shapes}")
+    (size,) = sizes
+    if size % k:
+        raise ValueError(f"{fn}: batch size must be divisible by accumulation_steps={k}; got {size}")
+
+
+def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any, *,
+                    policy: Policy | None = None, loss_scale: Any = None, accumulation_steps: int = 1,
+                    clip_norm: float | None = None, all_reduce: Callable[[PyTree], PyTree] | None = None,
+                    compile: bool = True, lr: Any = None) -> Callable[[TrainState, tuple[Any, Any], Key | None],
+                                                      tuple[TrainState, dict[str, Tensor]]]:
+    """Build ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``: one update.
+
+    Args:
+        model: a block; ``model.apply(params, state, *inputs, key=key, train=True)`` gives logits.
+            ``inputs`` is a tensor or a tuple of tensors (e.g. ``(src, tgt)``).
+        loss_fn: ``loss_fn(logits, labels) -> scalar`` with mean reduction (``losses.cross_entropy``).
+        optimizer: a ``GradientTransformation`` (``init``, ``update``) from ``deepfn.optim``.
+        policy: an ``amp.Policy``: params and floating inputs are cast to ``compute_dtype`` inside
+            the differentiated function, logits to ``output_dtype``; the loss is taken in float32
+            and gradients arrive in the params' (``param_dtype``) dtype.
+        loss_scale: an ``amp.DynamicLossScale`` used when the train state carries none
+            (``TrainState.loss_scale`` takes precedence). With a loss scale the loss is scaled,
+            gradients unscaled, a step with non-finite gradients is skipped (``torch.where``) and
+            the scale adjusted, like ``GradScaler``.
+        accumulation_steps: ``k`` splits the batch (leading axis) into ``k`` equal micro-batches
+            inside the step; the update equals the whole batch's (without batch norm or dropout;
+            dropout keys are ``random.fold_in(key, i)`` per micro-batch, batch-norm state threads
+            through the micro-batches in order).
+        clip_norm: clip the unscaled gradient's global norm, as ``optim.clip_by_global_norm``.
+        all_reduce: a function over the gradient tree (``distributed.all_reduce_mean``), called
+            once per update before unscaling.
+        compile: wrap the pure step in ``torch.compile(fullgraph=True)``.
+        lr: the optimizer's learning rate (a float or a schedule ``step -> lr``), only to
+            report ``metrics["lr"]`` (``lr(train_state.step)``); optimizer states hold no rate.
+
+    Returns:
+        The step. ``metrics`` maps ``loss`` (mean, float32), ``grad_norm`` (before clipping),
+        ``accuracy`` (integer labels of the logits' leading shape), ``lr`` (when ``lr`` is given)
+        and, with loss scaling, ``loss_scale`` and ``grads_finite`` to 0-d tensors. The input
+        ``train_state`` is never mutated; ``step`` grows by one.
+    """
+    fn = "deepfn.train.make_train_step"
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"{fn}: accumulation_steps must be a positive int; got {accumulation_steps!r}")
+    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+        raise ValueError(f"{fn}: clip_norm must be None or a positive float; got {clip_norm!r}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"{fn}: policy must be None or an amp.Policy; got {type(policy).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"{fn}: optimizer must be a GradientTransformation (init, update); "
+                        f"got {type(optimizer).__name__}")
+    pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
+                            clip_norm=clip_norm, all_reduce=all_reduce, lr=lr)
+    run = torch.compile(pure, fullgraph=True) if compile else pure
+
+    def step(train_state: TrainState, batch: tuple[Any, Any], key: Key | None):
+        if not isinstance(train_state, TrainState):
+            raise TypeError(f"{fn}: step needs a TrainState; got {type(train_state).__name__}")
+        _check_batch(f"{fn}: step", batch, accumulation_steps)
+        if train_state.loss_scale is None and loss_scale is not None:
+            train_state = train_state.replace(loss_scale=loss_scale)
+        return run(train_state, tuple(batch), key)
+
+    return step
+
+
+def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, policy: Policy | None = None,
+                   compile: bool = True) -> Callable[[Params, State, tuple[Any, Any]], dict[str, Tensor]]:
+    """Build ``eval_step(params, state, (inputs, labels)) -> metrics`` (``train=False``).
+
+    ``metrics`` holds ``loss`` (float32) and, for integer labels, ``accuracy``; 0-d tensors.
+    """
+    def evaluate(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
+        inputs, labels = batch
+        logits, _ = _forward(model, policy, params, state, inputs, None, False)
+        metrics = {"loss": loss_fn(logits, labels).float()}
+        acc = _accuracy(logits, labels)
+        if acc is not None:
+            metrics["accuracy"] = acc
+        return metrics
+
+    run = torch.compile(evaluate, fullgraph=True) if compile else evaluate
+
+    def eval_step(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
+        _check_batch("deepfn.train.make_eval_step: eval_step", batch, 1)
+        return run(params, state, tuple(batch))
+
+    return eval_step
