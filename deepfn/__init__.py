@@ -3,6 +3,7 @@
 from . import interop, models, nn, random, tree
 from . import losses, optim
 from . import amp, checkpoint, train
+from . import distributed
 from .remat import remat as remat
 
 __version__ = "0.1.0"

@@ -63,7 +63,7 @@ def _encode(node: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {"t": "dict", "items": [[k, _encode(v, f"{path}/{k}" if path else k, tensors)] for k, v in node.items()]}
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return {"t": "namedtuple", "type": _type_name(type(node)), "fields": list(node._fields),
-                "items": [_encode(v, f"{path}/{f}" if path else f, tensors) for f, v in zip(node._fields, node)]}
+                "items": [_encode(v, f"{path}/{f}" if path else f, tensors) for f, v in zip(node._fields, node, strict=True)]}
     if isinstance(node, (list, tuple)):
         return {"t": type(node).__name__,
                 "items": [_encode(v, f"{path}/{i}" if path else str(i), tensors) for i, v in enumerate(node)]}
@@ -113,8 +113,9 @@ def _storable(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__
     import safetensors
+
+    from . import __version__
     return {"deepfn": __version__, "torch": torch.__version__, "safetensors": safetensors.__version__}
 
 

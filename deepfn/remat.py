@@ -57,6 +57,9 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     leaves (ints, bool masks, keys, Python values) pass through as constants. ``fn`` returns
     a tensor or a tuple/list/dict tree of tensors.
 
+    A remat inside another remat's ``fn`` is not supported (torch 2.14's functorch levels
+    escape when a custom backward recomputes another custom function).
+
     Under ``torch.compile``, AOTAutograd's partitioner already decides what to recompute
     (``torch._functorch.config.activation_memory_budget``); measure before relying on savings.
 

@@ -90,13 +90,25 @@ def global_norm(tree: PyTree) -> torch.Tensor:
     """L2 norm over all floating leaves, ``sqrt(sum ||leaf||^2)``, as a 0-d tensor.
 
     Like ``torch.nn.utils.clip_grad_norm_``: the norm of the per-leaf norms, each computed in
-    its own dtype, and the result in the first leaf's dtype.
+    its own dtype, and the result in the first leaf's dtype. Eagerly one ``_foreach_norm``
+    kernel; per leaf under ``torch.compile`` (Inductor fuses it) and under ``torch.func``
+    transforms (``_foreach_norm`` has no vmap batching rule).
     """
     xs = [x for x in leaves(tree) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     if not xs:
         raise ValueError("deepfn.tree.global_norm: the tree has no floating-point leaves")
-    norms = torch._foreach_norm(xs, 2.0)
+    if _plain_eager(xs):
+        norms = torch._foreach_norm(xs, 2.0)
+    else:
+        norms = [torch.linalg.vector_norm(x, 2.0) for x in xs]
     return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)
+
+
+def _plain_eager(xs: Sequence[torch.Tensor]) -> bool:
+    """True eagerly on plain tensors; False while compiling or under a ``torch.func`` transform."""
+    if torch.compiler.is_compiling():
+        return False
+    return not builtins.any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -187,15 +199,33 @@ def register_dataclass(cls: type) -> type:
     """Register a dataclass as a pytree node: every ``dataclasses.fields`` entry is a child.
 
     Deriving the children from the fields means no field can be forgotten (the jmp lesson).
+    Unflatten bypasses ``__init__``: pytree utilities (``vmap``'s ``in_dims``/``out_dims``
+    trees) rebuild nodes around placeholders such as ``0`` that a validating ``__init__``
+    would reject. Fields holding ``None`` are kept in the node's context, not as leaves,
+    because ``vmap`` refuses ``None`` leaves.
     """
     import dataclasses
 
     names = [f.name for f in dataclasses.fields(cls)]
+
+    def flatten_fn(obj: Any) -> tuple[list[Any], tuple[str, ...]]:
+        present = tuple(n for n in names if getattr(obj, n) is not None)
+        return [getattr(obj, n) for n in present], present
+
+    def unflatten_fn(children: Sequence[Any], present: tuple[str, ...]) -> Any:
+        obj = object.__new__(cls)
+        values = dict(builtins.zip(present, children, strict=True))
+        for n in names:
+            object.__setattr__(obj, n, values.get(n))
+        return obj
+
+    def flatten_with_keys_fn(obj: Any) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
+        children, present = flatten_fn(obj)
+        return [(pytree.GetAttrKey(n), c) for n, c in builtins.zip(present, children, strict=True)], present
+
     pytree.register_pytree_node(
-        cls,
-        lambda obj: ([getattr(obj, n) for n in names], None),
-        lambda children, _ctx: cls(**dict(builtins.zip(names, children, strict=True))),
+        cls, flatten_fn, unflatten_fn,
         serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-        flatten_with_keys_fn=lambda obj: ([(pytree.GetAttrKey(n), getattr(obj, n)) for n in names], None),
+        flatten_with_keys_fn=flatten_with_keys_fn,
     )
     return cls

@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass, replace
 
 import torch
-import torch.utils._pytree as pytree
 
 from .. import tree
 from .._checks import describe
@@ -22,27 +21,8 @@ from ..typing import PyTree, Tensor
 __all__ = ["DynamicLossScale", "NoOpLossScale", "all_finite", "register_fields_pytree"]
 
 
-def register_fields_pytree(cls: type) -> type:
-    """Register a frozen dataclass as a pytree whose children are all its fields.
-
-    Unlike ``tree.register_dataclass``, unflatten bypasses ``__init__``: pytree utilities
-    (``vmap``'s ``in_dims``/``out_dims`` trees) unflatten placeholders such as ``0`` or
-    ``None``, which a validating or converting ``__init__`` would reject or change.
-    """
-    names = [f.name for f in dataclasses.fields(cls)]
-
-    def unflatten(children, _ctx):
-        obj = object.__new__(cls)
-        for n, c in zip(names, children, strict=True):
-            object.__setattr__(obj, n, c)
-        return obj
-
-    pytree.register_pytree_node(
-        cls, lambda obj: ([getattr(obj, n) for n in names], None), unflatten,
-        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-        flatten_with_keys_fn=lambda obj: ([(pytree.GetAttrKey(n), getattr(obj, n)) for n in names], None),
-    )
-    return cls
+#: Kept for callers of the earlier name; the mechanism lives in ``deepfn.tree``.
+register_fields_pytree = tree.register_dataclass
 
 
 def all_finite(x: PyTree) -> Tensor:

@@ -9,8 +9,15 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from .. import random, tree
-from .._checks import (check_choice, check_dim, check_floating, check_positive, check_probability, check_rank,
-                      require_key)
+from .._checks import (
+    check_choice,
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probability,
+    check_rank,
+    require_key,
+)
 from ..nn.block import split_key
 from ..nn.dense import Dense
 from ..nn.dropout import dropout

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from .. import tree
-from .._checks import check_dim, check_floating, check_positive, check_probability, check_rank, require_key
+from .._checks import (
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probability,
+    check_rank,
+    require_key,
+)
 from ..nn import activations, initializers
 from ..nn.batch_norm import BatchNorm
 from ..nn.block import split_key

@@ -15,8 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import random, tree
-from .._checks import check_choice, check_integer, check_positive, check_probability, check_rank
-from .._checks import describe, require_key, where
+from .._checks import (
+    check_choice,
+    check_integer,
+    check_positive,
+    check_probability,
+    check_rank,
+    describe,
+    require_key,
+    where,
+)
 from ..nn import activations, initializers
 from ..nn.block import init_children, split_key
 from ..nn.dense import Dense
@@ -49,6 +57,14 @@ class Transformer:
     ``output_layer.bias`` (absent with ``tie_output``, whose projection has no bias).
     Matrices start xavier-uniform (the seed's ``init_weights``), vectors as the layers
     initialise them. ``state`` is always ``{}``.
+
+    Args:
+        vocab_size, d_model, n_heads, n_layers, d_ff, dropout, max_seq_len, pad_token_id: the
+            seed's ``TransformerConfig`` (``n_layers`` encoder and ``n_layers`` decoder layers).
+        share_embeddings: one embedding table for source and target (default) or two.
+        tie_output: project to the vocabulary with the (target) embedding table, no bias.
+        norm_first: pre-LN layers plus a final LayerNorm per stack; default post-LN.
+        activation: the feed-forward activation, a registered name or a callable.
 
     Twin: see the module docstring; the seed omits the ``sqrt(d_model)`` scale.
     """

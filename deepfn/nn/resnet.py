@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import random
-from .._checks import check_dim, check_floating, check_positive, check_probability, check_rank, require_key
+from .._checks import (
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probability,
+    check_rank,
+    require_key,
+)
 from ..typing import Key, Params, State, Tensor
 from . import activations
 from .batch_norm import BatchNorm

@@ -40,28 +40,36 @@ def _cast(x: Tensor, s: Scalar) -> Scalar:
     return s.to(x.dtype) if isinstance(s, torch.Tensor) and s.dtype != x.dtype else s
 
 
-def _scalar_op(foreach_op, op, xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
-    if fe and isinstance(s, torch.Tensor) and len({x.dtype for x in xs}) == 1:
-        return list(foreach_op(xs, _cast(xs[0], s)))
-    if fe and not isinstance(s, torch.Tensor):
-        return list(foreach_op(xs, s))
+def _scalar_op(name: str, xs: Leaves, s: Scalar, fe: bool, inplace: bool) -> list[Tensor]:
+    if fe and (not isinstance(s, torch.Tensor) or len({x.dtype for x in xs}) == 1):
+        s = _cast(xs[0], s)
+        if inplace:
+            getattr(torch, f"_foreach_{name}_")(xs, s)
+            return list(xs)
+        return list(getattr(torch, f"_foreach_{name}")(xs, s))
+    op = getattr(torch, name)
     return [op(x, _cast(x, s)) for x in xs]
 
 
-def mul(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
-    return _scalar_op(torch._foreach_mul, torch.mul, xs, s, fe)
+# ``inplace=True`` writes into ``xs`` on the eager foreach path: only for lists the caller
+# has just created itself (never the caller's inputs), to save an allocation per leaf.
+def mul(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
+    return _scalar_op("mul", xs, s, fe, inplace)
 
 
-def div(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
-    return _scalar_op(torch._foreach_div, torch.div, xs, s, fe)
+def div(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
+    return _scalar_op("div", xs, s, fe, inplace)
 
 
-def add_scalar(xs: Leaves, s: Scalar, fe: bool) -> list[Tensor]:
-    return _scalar_op(torch._foreach_add, torch.add, xs, s, fe)
+def add_scalar(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
+    return _scalar_op("add", xs, s, fe, inplace)
 
 
-def add(xs: Leaves, ys: Leaves, fe: bool, alpha: float = 1.0) -> list[Tensor]:
+def add(xs: Leaves, ys: Leaves, fe: bool, alpha: float = 1.0, inplace: bool = False) -> list[Tensor]:
     """``x + alpha * y`` (one rounding, like ``Tensor.add(y, alpha=...)``)."""
+    if fe and inplace:
+        torch._foreach_add_(xs, ys, alpha=alpha)
+        return list(xs)
     if fe:
         return list(torch._foreach_add(xs, ys, alpha=alpha))
     return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
@@ -71,7 +79,12 @@ def mul_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
     return list(torch._foreach_mul(xs, ys)) if fe else [x * y for x, y in zip(xs, ys, strict=True)]
 
 
-def div_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
+def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Tensor]:
+    """``x / y``; ``into_y=True`` (``ys`` the caller's own) writes ``x * (1 / y)`` into ``ys`` eagerly."""
+    if fe and into_y:
+        torch._foreach_reciprocal_(ys)
+        torch._foreach_mul_(ys, xs)
+        return list(ys)
     return list(torch._foreach_div(xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
 
 
@@ -82,8 +95,11 @@ def lerp(xs: Leaves, ys: Leaves, weight: float, fe: bool) -> list[Tensor]:
     return [torch.lerp(x, y, weight) for x, y in zip(xs, ys, strict=True)]
 
 
-def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float, fe: bool) -> list[Tensor]:
+def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float, fe: bool, inplace: bool = False) -> list[Tensor]:
     """``x + value * y * z``."""
+    if fe and inplace:
+        torch._foreach_addcmul_(xs, ys, zs, value)
+        return list(xs)
     if fe:
         return list(torch._foreach_addcmul(xs, ys, zs, value))
     return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]

@@ -9,9 +9,9 @@ import torch
 
 from .. import tree
 from ..typing import PyTree, Tensor
-from . import _ops
+from . import _flat, _ops
 from . import _steps as S
-from .base import GradientTransformation, ScalarOrSchedule, chain, check_count, check_same_structure, zero_count
+from .base import GradientTransformation, ScalarOrSchedule, chain, check_count, check_specs, mark, zero_count
 from .transforms import Mask, add_decayed_weights, scale_by_learning_rate
 
 
@@ -47,23 +47,24 @@ def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> G
 
     def update(updates: PyTree, state: ScaleByAdamState, params: PyTree = None):
         check_count(name, state.count)
-        check_same_structure(name, "updates", updates, state.mu)
-        gs = tree.leaves(updates)
+        gs, spec = _flat.flatten(updates)
+        mu, mu_spec = _flat.flatten(state.mu)
+        nu, _ = _flat.flatten(state.nu)
+        check_specs(name, "updates", spec, mu_spec, updates, state.mu, "the moments")
         fe = _ops.use_foreach(gs)
-        mu = _ops.lerp(tree.leaves(state.mu), gs, 1.0 - b1, fe)
-        nu = _ops.addcmul(_ops.mul(tree.leaves(state.nu), b2, fe), gs, gs, 1.0 - b2, fe)
+        mu = _ops.lerp(mu, gs, 1.0 - b1, fe)
+        nu = _ops.addcmul(_ops.mul(nu, b2, fe), gs, gs, 1.0 - b2, fe, inplace=True)
         count = state.count + 1
         # Bias corrections in float64, as torch computes them in Python floats.
         k = count.to(torch.float64)
         sqrt_bc2 = torch.sqrt(1.0 - b2 ** k)
         bc1 = 1.0 - b1 ** k
-        denom = _ops.add_scalar(_ops.sqrt(nu, fe), eps * sqrt_bc2, fe)
-        out = _ops.mul(_ops.div_lists(mu, denom, fe), sqrt_bc2 / bc1, fe)
-        spec = tree.structure(updates)
-        new_state = ScaleByAdamState(count, tree.unflatten_leaves(spec, mu), tree.unflatten_leaves(spec, nu))
-        return tree.unflatten_leaves(spec, out), new_state
+        denom = _ops.add_scalar(_ops.sqrt(nu, fe), eps * sqrt_bc2, fe, inplace=True)
+        out = _ops.mul(_ops.div_lists(mu, denom, fe, into_y=True), sqrt_bc2 / bc1, fe, inplace=True)
+        new_state = ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu))
+        return _flat.unflatten(spec, out), new_state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, mark(update, fresh=True))
 
 
 def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,

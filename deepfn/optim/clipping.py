@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import tree
 from ..typing import PyTree
-from . import _ops
+from . import _flat, _ops
 from . import _steps as S
-from .base import EmptyState, GradientTransformation
+from .base import EmptyState, GradientTransformation, mark
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -26,8 +25,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     name = "deepfn.optim.clip_by_global_norm"
     max_norm = S.check_number(name, "max_norm", max_norm, low=0.0, low_open=True)
 
-    def update(updates: PyTree, state: EmptyState, params: PyTree = None):
-        xs = tree.leaves(updates)
+    def update(updates: PyTree, state: EmptyState, params: PyTree = None, *, _owned: bool = False):
+        xs, spec = _flat.flatten(updates)
         if not xs:
             return updates, state
         for x in xs:
@@ -36,6 +35,6 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         fe = _ops.use_foreach(xs)
         norm = _ops.global_norm(xs, fe)
         coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        return tree.unflatten_leaves(tree.structure(updates), _ops.mul(xs, coef, fe)), state
+        return _flat.unflatten(spec, _ops.mul(xs, coef, fe, inplace=_owned)), state
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: EmptyState(), mark(update, fresh=True, reuses=True))

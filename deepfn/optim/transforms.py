@@ -6,38 +6,24 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.utils._pytree as pytree
 
 from .. import tree
 from ..typing import PyTree, Tensor
-from . import _ops
+from . import _flat, _ops
 from . import _steps as S
-from .base import (EmptyState, GradientTransformation, ScalarOrSchedule, check_count,
-                   check_same_structure, zero_count)
+from .base import EmptyState, GradientTransformation, ScalarOrSchedule, check_count, check_specs, mark, zero_count
 
 Mask = PyTree | Callable[[str, Tensor], bool]
 
 
-def leaf_paths(params: PyTree) -> list[str]:
-    """Dotted names of the leaves, in ``tree.leaves`` order (``{"a": {"b": x}} -> ["a.b"]``)."""
-    def key_name(k: Any) -> str:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-    flat, _ = pytree.tree_flatten_with_path(params)
-    return [".".join(key_name(k) for k in path) for path, _ in flat]
-
-
-def resolve_mask(where: str, mask: Mask | None, params: PyTree) -> list[bool]:
+def resolve_mask(where: str, mask: Mask | None, params: PyTree, leaves: list, spec: Any) -> list[bool]:
     """One bool per leaf: a callable gets ``(path, leaf)``; a tree of bools must match ``params``."""
-    leaves = tree.leaves(params)
     if mask is None:
         return [True] * len(leaves)
     if callable(mask):
-        return [bool(mask(p, x)) for p, x in zip(leaf_paths(params), leaves, strict=True)]
-    check_same_structure(where, "mask", mask, params)
-    flags = tree.leaves(mask)
+        return [bool(mask(p, x)) for p, x in zip(_flat.paths(params), leaves, strict=True)]
+    flags, mask_spec = _flat.flatten(mask)
+    check_specs(where, "mask", mask_spec, spec, mask, params)
     for f in flags:
         if not isinstance(f, bool):
             raise TypeError(f"{where}: mask leaves must be Python bools (True = decay); got {type(f).__name__} {f!r}")
@@ -65,14 +51,14 @@ def scale_by_learning_rate(lr: ScalarOrSchedule) -> GradientTransformation:
     def init(params: PyTree) -> ScaleByScheduleState:
         return ScaleByScheduleState(count=zero_count(params))
 
-    def update(updates: PyTree, state: ScaleByScheduleState, params: PyTree = None):
+    def update(updates: PyTree, state: ScaleByScheduleState, params: PyTree = None, *, _owned: bool = False):
         check_count(where, state.count)
-        xs = tree.leaves(updates)
+        xs, spec = _flat.flatten(updates)
         rate = _value(lr, state.count)
-        out = _ops.mul(xs, -rate, _ops.use_foreach(xs))
-        return tree.unflatten_leaves(tree.structure(updates), out), ScaleByScheduleState(state.count + 1)
+        out = _ops.mul(xs, -rate, _ops.use_foreach(xs), inplace=_owned)
+        return _flat.unflatten(spec, out), ScaleByScheduleState(state.count + 1)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, mark(update, fresh=True, reuses=True))
 
 
 def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> GradientTransformation:
@@ -92,22 +78,26 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
     if mask is not None and not callable(mask) and not isinstance(mask, (dict, list, tuple)):
         raise TypeError(f"{where}: mask must be a tree of bools or a callable (path, leaf) -> bool; got {type(mask).__name__}")
 
-    def update(updates: PyTree, state: EmptyState, params: PyTree = None):
+    def update(updates: PyTree, state: EmptyState, params: PyTree = None, *, _owned: bool = False):
         if weight_decay == 0.0:
             return updates, state
         if params is None:
             raise ValueError(f"{where}: update needs params (weight decay reads them); got params=None")
-        check_same_structure(where, "updates", updates, params)
-        flags = resolve_mask(where, mask, params)
-        us, ps = tree.leaves(updates), tree.leaves(params)
+        us, spec = _flat.flatten(updates)
+        ps, p_spec = _flat.flatten(params)
+        check_specs(where, "updates", spec, p_spec, updates, params)
+        flags = resolve_mask(where, mask, params, ps, p_spec)
+        fe = _ops.use_foreach(us)
+        if all(flags):
+            return _flat.unflatten(spec, _ops.add(us, ps, fe, alpha=weight_decay, inplace=_owned)), state
         idx = [i for i, f in enumerate(flags) if f]
         out = list(us)
-        decayed = _ops.add([us[i] for i in idx], [ps[i] for i in idx], _ops.use_foreach(us), alpha=weight_decay)
+        decayed = _ops.add([us[i] for i in idx], [ps[i] for i in idx], fe, alpha=weight_decay, inplace=_owned)
         for i, d in zip(idx, decayed, strict=True):
             out[i] = d
-        return tree.unflatten_leaves(tree.structure(updates), out), state
+        return _flat.unflatten(spec, out), state
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: EmptyState(), mark(update, reuses=True))
 
 
 class TraceState(NamedTuple):
@@ -130,24 +120,27 @@ def trace(decay: ScalarOrSchedule, dampening: float = 0.0, nesterov: bool = Fals
 
     def update(updates: PyTree, state: TraceState, params: PyTree = None):
         check_count(where, state.count)
-        check_same_structure(where, "updates", updates, state.trace)
-        gs, bufs = tree.leaves(updates), tree.leaves(state.trace)
+        gs, spec = _flat.flatten(updates)
+        bufs, b_spec = _flat.flatten(state.trace)
+        check_specs(where, "updates", spec, b_spec, updates, state.trace, "the momentum buffers")
         fe = _ops.use_foreach(gs)
         m = _value(decay, state.count)
         kept = _ops.mul(bufs, m, fe)
         if dampening == 0.0:
             # The buffer starts at zero, so the first step gives 0 * decay + g == g exactly.
-            new = _ops.add(kept, gs, fe)
+            new = _ops.add(kept, gs, fe, inplace=True)
         else:
             # torch's first step copies g undamped: scale by 1 at count 0, (1 - dampening) after.
             first = state.count.new_ones((), dtype=torch.float64)
             scale = torch.where(state.count == 0, first, first * (1.0 - dampening))
-            new = _ops.add(kept, _ops.mul(gs, scale, fe), fe)
-        if nesterov:
-            out = _ops.add(gs, new, fe, alpha=m) if not isinstance(m, torch.Tensor) else _ops.add(gs, _ops.mul(new, m, fe), fe)
-        else:
+            new = _ops.add(kept, _ops.mul(gs, scale, fe), fe, inplace=True)
+        if not nesterov:
             out = new
-        spec = tree.structure(updates)
-        return tree.unflatten_leaves(spec, out), TraceState(state.count + 1, tree.unflatten_leaves(spec, new))
+        elif isinstance(m, torch.Tensor):
+            out = _ops.add(gs, _ops.mul(new, m, fe), fe)
+        else:
+            out = _ops.add(gs, new, fe, alpha=m)
+        return _flat.unflatten(spec, out), TraceState(state.count + 1, _flat.unflatten(spec, new))
 
-    return GradientTransformation(init, update)
+    # Without nesterov the output is the new buffer, which the state holds too: not fresh.
+    return GradientTransformation(init, mark(update, fresh=nesterov))

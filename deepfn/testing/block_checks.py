@@ -36,12 +36,16 @@ def _version(x: torch.Tensor) -> int | None:
         return None
 
 
-def _rng_state() -> list[torch.Tensor]:
+def _rng_state(cuda: bool) -> list[torch.Tensor]:
     states = [torch.random.get_rng_state()]
-    # Asking an uninitialised CUDA runtime for its state would initialise it: a side effect.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda:
         states += torch.cuda.get_rng_state_all()
     return states
+
+
+def _cuda_ready() -> bool:
+    # Asking an uninitialised CUDA runtime for its state would initialise it: a side effect.
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _set_rng_state(states: list[torch.Tensor]) -> None:
@@ -90,14 +94,15 @@ class _Run:
         self.pristine = _clone((inputs, self.params, self.state))
         given = pytree.tree_flatten_with_path((inputs, self.params, self.state))[0]
         self.versions = [(p, x, _version(x)) for p, x in given if isinstance(x, torch.Tensor)]
-        self.rng_before = _rng_state()
+        cuda = _cuda_ready()
+        self.rng_before = _rng_state(cuda)
         try:
             out = self.call(self.params, self.state, inputs)
         except Exception as err:
             err.add_note(f"check_block: raised by the reference call {self.owner}(params, state, *inputs, "
                          f"train={train}); fix this before the properties can be checked")
             raise
-        self.rng_after = _rng_state()
+        self.rng_after = _rng_state(cuda)
         self.out, self.out_state = _clone(out)
 
     def call(self, params: Any, state: Any, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
@@ -251,13 +256,16 @@ def check_block(block: Any, *inputs: Any, key: torch.Tensor | None = None, train
         hint = "; pass an instance, not the class" if isinstance(block, type) else ""
         raise TypeError("check_block: block must be an object with init(key) and apply(params, state, "
                         f"*inputs, key=None, train=False) (deepfn.typing.Block){hint}; got {describe(block)}")
-    key = random.key(0) if key is None else key
+    if key is None:
+        # Params live on the key's device: put the default key where the inputs are.
+        tensors = [x for x in tree.leaves(inputs) if isinstance(x, torch.Tensor)]
+        key = random.key(0).to(tensors[0].device if tensors else "cpu")
     if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or key.shape != (2,):
         raise TypeError(f"check_block: key must be an int64 tensor [2] from deepfn.random.key; got {describe(key)}")
     names = _select(checks, bool(train))
     if "batch_independent" in names:
         _batch_size(inputs)
-    saved = _rng_state()
+    saved = _rng_state(_cuda_ready())
     try:
         run = _Run(block, inputs, key, bool(train), rtol, atol)
         for name in names:

@@ -17,3 +17,13 @@ __all__ = [
     "ensemble_train_state", "make_ensemble_train_step", "make_eval_step", "make_train_step",
     "per_example_grads",
 ]
+
+from .distill import distillation_loss as distillation_loss  # noqa: E402
+from .distill import teacher_logits as teacher_logits  # noqa: E402
+from .fit import History as History  # noqa: E402
+from .fit import evaluate as evaluate  # noqa: E402
+from .fit import fit as fit  # noqa: E402
+from .history import plot_history as plot_history  # noqa: E402
+from .history import read_history as read_history  # noqa: E402
+
+__all__ += ["History", "distillation_loss", "evaluate", "fit", "plot_history", "read_history", "teacher_logits"]

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from .. import tree
 from ..amp import DynamicLossScale, NoOpLossScale, Policy
 from ..amp.loss_scale import register_fields_pytree
 from ..typing import Block, Key, Params, PyTree, State

@@ -85,7 +85,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         if all_reduce is not None:
             grads = all_reduce(grads)
         grads = scaler.unscale(grads)
-        grad_norm = tree.global_norm(grads).float()
+        grad_norm = tree.global_norm(grads)
         if clip_norm is not None:
             # optim.clip_by_global_norm / clip_grad_norm_: multiply by min(1, max / (norm + 1e-6)).
             factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)

@@ -19,17 +19,25 @@ from deepfn import optim
 HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
 
 
-def _median_time(fn, repeats: int, warmup: int) -> float:
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_times(fns, repeats: int, warmup: int) -> list[float]:
+    """Medians per function, the calls interleaved so that machine load hits both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    _sync()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def _trees(total: int, n_tensors: int, device: str):
@@ -65,8 +73,7 @@ def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str
             torch_step()
 
     warmup = 3 if compiled else 2
-    ours_s = _median_time(ours, repeats, warmup)
-    theirs_s = _median_time(theirs, repeats, warmup)
+    ours_s, theirs_s = _median_times([ours, theirs], repeats, warmup)
     mode = "compiled" if compiled else "eager"
     return dict(group="optim", name=f"adamw_update_{mode}_{total // 10**6}M_{n_tensors}t", deepfn_s=ours_s,
                 baseline=f"torch.optim.AdamW(foreach=True).step(){' compiled' if compiled else ''}",

@@ -126,15 +126,18 @@ def hypothesis_scores(model, params, src, seqs, alpha):
     return total / ((5 + lengths.double()) / 6) ** alpha
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_wide_beam_finds_the_exhaustive_best(alpha):
-    """With a beam wider than every prefix, beam search is exact: compare with enumeration."""
-    model, params = make(5, eos_bias=1.5, vocab_size=5, max_seq_len=8)
-    src = torch.tensor([[3, 4, 3, 4], [4, 4, 3, 0]])
-    max_len = 3
+@pytest.mark.parametrize("alpha, eos_bias, vocab, max_len", [(0.0, 1.5, 5, 3), (1.0, 1.5, 5, 3), (1.0, -30.0, 4, 4)])
+def test_wide_beam_finds_the_exhaustive_best(alpha, eos_bias, vocab, max_len):
+    """With a beam wider than every prefix, beam search is exact: compare with enumeration.
+
+    ``eos_bias=-30`` makes the best hypothesis run to ``max_len``, so every step's cache
+    reordering matters.
+    """
+    model, params = make(5, eos_bias=eos_bias, vocab_size=vocab, max_seq_len=8)
+    src = torch.tensor([[3, 3, 3, 2], [3, 2, 3, 0]])
     out = model.beam_search(params, {}, src, max_len, beam_size=100, length_penalty=alpha)
     for row in range(2):
-        candidates = [torch.tensor(p) for n in range(1, max_len + 1) for p in itertools.product(range(5), repeat=n)
+        candidates = [torch.tensor(p) for n in range(1, max_len + 1) for p in itertools.product(range(vocab), repeat=n)
                       if (EOS not in p[:-1]) and (p[-1] == EOS or n == max_len)]
         scores = hypothesis_scores(model, params, src[row], candidates, alpha)
         best = candidates[int(scores.argmax())]

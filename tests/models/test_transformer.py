@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepfn import interop, random, tree
@@ -126,6 +126,7 @@ def test_decode_of_encode_equals_apply(getkey):
                                model.apply(params, state, src, tgt)[0], rtol=0, atol=0)
 
 
+@settings(max_examples=8)
 @given(b=st.integers(1, 3), s=st.integers(1, 12), t=st.integers(1, 12), norm_first=st.booleans(),
        share=st.booleans(), seed=st.integers(0, 2**16))
 def test_shapes_over_sizes(b, s, t, norm_first, share, seed):
@@ -136,6 +137,7 @@ def test_shapes_over_sizes(b, s, t, norm_first, share, seed):
     assert torch.isfinite(logits).all()
 
 
+@settings(max_examples=8)
 @given(extra=st.integers(1, 4), seed=st.integers(0, 2**16), norm_first=st.booleans())
 def test_source_padding_does_not_change_logits(extra, seed, norm_first):
     model = Transformer(**TINY, norm_first=norm_first)
@@ -154,6 +156,7 @@ def test_source_padding_does_not_change_logits(extra, seed, norm_first):
     torch.testing.assert_close(model.apply(changed, state, src, tgt)[0], base, rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=8)
 @given(cut=st.integers(0, 5), seed=st.integers(0, 2**16), norm_first=st.booleans())
 def test_logits_do_not_see_future_targets(cut, seed, norm_first):
     model = Transformer(**TINY, norm_first=norm_first)
@@ -207,12 +210,13 @@ def test_training_lowers_loss_on_copy_task():
     grad_and_loss = torch.func.grad_and_value(loss_fn)
     m, v = tree.zeros_like(params), tree.zeros_like(params)
     losses = []
-    for step in range(1, 31):          # plain Adam, lr 1e-2
+    for step in range(1, 21):          # plain Adam, lr 1e-2
         g, loss = grad_and_loss(params)
         losses.append(loss.item())
         m = tree.map(lambda a, b: 0.9 * a + 0.1 * b, m, g)
         v = tree.map(lambda a, b: 0.999 * a + 0.001 * b * b, v, g)
-        params = tree.map(lambda p, a, b: p - 1e-2 * (a / (1 - 0.9**step)) / ((b / (1 - 0.999**step)).sqrt() + 1e-8),
+        bc1, bc2 = 1 - 0.9**step, 1 - 0.999**step
+        params = tree.map(lambda p, a, b, bc1=bc1, bc2=bc2: p - 1e-2 * (a / bc1) / ((b / bc2).sqrt() + 1e-8),
                           params, m, v)
     assert losses[-1] < 0.5 * losses[0], losses
 

@@ -124,3 +124,29 @@ def test_compiled_adamw_step_equals_eager_without_recompiles():
             torch.compiler.set_stance("default")
         assert_trees_close(p_c, p_e, rtol=1e-6, atol=1e-7)
     assert s_c[0].count.item() == 3 and s_c[0].count.dtype == torch.int64
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optim.adamw(1e-2, mask=lambda p, x: not p.endswith("bias")),
+    lambda: optim.adam(1e-2, weight_decay=0.1),
+    lambda: optim.sgd(0.1, momentum=0.9, weight_decay=0.1),
+    lambda: optim.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    lambda: optim.chain(optim.clip_by_global_norm(0.1), optim.sgd(0.1), optim.add_decayed_weights(0.1)),
+    lambda: optim.chain(optim.sgd(0.1, momentum=0.5), optim.clip_by_global_norm(0.1)),
+])
+def test_updates_are_pure(make):
+    """chain hands buffers on in place (eagerly): no tensor of the caller or of a state may change."""
+    params = make_params(torch.float32)
+    grads = tree.map(lambda x: 2 * x + 1, params)
+    opt = make()
+    state = opt.init(params)
+    _, state = opt.update(grads, state, params)
+    seen = tree.leaves(params) + tree.leaves(grads) + [x for x in tree.leaves(state) if isinstance(x, torch.Tensor)]
+    copies = [(x.clone(), x._version) for x in seen]
+    updates, new_state = opt.update(grads, state, params)
+    for x, (c, v) in zip(seen, copies):
+        assert torch.equal(x, c) and x._version == v
+    new_leaves = [x for x in tree.leaves(new_state) if isinstance(x, torch.Tensor)]
+    assert not {id(u) for u in tree.leaves(updates)} & {id(x) for x in seen}
+    optim.apply_updates(params, updates)
+    assert all(torch.equal(a, b) for a, b in zip(new_leaves, [x for x in tree.leaves(new_state) if isinstance(x, torch.Tensor)]))

@@ -1,0 +1,35 @@
+"""Data-parallel training over ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+
+Launch with ``torchrun --nproc_per_node N script.py``; in the script::
+
+    device = distributed.init()                     # a no-op in a plain single process
+    ts = TrainState.create(model, opt, key)
+    distributed.check_same_structure(ts.params)     # fail at start-up, not mid-collective
+    ts = distributed.broadcast(ts)                  # every rank starts from rank 0's values
+    step = make_train_step(model, loss_fn, opt, all_reduce=distributed.all_reduce_mean)
+    idx = distributed.shard_indices(data_key, epoch, n, distributed.rank(), distributed.world_size())
+
+Importing this package initialises nothing. Twin: ``torch.nn.parallel.DistributedDataParallel``
+with ``DistributedSampler``.
+"""
+
+from .collectives import all_reduce_mean as all_reduce_mean
+from .collectives import broadcast as broadcast
+from .faults import CollectiveError as CollectiveError
+from .faults import check_same_structure as check_same_structure
+from .process import barrier as barrier
+from .process import init as init
+from .process import is_initialized as is_initialized
+from .process import is_main as is_main
+from .process import local_rank as local_rank
+from .process import rank as rank
+from .process import shutdown as shutdown
+from .process import world_size as world_size
+from .sampler import shard_indices as shard_indices
+from .sampler import shard_size as shard_size
+
+__all__ = [
+    "CollectiveError", "all_reduce_mean", "barrier", "broadcast", "check_same_structure", "init",
+    "is_initialized", "is_main", "local_rank", "rank", "shard_indices", "shard_size", "shutdown",
+    "world_size",
+]

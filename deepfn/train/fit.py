@@ -1,0 +1,289 @@
+"""The training loop: epochs of compiled steps, evaluation, early stopping, checkpoints,
+history, learning curves, progress bars and exact resumption.
+
+Twin: the seed's ``MLPTrainer.train`` / Keras' ``Model.fit`` (``EarlyStopping``,
+``ModelCheckpoint``, ``CSVLogger``) over deepfn's pure ``step``. Randomness is a function of
+the position in training only: epoch ``e`` shuffles with ``fold_in(k_shuffle, e)``, the
+update that makes ``train_state.step == s + 1`` uses ``fold_in(k_step, s)`` (and
+``fold_in(k_augment, s)`` for ``augment``), so a run resumed from a checkpoint continues
+bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import random
+from .._checks import describe
+from ..checkpoint import CheckpointManager
+from ..typing import Key
+from .history import plot_history, write_history
+from .state import TrainState
+
+__all__ = ["fit", "evaluate", "History"]
+
+_FN = "deepfn.train.fit"
+
+
+@dataclass
+class History:
+    """What :func:`fit` did: one row per evaluated epoch, plus the early-stopping outcome.
+
+    Attributes:
+        rows: per-epoch dicts: ``epoch``, ``step``, ``train_loss`` (and every other train
+            metric as ``train_<name>``), ``val_<name>``, ``lr``, ``epoch_time``,
+            ``samples_per_s``, ``partial`` (the epoch was cut short by ``max_steps``).
+        best_epoch, best_value: the epoch with the best ``monitor`` value (None if unmonitored).
+        stopped_early: patience ran out.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+
+    def column(self, name: str) -> list[Any]:
+        return [row.get(name) for row in self.rows]
+
+
+def _leading(data: Any, name: str) -> int:
+    if not isinstance(data, (tuple, list)) or not data or not all(isinstance(t, torch.Tensor) for t in data):
+        raise TypeError(f"{_FN}: {name} must be a tuple of tensors (inputs, labels); got {type(data).__name__}")
+    sizes = {t.shape[0] if t.ndim else None for t in data}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"{_FN}: every tensor of {name} needs the same leading size; "
+                         f"got {[describe(t) for t in data]}")
+    return sizes.pop()
+
+
+def _batch(data: tuple, index: torch.Tensor | slice) -> tuple:
+    return tuple(t[index.to(t.device)] if isinstance(index, torch.Tensor) else t[index] for t in data)
+
+
+def _reduce(totals: dict[str, torch.Tensor], metrics: dict[str, torch.Tensor], weight: int) -> None:
+    for name, value in metrics.items():
+        # mean(): ensemble steps report one value per member.
+        value = value.detach().float().mean() * weight
+        totals[name] = totals[name] + value if name in totals else value
+
+
+def _pair(batch: tuple) -> tuple[Any, Any]:
+    if len(batch) != 2:
+        raise ValueError(f"{_FN}: data of {len(batch)} tensors needs batch_fn(*tensors) -> (inputs, labels)")
+    return batch[0], batch[1]
+
+
+def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_size: int, *,
+             batch_fn: Callable[..., tuple[Any, Any]] | None = None) -> dict[str, float]:
+    """Mean of ``eval_step(params, state, (inputs, labels))`` over ``data``, weighted by batch size.
+
+    ``data`` is a tuple of tensors of a common leading size, turned into ``(inputs, labels)``
+    by ``batch_fn(*tensors)`` (default: the pair itself). One ``.item()`` per metric at the
+    end (one device sync).
+    """
+    n = _leading(data, "data")
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, n, batch_size):
+        batch = _batch(data, slice(start, min(start + batch_size, n)))
+        pair = batch_fn(*batch) if batch_fn is not None else _pair(batch)
+        _reduce(totals, eval_step(params, state, pair), batch[0].shape[0])
+    return {name: (total / n).item() for name, total in totals.items()}
+
+
+def _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, log_every, key) -> None:
+    for name, value, allow_none in (("epochs", epochs, False), ("batch_size", batch_size, False),
+                                    ("patience", patience, True), ("keep_last", keep_last, False),
+                                    ("max_steps", max_steps, True), ("log_every", log_every, False)):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{_FN}: {name} must be a positive int{' or None' if allow_none else ''}; got {value!r}")
+    if mode not in ("min", "max"):
+        raise ValueError(f"{_FN}: mode must be one of ['min', 'max']; got {mode!r}")
+    if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or key.shape != (2,):
+        raise TypeError(f"{_FN}: key must be a deepfn.random.key (int64 [2]); got {describe(key)}")
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epochs: int, batch_size: int,
+        key: Key, eval_step: Callable | None = None, val_data: tuple | None = None,
+        eval_batch_size: int | None = None, patience: int | None = None, monitor: str | None = None,
+        mode: str = "min", min_delta: float = 0.0, restore_best: bool = True,
+        checkpoint_dir: str | None = None, keep_last: int = 2, resume: bool = False,
+        history_path: str | None = None, plot_path: str | None = None,
+        batch_fn: Callable[..., tuple[Any, Any]] | None = None,
+        augment: Callable[[Key, Any], Any] | None = None, step_key: Callable[[Key], Any] | None = None,
+        lr_fn: Callable[[int], float] | None = None, max_steps: int | None = None, drop_last: bool = True,
+        progress: bool = True, log_every: int = 10, log: Callable[[str], Any] | None = None,
+        metadata: dict[str, Any] | None = None) -> tuple[TrainState, History]:
+    """Train ``train_state`` for ``epochs`` epochs of ``train_step`` over ``train_data``.
+
+    Each epoch shuffles ``train_data``, runs one ``train_step(train_state, batch, key)`` per
+    batch (reading metrics back only every ``log_every`` steps, for the progress bar),
+    evaluates ``eval_step`` on ``val_data``, appends a history row, checkpoints and checks
+    early stopping.
+
+    Args:
+        train_step: ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``, e.g.
+            :func:`~deepfn.train.make_train_step` (or an ensemble step with ``step_key``).
+        train_state: the state to start from (ignored when ``resume`` finds a checkpoint).
+        train_data, val_data: tuples of tensors with a common leading size ``n``, by default
+            ``(inputs, labels)``.
+        epochs: total epochs, counting epochs done before a resume.
+        batch_size, eval_batch_size: batch sizes (``eval_batch_size`` defaults to ``batch_size``).
+        key: the base key of the whole run (split into shuffle, step and augment streams).
+        eval_step: ``eval_step(params, state, batch) -> metrics`` (:func:`make_eval_step`).
+        patience: stop after this many evaluated epochs without improvement of ``monitor``.
+        monitor, mode, min_delta: the early-stopping/best-checkpoint metric (a history column,
+            default ``"val_loss"`` with validation data, else ``"train_loss"``), ``"min"`` or
+            ``"max"``, and the smallest change that counts as an improvement.
+        restore_best: return the best train state seen (by ``monitor``), else the last one.
+        checkpoint_dir: write ``ckpt_<step>.safetensors`` here after every epoch (keeping the
+            last ``keep_last`` and the best); required by ``resume``.
+        resume: continue from the latest checkpoint in ``checkpoint_dir`` (if there is one).
+        history_path, plot_path: JSON-lines history and learning-curve PNG, rewritten each epoch.
+        batch_fn: ``batch_fn(*tensors) -> (inputs, labels)`` for data that is not an
+            ``(inputs, labels)`` pair (teacher logits, shifted targets); used for evaluation too.
+        augment: ``augment(key, inputs) -> inputs`` applied to training inputs (outside the step).
+        step_key: maps each step's key to the key argument of ``train_step`` (for ensembles,
+            ``lambda k: random.split(k, n)``).
+        lr_fn: ``step -> lr`` to record in the history when the step reports no ``lr``.
+        max_steps: stop after this many updates in total (the epoch is then ``partial``).
+        drop_last: drop the last incomplete training batch (one compiled shape).
+        progress: show a tqdm bar (only when stderr is a terminal).
+        log: called with a one-line summary after each epoch (e.g. ``print``).
+        metadata: JSON-serialisable dict stored in every checkpoint (e.g. the run's config).
+
+    Returns:
+        ``(train_state, history)``: the best (``restore_best``) or last train state, and the
+        :class:`History`.
+
+    Raises:
+        ValueError/TypeError: bad arguments, a ``monitor`` that no row has, too little data.
+    """
+    _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, log_every, key)
+    n = _leading(train_data, "train_data")
+    has_val = eval_step is not None and val_data is not None
+    if (eval_step is None) != (val_data is None):
+        raise ValueError(f"{_FN}: eval_step and val_data go together; got only "
+                         f"{'eval_step' if val_data is None else 'val_data'}")
+    monitor = monitor or ("val_loss" if has_val else "train_loss")
+    if monitor.startswith("val_") and not has_val:
+        raise ValueError(f"{_FN}: monitor={monitor!r} needs eval_step and val_data")
+    if resume and checkpoint_dir is None:
+        raise ValueError(f"{_FN}: resume=True needs checkpoint_dir")
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"{_FN}: train_data has {n} examples, fewer than batch_size={batch_size} with drop_last=True")
+    k_shuffle, k_step, k_augment = random.split(key, 3)
+    manager = (CheckpointManager(checkpoint_dir, keep_last=keep_last, monitor=monitor, mode=mode)
+               if checkpoint_dir is not None else None)
+
+    history, epoch, skip, wait, best_state = History(), 0, 0, 0, train_state
+    if resume and manager.latest_step() is not None:
+        meta = manager.metadata()
+        loop = meta["loop"]
+        train_state = manager.restore(device=key.device)
+        history = History(meta["history"], loop["best_epoch"], loop["best_value"], loop["stopped_early"])
+        epoch, skip, wait = loop["epoch"], loop["batch"], loop["wait"]
+        best = manager.best_step()
+        best_state = manager.restore(best, device=key.device) if best is not None else train_state
+    step0 = int(train_state.step.reshape(-1)[0])
+    step, bar = step0, None
+    show = progress and sys.stderr.isatty()
+
+    while epoch < epochs and not history.stopped_early and (max_steps is None or step < max_steps):
+        order = random.permutation(random.fold_in(k_shuffle, epoch), n)
+        totals: dict[str, torch.Tensor] = {}
+        seen, last_lr, tic = 0, None, time.perf_counter()
+        if show:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       dynamic_ncols=True)
+        b = skip
+        for b in range(skip, per_epoch):
+            if max_steps is not None and step >= max_steps:
+                break
+            batch = _batch(train_data, order[b * batch_size:(b + 1) * batch_size])
+            inputs, labels = batch_fn(*batch) if batch_fn is not None else _pair(batch)
+            if augment is not None:
+                inputs = augment(random.fold_in(k_augment, step), inputs)
+            k = random.fold_in(k_step, step)
+            train_state, metrics = train_step(train_state, (inputs, labels), step_key(k) if step_key else k)
+            rows = batch[0].shape[0]
+            _reduce(totals, metrics, rows)
+            seen, step = seen + rows, step + 1
+            last_lr = metrics.get("lr", last_lr)
+            if bar is not None:
+                bar.update(1)
+                if (b + 1) % log_every == 0 or b + 1 == per_epoch:
+                    elapsed = time.perf_counter() - tic
+                    bar.set_postfix(loss=f"{(totals['loss'] / seen).item():.4f}", ex_s=f"{seen / elapsed:.0f}")
+        else:
+            b = per_epoch
+        partial = b < per_epoch and seen > 0
+        if bar is not None:
+            bar.close()
+        if seen == 0:
+            break
+        # One sync per epoch: every train metric is read back here, not per step.
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
+        row.update({f"train_{k}": (v / seen).item() for k, v in totals.items() if k != "lr"})
+        lr = last_lr.float().mean().item() if isinstance(last_lr, torch.Tensor) else (
+            lr_fn(step - 1) if lr_fn is not None else None)
+        if lr is not None:
+            row["lr"] = float(lr)
+        row["epoch_time"] = time.perf_counter() - tic
+        row["samples_per_s"] = seen / max(row["epoch_time"], 1e-9)
+        if has_val:
+            tic = time.perf_counter()
+            val = evaluate(eval_step, train_state.params, train_state.state, val_data,
+                           eval_batch_size or batch_size, batch_fn=batch_fn)
+            row.update({f"val_{k}": v for k, v in val.items()})
+            row["eval_time"] = time.perf_counter() - tic
+        row["partial"] = partial
+        if monitor not in row:
+            raise ValueError(f"{_FN}: monitor={monitor!r} is not a history column; got {sorted(row)}")
+        value = row[monitor]
+        if _improved(value, history.best_value, mode, min_delta):
+            history.best_value, history.best_epoch, best_state, wait = value, epoch + 1, train_state, 0
+        elif not partial:
+            wait += 1
+        history.stopped_early = patience is not None and wait >= patience
+        history.rows.append(row)
+        if log is not None:
+            log(_summary(row, epochs))
+        epoch, skip = (epoch, b) if partial else (epoch + 1, 0)
+        if manager is not None:
+            loop = {"epoch": epoch, "batch": skip, "wait": wait, "best_epoch": history.best_epoch,
+                    "best_value": history.best_value, "stopped_early": history.stopped_early}
+            manager.save(step, train_state, metrics={monitor: value},
+                         metadata={**(metadata or {}), "loop": loop, "history": history.rows})
+        if history_path is not None:
+            write_history(history_path, history.rows)
+        if plot_path is not None:
+            plot_history(history.rows, plot_path)
+    return (best_state if restore_best else train_state), history
+
+
+def _summary(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+        if row.get(name) is not None:
+            parts.append(f"{name}={row[name]:.4g}")
+    parts.append(f"{row['samples_per_s']:.0f} ex/s {row['epoch_time']:.1f}s")
+    return " ".join(parts)

@@ -1,0 +1,108 @@
+"""Shared pieces of the training scripts: flags, the output folder, AMP setup, summaries.
+
+Every script takes the same core flags (``--device --seed --compile/--no-compile --amp
+--epochs --batch-size --lr --out --resume --max-steps --no-progress``) and writes into
+``--out``: ``config.json``, ``history.jsonl``, ``curves.png``, ``checkpoints/`` and
+``result.json``, and ends with one ``RESULT key=value ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+# Scripts run as ``python scripts/x.py`` from anywhere: make the repo's package importable.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from deepfn import amp, tree  # noqa: E402
+
+REPO_ROOT = _ROOT
+
+
+def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the flags every script shares; defaults are the script's."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to train on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run's base key (deepfn.random.key)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the train/eval steps (default: on for CUDA, off for CPU, "
+                        "where compiling costs more than it saves on short runs)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bf16 compute on CPU; fp16 with dynamic loss scaling on CUDA")
+    p.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="training batch size")
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (off if unset)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many updates (smoke tests)")
+    p.add_argument("--out", default=out, help="output folder: config, history, curves, checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return p
+
+
+def setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Create ``--out``, write ``config.json``, pick the device, compile flag and AMP policy.
+
+    Returns a dict with ``device``, ``compile``, ``policy`` (``amp.Policy`` or None),
+    ``loss_scale`` (``amp.DynamicLossScale`` or None), ``checkpoints``, ``history``, ``plot``
+    (paths) and ``start`` (a ``perf_counter`` value for the wall time).
+    """
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available here")
+    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    policy = loss_scale = None
+    if args.amp:
+        half = "bfloat16" if device.type == "cpu" else "float16"
+        policy = amp.Policy("float32", half, "float32")
+        if half == "float16":   # fp16's narrow exponent range needs loss scaling; bf16 does not
+            loss_scale = to_device(amp.DynamicLossScale(), device)
+    os.makedirs(args.out, exist_ok=True)
+    config = {k: v for k, v in vars(args).items()}
+    config.update(resolved_device=str(device), resolved_compile=compile_,
+                  policy=None if policy is None else str(policy), torch=torch.__version__)
+    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, default=str)
+    return {"device": device, "compile": compile_, "policy": policy, "loss_scale": loss_scale, "start": start,
+            "config": json.loads(json.dumps(config, default=str)),
+            "checkpoints": os.path.join(args.out, "checkpoints"),
+            "history": os.path.join(args.out, "history.jsonl"), "plot": os.path.join(args.out, "curves.png")}
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """Every tensor leaf of a pytree (``TrainState`` included) on ``device``."""
+    return tree.map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
+
+
+def log(message: str) -> None:
+    """Print above any live progress bar."""
+    from tqdm.auto import tqdm
+    tqdm.write(message)
+
+
+def fit_kwargs(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``deepfn.train.fit`` that come from the shared flags."""
+    return dict(epochs=args.epochs, patience=args.patience, max_steps=args.max_steps, resume=args.resume,
+                checkpoint_dir=run["checkpoints"], history_path=run["history"], plot_path=run["plot"],
+                progress=args.progress, log=log, metadata={"config": run["config"]})
+
+
+def finish(args: argparse.Namespace, run: dict[str, Any], **figures: Any) -> dict[str, Any]:
+    """Write ``result.json`` and print the one-line ``RESULT`` summary (wall time added)."""
+    figures["wall_s"] = round(time.perf_counter() - run["start"], 1)
+    with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
+        json.dump(figures, f, indent=2)
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) and k != "wall_s" else f"{k}={v}" for k, v in figures.items()]
+    print("RESULT " + " ".join(parts), flush=True)
+    return figures

@@ -1,0 +1,113 @@
+"""Training-engine benchmarks: per-example grads (vmap) vs a loop, an 8-member vmapped
+ensemble step vs 8 separate steps, and remat's effect on saved activations."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from deepfn import losses, optim, random, remat, tree
+from deepfn.models import MLP
+from deepfn.train import (
+    TrainState,
+    ensemble_train_state,
+    make_ensemble_train_step,
+    make_train_step,
+    per_example_grads,
+)
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()                                   # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _row(group, name, deepfn_s, baseline, baseline_s, note=""):
+    return {"group": group, "name": name, "deepfn_s": deepfn_s, "baseline": baseline,
+            "baseline_s": baseline_s, "ratio": deepfn_s / baseline_s, "note": note}
+
+
+def _per_example(repeats: int) -> dict:
+    model = MLP(32, (64, 64), 10)
+    params, _ = model.init(random.key(0))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+    def loss(p, xb, yb):
+        return losses.cross_entropy(model.apply(p, {}, xb)[0], yb)
+    vmapped = per_example_grads(loss)
+    single = torch.func.grad(loss)
+    loop = lambda: [single(params, x[i:i + 1], y[i:i + 1]) for i in range(64)]  # noqa: E731
+    return _row("train", "per_example_grads MLP(32,(64,64),10) b=64 (vmap, eager)",
+                _median_time(lambda: vmapped(params, x, y), repeats), "python loop of grad",
+                _median_time(loop, repeats))
+
+
+def _ensemble(repeats: int, compile: bool) -> dict:
+    n, model, opt = 8, MLP(32, (64,), 10), optim.adamw(lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    keys = random.split(random.key(1), n)
+    stacked = ensemble_train_state(model, opt, random.key(0), n)
+    ens_step = make_ensemble_train_step(model, losses.cross_entropy, opt, compile=compile)
+    singles = [TrainState.create(model, opt, k) for k in random.split(random.key(0), n)]
+    one_step = make_train_step(model, losses.cross_entropy, opt, compile=compile)
+    mode = "compiled" if compile else "eager"
+    return _row("train", f"ensemble step n=8 MLP(32,(64,),10) b=64 (vmap, {mode})",
+                _median_time(lambda: ens_step(stacked, batch, keys), repeats),
+                f"8 separate steps ({mode})",
+                _median_time(lambda: [one_step(s, batch, k) for s, k in zip(singles, keys, strict=True)], repeats))
+
+
+def _remat(repeats: int) -> dict:
+    depth, width = 16, 256
+    g = torch.Generator().manual_seed(0)
+    params = [{"w": torch.randn(width, width, generator=g) / width ** 0.5} for _ in range(depth)]
+    x = torch.randn(512, width, generator=g)
+
+    def block(p, h):
+        return torch.tanh(h @ p["w"])
+
+    def run(fn):
+        leaves = tree.map(lambda t: t.clone().requires_grad_(), params)
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            h = x
+            for p in leaves:
+                h = fn(p, h)
+            loss = h.square().sum()
+        loss.backward()
+        return saved[0]
+    plain_t = _median_time(lambda: run(block), repeats)
+    remat_t = _median_time(lambda: run(remat(block)), repeats)
+    plain_b, remat_b = run(block), run(remat(block))
+    return _row("train", f"remat {depth}x tanh(Dense {width}) b=512 fwd+bwd (plain autograd)", remat_t,
+                "no remat", plain_t, f"saved for backward: {remat_b / 2**20:.1f} MiB vs {plain_b / 2**20:.1f} MiB "
+                "(saved-tensor hooks; under torch.compile the partitioner decides, measure there)")
+
+
+def run(quick: bool = False) -> list[dict]:
+    repeats = 3 if quick else 20
+    rows = [_per_example(repeats), _ensemble(repeats, compile=False)]
+    if not quick:
+        rows.append(_ensemble(repeats, compile=True))
+    rows.append(_remat(repeats))
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+    for r in run(quick="--quick" in sys.argv):
+        print(f"{r['name']}: deepfn {r['deepfn_s'] * 1e3:.2f} ms vs {r['baseline']} {r['baseline_s'] * 1e3:.2f} ms "
+              f"(ratio {r['ratio']:.3f}) {r['note']}")

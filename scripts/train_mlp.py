@@ -1,0 +1,53 @@
+"""Train the seed's MLP (batch norm, dropout) on scikit-learn's 8x8 digits, with early stopping.
+
+    python scripts/train_mlp.py --out runs/mlp        # about a minute on 2 CPU cores
+
+Writes config.json, history.jsonl, curves.png, checkpoints/ and result.json into --out and
+ends with ``RESULT test_acc=... params=... wall_s=...``.
+"""
+
+from __future__ import annotations
+
+import _common
+from deepfn import data, losses, optim, random
+from deepfn.models import MLP
+from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
+
+
+def build_parser():
+    p = _common.parser(__doc__.splitlines()[0], epochs=100, batch_size=64, lr=1e-3, out="runs/mlp")
+    p.set_defaults(patience=15)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="hidden layer widths")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    run = _common.setup(args)
+    dev = run["device"]
+    flat = lambda split: tuple(t.to(dev) for t in data.digits(split))  # noqa: E731
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = flat("train"), flat("val"), flat("test")
+    x_tr, x_va, x_te = (x.flatten(1) for x in (x_tr, x_va, x_te))
+
+    model = MLP(x_tr.shape[1], tuple(args.hidden), 10, dropout_rate=args.dropout, batch_norm=True)
+    steps_per_epoch = x_tr.shape[0] // args.batch_size
+    schedule = optim.cosine_decay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
+    opt = optim.adamw(schedule, weight_decay=args.weight_decay)
+    k_init, k_fit = random.split(random.key(args.seed).to(dev))
+    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
+    step = make_train_step(model, losses.cross_entropy, opt, policy=run["policy"], loss_scale=run["loss_scale"],
+                           compile=run["compile"], lr=schedule)
+    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
+
+    ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
+                      val_data=(x_va, y_va), eval_batch_size=512, **_common.fit_kwargs(args, run))
+    test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512)
+    return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
+                          best_epoch=history.best_epoch, epochs_run=len(history.rows),
+                          params=model.num_parameters(), steps=int(ts.step))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""A torchrun worker for the 2-process tests: ``worker.py MODE OUT_DIR``.
+
+Modes: ``train`` (broadcast, all-reduce, the training scenarios, batch-norm state;
+results saved to ``OUT_DIR/rank<r>.pt``), ``raise`` / ``exit`` / ``hang`` (rank 1 fails
+while rank 0 all-reduces), ``mismatch`` (rank 1 builds a different model).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from deepfn import distributed, losses, models, optim, random
+from deepfn.train import TrainState, make_train_step
+
+import scenarios  # noqa: E402  (this script's own folder is on sys.path)
+
+
+def run_train(r: int, n: int) -> dict:
+    out: dict = {}
+    model = models.MLP(scenarios.IN, [16, 16], scenarios.OUT)
+    own, _ = model.init(random.key(100 + r))            # a different init on every rank
+    out["digest"] = distributed.check_same_structure(own)
+    out["init_own"], out["init_broadcast"] = own, distributed.broadcast(own)
+    tree = {"a": torch.full((300,), r + 1.0), "b": {"c": torch.arange(6, dtype=torch.float64) * (r + 1),
+            "i": torch.tensor([r])}, "h": torch.full((5,), float(r), dtype=torch.float16)}
+    out["reduced"] = distributed.all_reduce_mean(tree, bucket_mb=0.0005)   # ~520 bytes: several buckets
+    out["reduce_input"] = tree
+    for name in scenarios.SCENARIOS:
+        out[name] = scenarios.train(name, rank=r, world_size=n, all_reduce=distributed.all_reduce_mean)
+    bn = models.MLP(scenarios.IN, [16], scenarios.OUT, batch_norm=True)
+    opt = optim.sgd(0.1)
+    ts = TrainState.create(bn, opt, random.key(5))
+    step = make_train_step(bn, losses.cross_entropy, opt, all_reduce=distributed.all_reduce_mean, compile=False)
+    x, y = scenarios.data(0)
+    idx = distributed.shard_indices(random.key(11), 0, scenarios.GLOBAL_BATCH, r, n)
+    ts, _ = step(ts, (x[idx], y[idx]), None)
+    out["bn_local"], out["bn_averaged"] = ts.state, distributed.all_reduce_mean(ts.state)
+    return out
+
+
+def main() -> None:
+    mode, out_dir = sys.argv[1], Path(sys.argv[2])
+    distributed.init("gloo", timeout=float(os.environ.get("DEEPFN_TEST_TIMEOUT", "30")))
+    r, n = distributed.rank(), distributed.world_size()
+    if mode == "train":
+        torch.save(run_train(r, n), out_dir / f"rank{r}.pt")
+    elif mode == "mismatch":
+        hidden = [16, 16] if r == 0 else [16, 17]
+        params, _ = models.MLP(scenarios.IN, hidden, scenarios.OUT).init(random.key(0))
+        distributed.check_same_structure(params)
+    else:
+        distributed.barrier()
+        if r == 1:
+            if mode == "raise":
+                raise RuntimeError("worker rank 1 fails on purpose")
+            if mode == "exit":
+                os._exit(3)
+            time.sleep(600)                                # mode "hang": never reach the collective
+        for _ in range(1000):
+            distributed.all_reduce_mean({"g": torch.ones(4)})
+            time.sleep(0.01)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
