@@ -12,9 +12,23 @@ from ..typing import Params, State
 from . import renames
 
 
-def _expected(block: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    params, state = block.init(random.key(0))
-    return tree.flatten(params), tree.flatten(state)
+Shapes = dict[str, torch.Size]
+# Keyed by repr (the frozen config; blocks with list fields are unhashable). Initialising a
+# large model only to read its names and shapes costs seconds, so it happens once per config.
+# The cache holds shapes, never values, so it cannot change a result.
+_SHAPES_BY_CONFIG: dict[str, tuple[Shapes, Shapes]] = {}
+
+
+def _expected(block: Any) -> tuple[Shapes, Shapes]:
+    """Flat names -> shapes of the block's params and state."""
+    config = repr(block)
+    if config not in _SHAPES_BY_CONFIG:
+        params, state = block.init(random.key(0))
+        _SHAPES_BY_CONFIG[config] = (
+            {n: t.shape for n, t in tree.flatten(params).items()},
+            {n: t.shape for n, t in tree.flatten(state).items()},
+        )
+    return _SHAPES_BY_CONFIG[config]
 
 
 def _torch_names(block: Any, module: torch.nn.Module, names: list[str]) -> dict[str, str]:
@@ -44,14 +58,14 @@ def from_torch(block: Any, module: torch.nn.Module) -> tuple[Params, State]:
             f" missing in module: {missing}; not used from module: {extra}"
         )
 
-    def take(expected: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def take(expected: Shapes) -> dict[str, Any]:
         out = {}
         for name, ref in expected.items():
             src = sd[mapping[name]]
-            if tuple(src.shape) != tuple(ref.shape):
+            if tuple(src.shape) != tuple(ref):
                 raise ValueError(
                     f"interop.from_torch({block!r}): {mapping[name]} has shape {list(src.shape)}, "
-                    f"expected {list(ref.shape)} for {name}"
+                    f"expected {list(ref)} for {name}"
                 )
             # Integer buffers (num_batches_tracked) keep int64; floats keep the module's dtype.
             out[name] = src.detach().clone()

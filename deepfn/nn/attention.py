@@ -20,8 +20,18 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .. import random
-from .._checks import (check_choice, check_dim, check_floating, check_positive, check_probability,
-                       check_rank, check_same_dtype, describe, require_key, where)
+from .._checks import (
+    check_choice,
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_same_dtype,
+    describe,
+    require_key,
+    where,
+)
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 from .dropout import dropout as _dropout

@@ -15,8 +15,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import (check_dim, check_floating, check_positive, check_probability, check_rank,
-                       check_same_dtype, describe, require_key, where)
+from .._checks import (
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_same_dtype,
+    describe,
+    require_key,
+    where,
+)
 from ..typing import Block, Key, Params, State, Tensor
 from . import activations
 from .attention import MultiHeadAttention

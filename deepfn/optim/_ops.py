@@ -79,12 +79,7 @@ def mul_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
     return list(torch._foreach_mul(xs, ys)) if fe else [x * y for x, y in zip(xs, ys, strict=True)]
 
 
-def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Tensor]:
-    """``x / y``; ``into_y=True`` (``ys`` the caller's own) writes ``x * (1 / y)`` into ``ys`` eagerly."""
-    if fe and into_y:
-        torch._foreach_reciprocal_(ys)
-        torch._foreach_mul_(ys, xs)
-        return list(ys)
+def div_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
     return list(torch._foreach_div(xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
 
 

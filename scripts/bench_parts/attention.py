@@ -54,7 +54,7 @@ def run(quick: bool = False) -> list[dict]:
         mask = causal_mask(t, device=device) if masked else None
         torch_mask = ~mask[0, 0] if masked else None
 
-        def torch_step() -> None:
+        def torch_step(torch_mask=torch_mask) -> None:
             module(x, x, x, attn_mask=torch_mask, need_weights=False)[0].sum().backward()
 
         t_torch = _median_time(torch_step, repeats)
@@ -63,7 +63,7 @@ def run(quick: bool = False) -> list[dict]:
             mha = MultiHeadAttention(e, h, impl=impl)
             params = tree.map(lambda p: p.requires_grad_(True), interop.from_torch(mha, module)[0])
 
-            def step(mha=mha, params=params) -> None:
+            def step(mha=mha, params=params, mask=mask) -> None:
                 mha.apply(params, {}, x, mask=mask)[0].sum().backward()
 
             times[impl] = _median_time(step, repeats)

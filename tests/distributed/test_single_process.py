@@ -147,3 +147,23 @@ def test_a_broken_torchrun_environment_raises(no_torchrun, monkeypatch, env, mat
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match="deepfn.distributed.init: .*" + match):
         distributed.init("gloo")
+
+
+def test_the_train_step_all_reduces_once_per_update_not_per_micro_batch():
+    from deepfn import losses, optim
+    from deepfn.train import TrainState, make_train_step
+
+    calls = []
+
+    def all_reduce(g):
+        calls.append(tree.flatten(g))
+        return distributed.all_reduce_mean(g)
+
+    model, opt = models.MLP(3, [4], 2), optim.sgd(0.1)
+    step = make_train_step(model, losses.cross_entropy, opt, accumulation_steps=2, all_reduce=all_reduce, compile=False)
+    ts = TrainState.create(model, opt, random.key(0))
+    x, y = random.normal(random.key(1), (4, 3)), random.randint(random.key(2), (4,), 0, 2)
+    for _ in range(3):
+        ts, _ = step(ts, (x, y), None)
+    assert len(calls) == 3
+    assert set(calls[0]) == set(tree.flatten(ts.params))      # the whole gradient tree, once

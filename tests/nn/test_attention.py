@@ -170,7 +170,7 @@ def test_causal_receptive_field(getkey, impl):
     t = 5
     x = torch.randn(2, t, E)
     for i in range(t):
-        g = grad(lambda x: mha.apply(params, state, x, mask=causal_mask(t))[0][:, i].sum())(x)
+        g = grad(lambda x, i=i: mha.apply(params, state, x, mask=causal_mask(t))[0][:, i].sum())(x)
         assert torch.all(g[:, i + 1:] == 0), f"output {i} depends on later inputs"
         assert torch.all(g[:, : i + 1].abs().sum(-1) > 0)
 
@@ -284,9 +284,10 @@ def test_dropout_without_key_raises(getkey):
     MultiHeadAttention(E, H).apply(params, state, torch.randn(1, 2, E), train=True)  # no dropout, no key
 
 
+@pytest.mark.parametrize("impl", ["auto", "math"])
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-def test_half_inputs_keep_dtype_and_accuracy(getkey, half):
-    mha = MultiHeadAttention(E, H, impl="math")
+def test_half_inputs_keep_dtype_and_accuracy(getkey, half, impl):
+    mha = MultiHeadAttention(E, H, impl=impl)
     params, state = mha.init(getkey())
     x = torch.randn(2, 4, E)
     y = mha.apply(tree.cast(params, half), state, x.to(half), mask=causal_mask(4))[0]

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from torch.func import grad, vmap
 
 from deepfn import interop, random, tree
-from deepfn.nn import TransformerDecoderLayer, TransformerEncoderLayer, causal_mask, combine, padding_mask
+from deepfn.nn import (
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+    causal_mask,
+    combine,
+    padding_mask,
+)
 from tests.utils import TOL, assert_trees_close
 
 E, H, FF = 16, 4, 24
@@ -113,7 +119,7 @@ def test_causal_receptive_field(kind, getkey):
     extra = (mem,) if kind == "decoder" else ()
     w = torch.randn(E)  # a plain sum of a post-LN output is constant: weight the features
     for i in range(t):
-        g = grad(lambda x: (block.apply(params, state, x, *extra, causal_mask(t))[0][:, i] * w).sum())(x)
+        g = grad(lambda x, i=i: (block.apply(params, state, x, *extra, causal_mask(t))[0][:, i] * w).sum())(x)
         assert torch.all(g[:, i + 1:] == 0) and torch.all(g[:, : i + 1].abs().sum(-1) > 0)
 
 

@@ -1,0 +1,307 @@
+"""Model workloads: one full training step of the seed's models, deepfn against nn.Module and JAX.
+
+Workloads (fixed seeds, synthetic data, the seed's optimizers):
+
+| name | model | batch | optimizer |
+| --- | --- | --- | --- |
+| mlp-seed | MLP 10->[64,32,16]->5, batch norm, dropout 0.2 | 32 | Adam 1e-3, wd 1e-4, clip 1.0 |
+| mlp-wide | MLP 784->[1024,1024]->10 | 256 | Adam 1e-3 |
+| cnn-seed | AdvancedCNN base 64, blocks [2,2,2,2], SE, 32x32 | 128 | AdamW 1e-3, wd 0.01 |
+| cnn-small | AdvancedCNN base 16, blocks [1,1,1,1], SE, 32x32 | 128 | AdamW 1e-3, wd 0.01 |
+| transformer-small | enc-dec, vocab 8000, d 256, 4 heads, 3+3 layers, ff 1024, len 32 | 64 | Adam 1e-4 (0.9, 0.98), clip 1.0, smoothing 0.1 |
+| transformer-seed | vocab 10000, d 512, 8 heads, 6+6 layers, ff 2048, len 32 | 16 | as transformer-small |
+
+Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the torch twin
+(``_workload_models``, loaded with deepfn's initial weights through ``deepfn.interop``) with
+``torch.optim`` eagerly and under ``torch.compile(module)``; Flax+Optax under ``jax.jit`` for
+the MLPs when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16 against
+``torch.autocast("cpu", torch.bfloat16)``, both eager) for the CNNs and Transformers.
+
+Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few steps. Pick
+workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from deepfn import amp, interop, losses, optim, random
+from deepfn.models import MLP, AdvancedCNN, Transformer
+from deepfn.train import TrainState, make_train_step
+
+try:
+    from ._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp
+except ImportError:   # run as a file (python scripts/bench_parts/workloads.py), not as a package
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _workload_models import Seq2SeqTransformer, SEResNet, torch_mlp
+
+GROUP = "workloads"
+QUICK = ("mlp-seed", "mlp-wide", "cnn-small", "transformer-small")
+ENV = "DEEPFN_BENCH_WORKLOADS"
+BF16 = amp.Policy(torch.float32, torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: object
+    batch: int
+    steps: int            # timed steps in full mode (quick mode: steps // 5, at least 2)
+    deepfn_opt: Callable[[], object]
+    torch_opt: Callable[[object], torch.optim.Optimizer]
+    clip: float | None = None
+    label_smoothing: float = 0.0
+    in_shape: tuple[int, ...] = ()
+    seq_len: int = 0
+
+
+def _adam(**kw):
+    return lambda: optim.adam(**kw), lambda p: torch.optim.Adam(p, **kw)
+
+
+def _adamw(**kw):
+    return lambda: optim.adamw(**kw), lambda p: torch.optim.AdamW(p, **kw)
+
+
+_T_OPT = _adam(lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+WORKLOADS = {w.name: w for w in [
+    Workload("mlp-seed", MLP(10, (64, 32, 16), 5, dropout_rate=0.2, batch_norm=True), 32, 100,
+             *_adam(lr=1e-3, weight_decay=1e-4), clip=1.0, in_shape=(10,)),
+    Workload("mlp-wide", MLP(784, (1024, 1024), 10), 256, 50, *_adam(lr=1e-3), in_shape=(784,)),
+    Workload("cnn-seed", AdvancedCNN(3, 10, 64, (2, 2, 2, 2)), 128, 10,
+             *_adamw(lr=1e-3, weight_decay=0.01), in_shape=(3, 32, 32)),
+    Workload("cnn-small", AdvancedCNN(3, 10, 16, (1, 1, 1, 1)), 128, 20,
+             *_adamw(lr=1e-3, weight_decay=0.01), in_shape=(3, 32, 32)),
+    Workload("transformer-small", Transformer(8000, 256, 4, 3, 1024), 64, 10, *_T_OPT, clip=1.0,
+             label_smoothing=0.1, seq_len=32),
+    Workload("transformer-seed", Transformer(10000, 512, 8, 6, 2048), 16, 10, *_T_OPT, clip=1.0,
+             label_smoothing=0.1, seq_len=32),
+]}
+
+
+def make_batch(wl: Workload) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Synthetic ``(inputs, labels)`` from a fixed seed; token ids avoid the pad id 0."""
+    g = torch.Generator().manual_seed(0)
+    if isinstance(wl.model, Transformer):
+        ids = lambda: torch.randint(1, wl.model.vocab_size, (wl.batch, wl.seq_len), generator=g)  # noqa: E731
+        return (ids(), ids()), ids()
+    classes = wl.model.output_dim if isinstance(wl.model, MLP) else wl.model.num_classes
+    return (torch.randn(wl.batch, *wl.in_shape, generator=g),), torch.randint(0, classes, (wl.batch,), generator=g)
+
+
+def twin_of(wl: Workload) -> torch.nn.Module:
+    """The torch twin holding deepfn's initial weights (``random.key(0)``), in train mode."""
+    m = wl.model
+    twin = torch_mlp(m) if isinstance(m, MLP) else SEResNet(m) if isinstance(m, AdvancedCNN) else Seq2SeqTransformer(m)
+    params, state = m.init(random.key(0))
+    return interop.to_torch(m, params, state, twin).train()
+
+
+def _torch_loss(wl: Workload, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           label_smoothing=wl.label_smoothing)
+
+
+def deepfn_runner(wl: Workload, *, compile: bool, policy: amp.Policy | None = None) -> Callable[[], torch.Tensor]:
+    """``one_step()``: one deepfn update on the fixed batch, carrying the train state."""
+    inputs, labels = make_batch(wl)
+    opt = wl.deepfn_opt()
+    loss_fn = functools.partial(losses.cross_entropy, label_smoothing=wl.label_smoothing)
+    step = make_train_step(wl.model, loss_fn, opt, policy=policy, clip_norm=wl.clip, compile=compile)
+    carry = [TrainState.create(wl.model, opt, random.key(0), policy=policy), 0]
+    keys = random.split(random.key(1), 16).unbind(0)   # dropout keys, cycled (split once, not per step)
+    batch = (inputs if len(inputs) > 1 else inputs[0], labels)
+
+    def one_step():
+        ts, i = carry
+        carry[0], metrics = step(ts, batch, keys[i % len(keys)])
+        carry[1] = i + 1
+        return metrics["loss"]
+
+    return one_step
+
+
+def torch_runner(wl: Workload, *, compile: bool, bf16: bool = False) -> Callable[[], torch.Tensor]:
+    """``one_step()``: zero_grad, forward (autocast bf16 if asked), backward, clip, ``opt.step()``."""
+    inputs, labels = make_batch(wl)
+    twin = twin_of(wl)
+    forward = torch.compile(twin) if compile else twin
+    opt = wl.torch_opt(twin.parameters())
+
+    def one_step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            logits = forward(*inputs)
+        loss = _torch_loss(wl, logits, labels)
+        loss.backward()
+        if wl.clip is not None:
+            torch.nn.utils.clip_grad_norm_(twin.parameters(), wl.clip)
+        opt.step()
+        return loss.detach()
+
+    return one_step
+
+
+def flax_runner(wl: Workload) -> Callable[[], object]:
+    import optax
+    try:
+        from . import _flax_models
+    except ImportError:
+        import _flax_models
+    m, (inputs, labels) = wl.model, make_batch(wl)
+    parts = [optax.clip_by_global_norm(wl.clip)] if wl.clip else []
+    kw = wl.torch_opt(torch.nn.Linear(1, 1).parameters()).defaults   # the seed's hyper-parameters
+    if kw["weight_decay"]:
+        parts.append(optax.add_decayed_weights(kw["weight_decay"]))      # torch Adam's L2 term
+    parts.append(optax.adam(kw["lr"], *kw["betas"], eps=kw["eps"]))
+    return _flax_models.make_runner(twin_of(wl), m.hidden_dims, m.output_dim, m.dropout_rate, m.batch_norm,
+                                    optax.chain(*parts), inputs[0], labels)
+
+
+def time_steps(one_step: Callable[[], object], steps: int, warmup: int = 2) -> dict:
+    """First call (compile included), then ``warmup - 1`` untimed calls, then ``steps`` timed ones."""
+    t0 = time.perf_counter()
+    one_step()
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        one_step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "rss_mib": rss}
+
+
+def step_flops(wl: Workload) -> int:
+    """FLOPs of one eager nn.Module step (forward + backward), by ``FlopCounterMode``."""
+    inputs, labels = make_batch(wl)
+    twin = twin_of(wl)
+    with FlopCounterMode(display=False) as counter:
+        _torch_loss(wl, twin(*inputs), labels).backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 3) -> float:
+    """FLOP/s of a large ``torch.mm`` in ``dtype``: the machine's practical matmul peak."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(times)
+
+
+def _figures(prefix: str, t: dict, wl: Workload, flops: int, peak: float) -> dict:
+    rate = flops / t["median_s"]
+    return {f"{prefix}compile_s": t["first_s"], f"{prefix}min_s": t["min_s"],
+            f"{prefix}samples_s": wl.batch / t["median_s"], f"{prefix}gflops": rate / 1e9,
+            f"{prefix}peak_share": rate / peak, f"{prefix}rss_mib": t["rss_mib"]}
+
+
+def _row(wl, mode, ours, base_name, base, flops, peak, note) -> dict:
+    row = {"group": GROUP, "name": f"{wl.name} train step ({mode})", "deepfn_s": ours["median_s"],
+           "baseline": base_name, "baseline_s": None if base is None else base["median_s"],
+           "ratio": None if base is None else ours["median_s"] / base["median_s"], "note": note,
+           "batch": wl.batch, "step_gflop": flops / 1e9}
+    row.update(_figures("", ours, wl, flops, peak))
+    if base is not None:
+        row.update(_figures("baseline_", base, wl, flops, peak))
+    return row
+
+
+def _measure(runner: Callable[[], Callable[[], object]], steps: int, compiled: bool) -> dict:
+    if compiled:
+        torch._dynamo.reset()   # a cold in-memory cache per contender (and no recompile limit)
+    counters = torch._dynamo.utils.counters["inductor"]
+    hits = counters["fxgraph_cache_hit"]
+    t = time_steps(runner(), steps)
+    t["cache_hits"] = counters["fxgraph_cache_hit"] - hits
+    return t
+
+
+def _compile_note(*ts: dict) -> str:
+    hits = sum(t.get("cache_hits", 0) for t in ts)
+    return (f"compile_s = first call incl. compile; inductor FX-graph cache hits {hits} "
+            f"({'warm' if hits else 'cold'} on-disk cache)")
+
+
+def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
+                   contenders: tuple[str, ...] = ("eager", "compiled", "bf16", "jax")) -> list[dict]:
+    """The rows of one workload; ``contenders`` picks the comparisons to run."""
+    flops = step_flops(wl)
+    fp32, rows, compiled = peaks[torch.float32], [], None
+    rss = "peak RSS is the process's running maximum (getrusage)"
+    if "eager" in contenders:
+        ours = _measure(lambda: deepfn_runner(wl, compile=False), steps, False)
+        base = _measure(lambda: torch_runner(wl, compile=False), steps, False)
+        rows.append(_row(wl, "eager fp32", ours, "nn.Module + torch.optim eager", base, flops, fp32, rss))
+    if "compiled" in contenders:
+        ours = compiled = _measure(lambda: deepfn_runner(wl, compile=True), steps, True)
+        base = _measure(lambda: torch_runner(wl, compile=True), steps, True)
+        rows.append(_row(wl, "compiled fp32", ours, "torch.compile(nn.Module) + torch.optim", base, flops,
+                         fp32, _compile_note(ours, base)))
+    if "bf16" in contenders and not isinstance(wl.model, MLP):
+        ours = _measure(lambda: deepfn_runner(wl, compile=False, policy=BF16), steps, False)
+        base = _measure(lambda: torch_runner(wl, compile=False, bf16=True), steps, False)
+        rows.append(_row(wl, "eager bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
+                         peaks[torch.bfloat16], "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak"))
+    if "jax" in contenders and isinstance(wl.model, MLP):
+        ours = compiled or _measure(lambda: deepfn_runner(wl, compile=True), steps, True)
+        try:
+            import flax  # noqa: F401
+            import jax  # noqa: F401
+            import optax  # noqa: F401
+        except ImportError:
+            rows.append(_row(wl, "compiled vs jax", ours, "Flax + Optax jax.jit", None, flops, fp32,
+                             "jax not installed (pip install deepfn[bench])"))
+        else:
+            base = time_steps(flax_runner(wl), steps)
+            rows.append(_row(wl, "compiled vs jax", ours, "Flax + Optax jax.jit", base, flops, fp32,
+                             "deepfn compile=True vs jax.jit; baseline compile_s = first jitted call"))
+    return rows
+
+
+def selected(quick: bool, only: str | None = None) -> list[str]:
+    """Workload names: ``only`` (comma-separated), else ``$DEEPFN_BENCH_WORKLOADS``, else the mode's set."""
+    chosen = only or os.environ.get(ENV, "")
+    names = [n.strip() for n in chosen.split(",") if n.strip()] or list(QUICK if quick else WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"bench workloads: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    return names
+
+
+def run(quick: bool = False, only: str | None = None) -> list[dict]:
+    peaks = {dt: matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
+    rows = []
+    for name in selected(quick, only):
+        wl = WORKLOADS[name]
+        rows += bench_workload(wl, max(2, wl.steps // 5) if quick else wl.steps, peaks)
+    for r in rows:
+        r["note"] += (f"; fp32 mm peak {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 "
+                      f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads")
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+    for r in run(quick="--quick" in sys.argv):
+        base = "skipped" if r["baseline_s"] is None else f"{r['baseline_s'] * 1e3:.2f} ms (ratio {r['ratio']:.3f})"
+        print(f"{r['name']}: deepfn {r['deepfn_s'] * 1e3:.2f} ms vs {r['baseline']} {base}; "
+              f"{r['gflops']:.1f} GFLOP/s, compile {r['compile_s']:.1f} s; {r['note']}")

@@ -1,0 +1,203 @@
+"""Every public block and model of ``deepfn.nn`` / ``deepfn.models`` in one tiny configuration
+(Haiku's descriptors): the table that drives the generic tests in ``tests/test_registry.py``
+and the golden parameter trees that ``scripts/regen_golden.py`` writes.
+
+A ``BlockCase`` builds its block, its positional ``apply`` inputs and, where one exists, the
+PyTorch twin whose ``state_dict`` the block's ``params | state`` must mirror. Inputs come from
+``deepfn.random`` with fixed seeds, so every run sees the same numbers. Keep every case cheap
+(channels and widths of a few units, batch 2-3): each one is compiled once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn as tnn
+
+from deepfn import models, nn, random, tree
+from tests.models.seed_twins import (TwinCNN, TwinConvBlock, TwinMLP, TwinResidualBlock, TwinSE,
+                                     TwinSpatialAttention)
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+REGEN_HINT = "python scripts/regen_golden.py"
+
+
+@dataclass(frozen=True)
+class BlockCase:
+    """One registry entry.
+
+    Attributes:
+        name: unique id; also the golden file's stem (``tests/golden/<name>.json``).
+        make_block: builds the block (a frozen dataclass with ``init``/``apply``).
+        make_inputs: builds the positional inputs of ``apply`` (fresh tensors each call).
+        make_twin: builds the ``torch.nn`` (or seed) twin whose ``state_dict`` names and
+            shapes equal ``tree.flatten(params) | tree.flatten(state)``; ``None`` if none exists.
+        train_ok: the block runs with ``train=True`` given a key (checked pure, deterministic
+            and under vmap in that mode too).
+        compile: run the ``torch.compile(fullgraph=True)`` check (kept off for the larger
+            duplicates of a model whose smallest config is already compiled).
+    """
+
+    name: str
+    make_block: Callable[[], Any]
+    make_inputs: Callable[[], tuple[Any, ...]]
+    make_twin: Callable[[], tnn.Module] | None = None
+    train_ok: bool = True
+    compile: bool = True
+
+    def __repr__(self) -> str:  # pytest ids and failure messages show the name only
+        return f"BlockCase({self.name})"
+
+
+def normal(seed: int, *shape: int) -> torch.Tensor:
+    return random.normal(random.key(seed), shape)
+
+
+def tokens(seed: int, batch: int, length: int, vocab: int, pad_tail: tuple[int, ...] = ()) -> torch.Tensor:
+    """``int64 [batch, length]`` ids in ``[1, vocab)``; row ``i`` ends in ``pad_tail[i]`` zeros (pad)."""
+    ids = random.randint(random.key(seed), (batch, length), 1, vocab)
+    for row, n in enumerate(pad_tail):
+        if n:
+            ids[row, length - n:] = 0
+    return ids
+
+
+def padding(lengths: list[int], length: int) -> torch.Tensor:
+    """Bool ``[b, 1, 1, length]`` key mask, True on each row's first ``lengths[i]`` positions."""
+    valid = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    return valid[:, None, None, :]
+
+
+class TransformerTwin(tnn.Module):
+    """Holds torch.nn modules under the names the seq2seq ``Transformer`` promises (parity only)."""
+
+    def __init__(self, m: models.Transformer) -> None:
+        super().__init__()
+        if m.share_embeddings:
+            self.embedding = tnn.Embedding(m.vocab_size, m.d_model)
+        else:
+            self.src_embedding = tnn.Embedding(m.vocab_size, m.d_model)
+            self.tgt_embedding = tnn.Embedding(m.vocab_size, m.d_model)
+        layer = dict(d_model=m.d_model, nhead=m.n_heads, dim_feedforward=m.d_ff, dropout=m.dropout,
+                     batch_first=True, norm_first=m.norm_first)
+        self.encoder = tnn.TransformerEncoder(tnn.TransformerEncoderLayer(**layer), m.n_layers,
+                                              norm=tnn.LayerNorm(m.d_model) if m.norm_first else None,
+                                              enable_nested_tensor=False)
+        self.decoder = tnn.TransformerDecoder(tnn.TransformerDecoderLayer(**layer), m.n_layers,
+                                              norm=tnn.LayerNorm(m.d_model) if m.norm_first else None)
+        if not m.tie_output:
+            self.output_layer = tnn.Linear(m.d_model, m.vocab_size)
+
+
+def _transformer(**overrides: Any) -> models.Transformer:
+    cfg = dict(vocab_size=11, d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0.1, max_seq_len=8)
+    return models.Transformer(**(cfg | overrides))
+
+
+_ENC = dict(d_model=8, n_heads=2, d_ff=16, dropout=0.1)
+_CNN = dict(input_channels=3, num_classes=3, base_channels=2, num_blocks=(1, 1, 1, 1))
+
+CASES: list[BlockCase] = [
+    BlockCase("Dense", lambda: nn.Dense(5, 3), lambda: (normal(1, 3, 5),), lambda: tnn.Linear(5, 3)),
+    BlockCase("Dense_nobias", lambda: nn.Dense(4, 2, bias=False), lambda: (normal(2, 2, 3, 4),),
+              lambda: tnn.Linear(4, 2, bias=False)),
+    BlockCase("Conv2d", lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), lambda: (normal(3, 2, 2, 6, 6),),
+              lambda: tnn.Conv2d(2, 3, 3, stride=2, padding=1)),
+    BlockCase("Conv2d_groups_same", lambda: nn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2),
+              lambda: (normal(4, 2, 4, 5, 4),),
+              lambda: tnn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2)),
+    BlockCase("BatchNorm", lambda: nn.BatchNorm(3), lambda: (normal(5, 3, 3, 2, 2),),
+              lambda: tnn.BatchNorm2d(3)),
+    BlockCase("BatchNorm_1d", lambda: nn.BatchNorm(4, momentum=None), lambda: (normal(6, 3, 4),),
+              lambda: tnn.BatchNorm1d(4, momentum=None)),
+    BlockCase("LayerNorm", lambda: nn.LayerNorm(4), lambda: (normal(7, 2, 3, 4),), lambda: tnn.LayerNorm(4)),
+    BlockCase("Dropout", lambda: nn.Dropout(0.5), lambda: (normal(8, 3, 4),), lambda: tnn.Dropout(0.5)),
+    BlockCase("Embedding", lambda: nn.Embedding(7, 4, padding_idx=0), lambda: (tokens(9, 2, 5, 7, (0, 2)),),
+              lambda: tnn.Embedding(7, 4, padding_idx=0)),
+    # No twin: the seed keeps its table as a state_dict buffer, deepfn recomputes it.
+    BlockCase("PositionalEncoding", lambda: nn.PositionalEncoding(4, max_len=8), lambda: (normal(10, 2, 5, 4),)),
+    BlockCase("MultiHeadAttention", lambda: nn.MultiHeadAttention(8, 2, dropout=0.1),
+              lambda: (normal(11, 2, 5, 8), None, padding([5, 3], 5)),
+              lambda: tnn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)),
+    BlockCase("MultiHeadAttention_cross", lambda: nn.MultiHeadAttention(8, 4, impl="math"),
+              lambda: (normal(12, 2, 3, 8), normal(13, 2, 5, 8)),
+              lambda: tnn.MultiheadAttention(8, 4, batch_first=True)),
+    BlockCase("TransformerEncoderLayer", lambda: nn.TransformerEncoderLayer(**_ENC),
+              lambda: (normal(14, 2, 5, 8), padding([5, 2], 5)),
+              lambda: tnn.TransformerEncoderLayer(8, 2, 16, 0.1, batch_first=True)),
+    BlockCase("TransformerDecoderLayer", lambda: nn.TransformerDecoderLayer(**_ENC, norm_first=True, activation="gelu"),
+              lambda: (normal(15, 2, 4, 8), normal(16, 2, 5, 8), nn.causal_mask(4), padding([5, 3], 5)),
+              lambda: tnn.TransformerDecoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True, norm_first=True)),
+    BlockCase("ConvBlock", lambda: nn.ConvBlock(2, 3, dropout_rate=0.2), lambda: (normal(17, 2, 2, 5, 5),),
+              lambda: TwinConvBlock(2, 3)),
+    BlockCase("ResidualBlock", lambda: nn.ResidualBlock(2, 4, stride=2), lambda: (normal(18, 2, 2, 6, 6),),
+              lambda: TwinResidualBlock(2, 4, 2)),
+    BlockCase("ResidualBlock_identity", lambda: nn.ResidualBlock(3, 3), lambda: (normal(19, 2, 3, 4, 4),),
+              lambda: TwinResidualBlock(3, 3)),
+    BlockCase("SEBlock", lambda: nn.SEBlock(4, reduction=2), lambda: (normal(20, 2, 4, 3, 3),),
+              lambda: TwinSE(4, 2)),
+    BlockCase("SpatialAttention", lambda: nn.SpatialAttention(kernel_size=3), lambda: (normal(21, 2, 3, 4, 4),),
+              lambda: TwinSpatialAttention(3)),
+    BlockCase("MLP", lambda: models.MLP(5, (6, 4), 3, dropout_rate=0.2, batch_norm=True),
+              lambda: (normal(22, 3, 5),), lambda: TwinMLP(5, (6, 4), 3, dropout_rate=0.2, batch_norm=True)),
+    BlockCase("AdvancedCNN", lambda: models.AdvancedCNN(**_CNN, stem="cifar", spatial_attention=True),
+              lambda: (normal(23, 2, 3, 6, 6),), lambda: TwinCNN(**_CNN, stem="cifar", spatial_attention=True)),
+    BlockCase("AdvancedCNN_imagenet", lambda: models.AdvancedCNN(**_CNN, use_attention=False, dropout_rate=0.0),
+              lambda: (normal(24, 3, 3, 16, 16),), lambda: TwinCNN(**_CNN, use_attention=False), compile=False),
+    BlockCase("Transformer", _transformer,
+              lambda: (tokens(25, 2, 5, 11, (0, 2)), tokens(26, 2, 4, 11, (1, 0))),
+              lambda: TransformerTwin(_transformer())),
+    BlockCase("Transformer_untied_prenorm",
+              lambda: _transformer(share_embeddings=False, tie_output=True, norm_first=True),
+              lambda: (tokens(27, 3, 4, 11, (1, 0, 0)), tokens(28, 3, 6, 11, (0, 2, 0))),
+              lambda: TransformerTwin(_transformer(share_embeddings=False, tie_output=True, norm_first=True)),
+              compile=False),
+]
+
+BY_NAME = {case.name: case for case in CASES}
+
+
+def public_blocks() -> dict[str, type]:
+    """Every class that ``deepfn.nn`` or ``deepfn.models`` exports with ``init`` and ``apply``."""
+    out = {}
+    for module in (nn, models):
+        for attr, obj in vars(module).items():
+            if (isinstance(obj, type) and not attr.startswith("_") and "__dataclass_fields__" in vars(obj)
+                    and callable(getattr(obj, "init", None)) and callable(getattr(obj, "apply", None))):
+                out[f"{module.__name__}.{attr}"] = obj
+    return out
+
+
+def _spec(x: torch.Tensor) -> str:
+    kind = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
+            torch.int64: "i64", torch.int32: "i32", torch.bool: "bool"}.get(x.dtype, str(x.dtype))
+    return f"{kind}[{', '.join(str(s) for s in x.shape)}]"
+
+
+def golden_tree(case: BlockCase) -> dict[str, Any]:
+    """``{"tree": {flat name: "f32[out, in]"}, "total_size": elements}`` of params | state."""
+    params, state = case.make_block().init(random.key(0))
+    flat_params, flat_state = tree.flatten(params), tree.flatten(state)
+    clash = set(flat_params) & set(flat_state)
+    if clash:
+        raise ValueError(f"{case.name}: names in both params and state: {sorted(clash)}")
+    flat = flat_params | flat_state
+    return {"tree": {name: _spec(flat[name]) for name in sorted(flat)},
+            "total_size": sum(math.prod(x.shape) for x in flat.values())}
+
+
+def golden_path(case: BlockCase) -> Path:
+    return GOLDEN_DIR / f"{case.name}.json"
+
+
+def write_golden(case: BlockCase) -> Path:
+    path = golden_path(case)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(golden_tree(case), indent=2) + "\n")
+    return path
