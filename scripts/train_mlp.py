@@ -15,8 +15,8 @@ from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_s
 
 
 def build_parser():
-    p = _common.parser(__doc__.splitlines()[0], epochs=100, batch_size=64, lr=1e-3, out="runs/mlp")
-    p.set_defaults(patience=15)
+    p = _common.parser(__doc__.splitlines()[0], epochs=40, batch_size=64, lr=1e-3, out="runs/mlp")
+    p.set_defaults(patience=10)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="hidden layer widths")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")

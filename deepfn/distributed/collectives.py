@@ -57,8 +57,8 @@ def pack(leaves: list[Any], bucket: Bucket) -> Tensor:
 def unpack(flat: Tensor, leaves: list[Any], bucket: Bucket, out: list[Any]) -> None:
     """Write views of ``flat`` shaped like the bucket's leaves into ``out`` (a Python list)."""
     parts = flat.split([leaves[i].numel() for i in bucket])
-    for i, part in zip(bucket, parts):
-        out[i] = part.view(leaves[i].shape)
+    for j, i in enumerate(bucket):
+        out[i] = parts[j].view(leaves[i].shape)
 
 
 def _bucket_bytes(fn: str, bucket_mb: Any) -> int:
@@ -121,8 +121,8 @@ def all_reduce_mean(grads: PyTree, bucket_mb: float = 25.0) -> PyTree:
                 work.wait()
         except RuntimeError as err:   # gloo/NCCL report timeouts and lost peers as RuntimeError
             _raise_collective(fn, err)
-    for flat, b in zip(flats, buckets):
-        unpack(flat, leaves, b, out)
+    for j, b in enumerate(buckets):
+        unpack(flats[j], leaves, b, out)
     return tree.unflatten_leaves(spec, out)
 
 
@@ -164,6 +164,6 @@ def broadcast(params: PyTree, src: int = 0, bucket_mb: float = 25.0) -> PyTree:
             work.wait()
     except RuntimeError as err:
         _raise_collective(fn, err)
-    for flat, b in zip(flats, buckets):
-        unpack(flat, leaves, b, out)
+    for j, b in enumerate(buckets):
+        unpack(flats[j], leaves, b, out)
     return tree.unflatten_leaves(spec, out)

@@ -30,11 +30,11 @@ SCENARIOS = {
 }
 
 
-def train(name: str, *, rank: int = 0, world_size: int = 1, all_reduce=None) -> dict:
+def train(name: str, *, rank: int = 0, world_size: int = 1, all_reduce=None, compile: bool = False) -> dict:
     """Final params and per-step losses of scenario ``name`` on this rank's shards."""
     model, opt, options = SCENARIOS[name]
     ts = TrainState.create(model, opt, random.key(3))
-    step = make_train_step(model, losses.cross_entropy, opt, all_reduce=all_reduce, compile=False, **options)
+    step = make_train_step(model, losses.cross_entropy, opt, all_reduce=all_reduce, compile=compile, **options)
     step_losses = []
     for s in range(STEPS):
         x, y = data(s)

@@ -86,7 +86,7 @@ def test_pack_then_unpack_restores_every_leaf():
     assert flat.shape == (12,)
     out = [None] * 3
     unpack(flat, leaves, [0, 1, 2], out)
-    for a, b in zip(out, leaves):
+    for a, b in zip(out, leaves, strict=True):
         assert torch.equal(a, b)
     flat.zero_()                                   # the packed copy never aliases the input
     assert leaves[0].abs().sum() > 0

@@ -1,7 +1,7 @@
 """A torchrun worker for the 2-process tests: ``worker.py MODE OUT_DIR``.
 
-Modes: ``train`` (broadcast, all-reduce, the training scenarios, batch-norm state;
-results saved to ``OUT_DIR/rank<r>.pt``), ``raise`` / ``exit`` / ``hang`` (rank 1 fails
+Modes: ``train`` (eager: broadcast, all-reduce, the training scenarios, batch-norm state;
+results saved to ``OUT_DIR/rank<r>.pt``), ``compiled`` (one scenario, compiled step), ``raise`` / ``exit`` / ``hang`` (rank 1 fails
 while rank 0 all-reduces), ``mismatch`` (rank 1 builds a different model).
 """
 
@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import scenarios  # this script's own folder is on sys.path (torchrun runs it as a script)
 import torch
 
 from deepfn import distributed, losses, models, optim, random
 from deepfn.train import TrainState, make_train_step
-
-import scenarios  # noqa: E402  (this script's own folder is on sys.path)
 
 
 def run_train(r: int, n: int) -> dict:
@@ -49,6 +48,10 @@ def main() -> None:
     r, n = distributed.rank(), distributed.world_size()
     if mode == "train":
         torch.save(run_train(r, n), out_dir / f"rank{r}.pt")
+    elif mode == "compiled":       # the whole step under torch.compile(fullgraph=True), all-reduce inside
+        out = scenarios.train("adamw_accum_scaled_clipped", rank=r, world_size=n,
+                              all_reduce=distributed.all_reduce_mean, compile=True)
+        torch.save(out, out_dir / f"rank{r}.pt")
     elif mode == "mismatch":
         hidden = [16, 16] if r == 0 else [16, 17]
         params, _ = models.MLP(scenarios.IN, hidden, scenarios.OUT).init(random.key(0))
