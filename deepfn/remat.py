@@ -34,16 +34,36 @@ class _Recompute(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         flat_fn, *leaves = inputs
         ctx.flat_fn = flat_fn
+        ctx.diff_in = tuple(_is_float(x) for x in leaves)
+        # Integer/bool outputs (step counters) are auxiliary: no cotangent, and vjp refuses
+        # them, so backward recomputes and differentiates only the floating ones.
+        ctx.diff_out = tuple(i for i, o in enumerate(output) if _is_float(o))
+        aux = [o for o in output if isinstance(o, torch.Tensor) and not _is_float(o)]
+        if aux:
+            ctx.mark_non_differentiable(*aux)
         # Only the inputs are kept: every intermediate of fn is recomputed in backward.
         ctx.save_for_backward(*leaves)
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: torch.Tensor):
-        leaves = ctx.saved_tensors
+        leaves, diff_in, picked = ctx.saved_tensors, ctx.diff_in, ctx.diff_out
+
+        def diff_fn(*floats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            it = iter(floats)
+            outs = ctx.flat_fn(*[next(it) if d else x for x, d in zip(leaves, diff_in, strict=True)])
+            return tuple(outs[i] for i in picked)
+
         with torch.enable_grad():
-            outputs, vjp_fn = torch.func.vjp(ctx.flat_fn, *leaves)
-        cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grad_outputs, strict=True))
-        return (None, *vjp_fn(cotangents))
+            outputs, vjp_fn = torch.func.vjp(diff_fn, *[x for x, d in zip(leaves, diff_in, strict=True) if d])
+        # Outputs the loss never reached (e.g. new batch-norm statistics) get zero cotangents.
+        cotangents = tuple(torch.zeros_like(o) if grad_outputs[i] is None else grad_outputs[i]
+                           for o, i in zip(outputs, picked, strict=True))
+        grads = iter(vjp_fn(cotangents))
+        return (None, *[next(grads) if d else None for d in diff_in])
+
+
+def _is_float(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
 
 
 def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,7 +75,10 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     ``params`` and ``inputs`` are pytrees; floating tensor leaves are differentiable, other
     leaves (ints, bool masks, keys, Python values) pass through as constants. ``fn`` returns
-    a tensor or a tuple/list/dict tree of tensors.
+    a tensor or a tuple/list/dict tree of tensors; its non-floating tensor outputs (e.g. a
+    batch norm's ``num_batches_tracked`` in a returned ``(y, new_state)``) are auxiliary
+    outputs, not differentiated, and floating outputs the loss does not use (new running
+    statistics) get zero cotangents, so ``fn`` may be a whole ``apply`` returning state.
 
     A remat inside another remat's ``fn`` is not supported (torch 2.14's functorch levels
     escape when a custom backward recomputes another custom function).
@@ -73,21 +96,23 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapped(params: Any, *inputs: Any) -> Any:
         leaves, in_spec = pytree.tree_flatten((params, inputs))
-        is_diff = [isinstance(x, torch.Tensor) and x.is_floating_point() for x in leaves]
-        diff = [x for x, d in zip(leaves, is_diff, strict=True) if d]
-        const = [x for x, d in zip(leaves, is_diff, strict=True) if not d]
+        # Every tensor leaf enters the Function (integer keys and bool masks too): a tensor
+        # captured by closure instead trips functorch's level checks under vmap(grad(...)).
+        is_tensor = [isinstance(x, torch.Tensor) for x in leaves]
+        tensors = [x for x, t in zip(leaves, is_tensor, strict=True) if t]
+        others = [x for x, t in zip(leaves, is_tensor, strict=True) if not t]
         out_spec: list[Any] = []
 
-        def flat_fn(*diff_leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            it_d, it_c = iter(diff_leaves), iter(const)
-            full = [next(it_d) if d else next(it_c) for d in is_diff]
+        def flat_fn(*tensor_leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            it_t, it_o = iter(tensor_leaves), iter(others)
+            full = [next(it_t) if t else next(it_o) for t in is_tensor]
             p, xs = pytree.tree_unflatten(full, in_spec)
             out_leaves, spec = pytree.tree_flatten(fn(p, *xs))
             if not out_spec:
                 out_spec.append(spec)
             return tuple(out_leaves)
 
-        outputs = _Recompute.apply(flat_fn, *diff)
+        outputs = _Recompute.apply(flat_fn, *tensors)
         return pytree.tree_unflatten(list(outputs), out_spec[0])
 
     return wrapped

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = evaluate(eval_step, ts.params, ts.state, test_data, 500)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
                           best_epoch=history.best_epoch, epochs_run=len(history.rows),
-                          params=model.num_parameters(), steps=int(ts.step))
+                          params=model.num_parameters(), steps=history.rows[-1]["step"])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ and the golden parameter trees that ``scripts/regen_golden.py`` writes.
 A ``BlockCase`` builds its block, its positional ``apply`` inputs and, where one exists, the
 PyTorch twin whose ``state_dict`` the block's ``params | state`` must mirror. Inputs come from
 ``deepfn.random`` with fixed seeds, so every run sees the same numbers. Keep every case cheap
-(channels and widths of a few units, batch 2-3): each one is compiled once.
+(channels and widths of a few units, batch 2-3): each runs a dozen checks.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import torch
 from torch import nn as tnn
 
 from deepfn import models, nn, random, tree
-from tests.models.seed_twins import (TwinCNN, TwinConvBlock, TwinMLP, TwinResidualBlock, TwinSE,
-                                     TwinSpatialAttention)
+from tests.models import seed_twins as twins
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 REGEN_HINT = "python scripts/regen_golden.py"
@@ -40,8 +39,11 @@ class BlockCase:
             shapes equal ``tree.flatten(params) | tree.flatten(state)``; ``None`` if none exists.
         train_ok: the block runs with ``train=True`` given a key (checked pure, deterministic
             and under vmap in that mode too).
-        compile: run the ``torch.compile(fullgraph=True)`` check (kept off for the larger
-            duplicates of a model whose smallest config is already compiled).
+        compile: run ``check_block``'s ``torch.compile(fullgraph=True)`` check. Compiling is
+            the slow part of this file, so it runs once per layer class (the first case) and
+            for the smallest model, MLP; the transformer layers, AdvancedCNN and Transformer
+            are compiled by their own tests (tests/nn/test_transformer_layers.py,
+            tests/models/test_cnn.py, tests/models/test_transformer.py).
     """
 
     name: str
@@ -100,6 +102,7 @@ def _transformer(**overrides: Any) -> models.Transformer:
     return models.Transformer(**(cfg | overrides))
 
 
+_UNTIED = dict(share_embeddings=False, tie_output=True, norm_first=True)
 _ENC = dict(d_model=8, n_heads=2, d_ff=16, dropout=0.1)
 _CNN = dict(input_channels=3, num_classes=3, base_channels=2, num_blocks=(1, 1, 1, 1))
 # Images large enough that the last stage keeps 2x2 pixels: training-mode BatchNorm over a
@@ -107,60 +110,72 @@ _CNN = dict(input_channels=3, num_classes=3, base_channels=2, num_blocks=(1, 1, 
 # (vmap and compile then differ from eager by 1e-4 for numerical, not semantic, reasons).
 
 CASES: list[BlockCase] = [
-    BlockCase("Dense", lambda: nn.Dense(5, 3), lambda: (normal(1, 3, 5),), lambda: tnn.Linear(5, 3)),
+    BlockCase("Dense", lambda: nn.Dense(5, 3), lambda: (normal(1, 3, 5),),
+              lambda: tnn.Linear(5, 3)),
     BlockCase("Dense_nobias", lambda: nn.Dense(4, 2, bias=False), lambda: (normal(2, 2, 3, 4),),
-              lambda: tnn.Linear(4, 2, bias=False)),
-    BlockCase("Conv2d", lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), lambda: (normal(3, 2, 2, 6, 6),),
+              lambda: tnn.Linear(4, 2, bias=False), compile=False),
+    BlockCase("Conv2d", lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1),
+              lambda: (normal(3, 2, 2, 6, 6),),
               lambda: tnn.Conv2d(2, 3, 3, stride=2, padding=1)),
-    BlockCase("Conv2d_groups_same", lambda: nn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2),
+    BlockCase("Conv2d_groups_same",
+              lambda: nn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2),
               lambda: (normal(4, 2, 4, 5, 4),),
-              lambda: tnn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2)),
+              lambda: tnn.Conv2d(4, 4, (3, 1), padding="same", bias=False, groups=2), compile=False),
     BlockCase("BatchNorm", lambda: nn.BatchNorm(3), lambda: (normal(5, 3, 3, 2, 2),),
               lambda: tnn.BatchNorm2d(3)),
     BlockCase("BatchNorm_1d", lambda: nn.BatchNorm(4, momentum=None), lambda: (normal(6, 3, 4),),
-              lambda: tnn.BatchNorm1d(4, momentum=None)),
-    BlockCase("LayerNorm", lambda: nn.LayerNorm(4), lambda: (normal(7, 2, 3, 4),), lambda: tnn.LayerNorm(4)),
-    BlockCase("Dropout", lambda: nn.Dropout(0.5), lambda: (normal(8, 3, 4),), lambda: tnn.Dropout(0.5)),
-    BlockCase("Embedding", lambda: nn.Embedding(7, 4, padding_idx=0), lambda: (tokens(9, 2, 5, 7, (0, 2)),),
+              lambda: tnn.BatchNorm1d(4, momentum=None), compile=False),
+    BlockCase("LayerNorm", lambda: nn.LayerNorm(4), lambda: (normal(7, 2, 3, 4),),
+              lambda: tnn.LayerNorm(4)),
+    BlockCase("Dropout", lambda: nn.Dropout(0.5), lambda: (normal(8, 3, 4),),
+              lambda: tnn.Dropout(0.5)),
+    BlockCase("Embedding", lambda: nn.Embedding(7, 4, padding_idx=0),
+              lambda: (tokens(9, 2, 5, 7, (0, 2)),),
               lambda: tnn.Embedding(7, 4, padding_idx=0)),
     # No twin: the seed keeps its table as a state_dict buffer, deepfn recomputes it.
-    BlockCase("PositionalEncoding", lambda: nn.PositionalEncoding(4, max_len=8), lambda: (normal(10, 2, 5, 4),)),
+    BlockCase("PositionalEncoding", lambda: nn.PositionalEncoding(4, max_len=8),
+              lambda: (normal(10, 2, 5, 4),)),
     BlockCase("MultiHeadAttention", lambda: nn.MultiHeadAttention(8, 2, dropout=0.1),
               lambda: (normal(11, 2, 5, 8), None, padding([5, 3], 5)),
               lambda: tnn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)),
     BlockCase("MultiHeadAttention_cross", lambda: nn.MultiHeadAttention(8, 4, impl="math"),
               lambda: (normal(12, 2, 3, 8), normal(13, 2, 5, 8)),
-              lambda: tnn.MultiheadAttention(8, 4, batch_first=True)),
+              lambda: tnn.MultiheadAttention(8, 4, batch_first=True), compile=False),
     BlockCase("TransformerEncoderLayer", lambda: nn.TransformerEncoderLayer(**_ENC),
               lambda: (normal(14, 2, 5, 8), padding([5, 2], 5)),
-              lambda: tnn.TransformerEncoderLayer(8, 2, 16, 0.1, batch_first=True)),
-    BlockCase("TransformerDecoderLayer", lambda: nn.TransformerDecoderLayer(**_ENC, norm_first=True, activation="gelu"),
+              lambda: tnn.TransformerEncoderLayer(8, 2, 16, 0.1, batch_first=True), compile=False),
+    BlockCase("TransformerDecoderLayer",
+              lambda: nn.TransformerDecoderLayer(**_ENC, norm_first=True, activation="gelu"),
               lambda: (normal(15, 2, 4, 8), normal(16, 2, 5, 8), nn.causal_mask(4), padding([5, 3], 5)),
-              lambda: tnn.TransformerDecoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True, norm_first=True)),
-    BlockCase("ConvBlock", lambda: nn.ConvBlock(2, 3, dropout_rate=0.2), lambda: (normal(17, 2, 2, 5, 5),),
-              lambda: TwinConvBlock(2, 3)),
-    BlockCase("ResidualBlock", lambda: nn.ResidualBlock(2, 4, stride=2), lambda: (normal(18, 2, 2, 6, 6),),
-              lambda: TwinResidualBlock(2, 4, 2)),
-    BlockCase("ResidualBlock_identity", lambda: nn.ResidualBlock(3, 3), lambda: (normal(19, 2, 3, 4, 4),),
-              lambda: TwinResidualBlock(3, 3)),
+              lambda: tnn.TransformerDecoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True,
+                                                  norm_first=True),
+              compile=False),
+    BlockCase("ConvBlock", lambda: nn.ConvBlock(2, 3, dropout_rate=0.2),
+              lambda: (normal(17, 2, 2, 5, 5),), lambda: twins.TwinConvBlock(2, 3)),
+    BlockCase("ResidualBlock", lambda: nn.ResidualBlock(2, 4, stride=2),
+              lambda: (normal(18, 2, 2, 6, 6),), lambda: twins.TwinResidualBlock(2, 4, 2)),
+    BlockCase("ResidualBlock_identity", lambda: nn.ResidualBlock(3, 3),
+              lambda: (normal(19, 2, 3, 4, 4),), lambda: twins.TwinResidualBlock(3, 3), compile=False),
     BlockCase("SEBlock", lambda: nn.SEBlock(4, reduction=2), lambda: (normal(20, 2, 4, 3, 3),),
-              lambda: TwinSE(4, 2)),
-    BlockCase("SpatialAttention", lambda: nn.SpatialAttention(kernel_size=3), lambda: (normal(21, 2, 3, 4, 4),),
-              lambda: TwinSpatialAttention(3)),
+              lambda: twins.TwinSE(4, 2)),
+    BlockCase("SpatialAttention", lambda: nn.SpatialAttention(kernel_size=3),
+              lambda: (normal(21, 2, 3, 4, 4),), lambda: twins.TwinSpatialAttention(3)),
     BlockCase("MLP", lambda: models.MLP(5, (6, 4), 3, dropout_rate=0.2, batch_norm=True),
-              lambda: (normal(22, 3, 5),), lambda: TwinMLP(5, (6, 4), 3, dropout_rate=0.2, batch_norm=True)),
+              lambda: (normal(22, 3, 5),),
+              lambda: twins.TwinMLP(5, (6, 4), 3, dropout_rate=0.2, batch_norm=True)),
     BlockCase("AdvancedCNN", lambda: models.AdvancedCNN(**_CNN, stem="cifar", spatial_attention=True),
-              lambda: (normal(23, 2, 3, 16, 16),), lambda: TwinCNN(**_CNN, stem="cifar", spatial_attention=True)),
-    BlockCase("AdvancedCNN_imagenet", lambda: models.AdvancedCNN(**_CNN, use_attention=False, dropout_rate=0.0),
-              lambda: (normal(24, 2, 3, 64, 64),), lambda: TwinCNN(**_CNN, use_attention=False), compile=False),
+              lambda: (normal(23, 2, 3, 16, 16),),
+              lambda: twins.TwinCNN(**_CNN, stem="cifar", spatial_attention=True), compile=False),
+    BlockCase("AdvancedCNN_imagenet",
+              lambda: models.AdvancedCNN(**_CNN, use_attention=False, dropout_rate=0.0),
+              lambda: (normal(24, 2, 3, 64, 64),),
+              lambda: twins.TwinCNN(**_CNN, use_attention=False), compile=False),
     BlockCase("Transformer", _transformer,
               lambda: (tokens(25, 2, 5, 11, (0, 2)), tokens(26, 2, 4, 11, (1, 0))),
-              lambda: TransformerTwin(_transformer())),
-    BlockCase("Transformer_untied_prenorm",
-              lambda: _transformer(share_embeddings=False, tie_output=True, norm_first=True),
+              lambda: TransformerTwin(_transformer()), compile=False),
+    BlockCase("Transformer_untied_prenorm", lambda: _transformer(**_UNTIED),
               lambda: (tokens(27, 3, 4, 11, (1, 0, 0)), tokens(28, 3, 6, 11, (0, 2, 0))),
-              lambda: TransformerTwin(_transformer(share_embeddings=False, tie_output=True, norm_first=True)),
-              compile=False),
+              lambda: TransformerTwin(_transformer(**_UNTIED)), compile=False),
 ]
 
 BY_NAME = {case.name: case for case in CASES}
@@ -171,7 +186,8 @@ def public_blocks() -> dict[str, type]:
     out = {}
     for module in (nn, models):
         for attr, obj in vars(module).items():
-            if (isinstance(obj, type) and not attr.startswith("_") and "__dataclass_fields__" in vars(obj)
+            # Any exported class with the protocol's methods counts, dataclass or not.
+            if (isinstance(obj, type) and not attr.startswith("_")
                     and callable(getattr(obj, "init", None)) and callable(getattr(obj, "apply", None))):
                 out[f"{module.__name__}.{attr}"] = obj
     return out

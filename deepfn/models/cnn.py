@@ -24,6 +24,7 @@ from ..nn.dropout import dropout
 from ..nn.resnet import ConvBlock, ResidualBlock
 from ..nn.spatial_attention import SpatialAttention
 from ..nn.squeeze_excite import SEBlock
+from ..remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 
 STEMS = ("imagenet", "cifar")
@@ -41,6 +42,9 @@ class AdvancedCNN:
     - ``attention``: ``SEBlock(8 * base_channels)`` if ``use_attention``; then
       ``spatial_attention`` (CBAM's ``SpatialAttention``) if ``spatial_attention``.
     - global average pool, dropout (``dropout_rate``, needs ``key`` in training), ``fc``.
+    - ``remat=True``: in training, each stage ``layer<i>`` runs under :func:`deepfn.remat`, so
+      the backward pass recomputes the stage from its input (same values, gradients and new
+      batch-norm statistics; less memory, one more forward per stage).
 
     Params/state names are the seed's ``state_dict`` names (``conv1.conv.weight``,
     ``conv1.batch_norm.running_mean``, ``layer2.0.downsample.0.weight``,
@@ -61,6 +65,7 @@ class AdvancedCNN:
     dropout_rate: float = 0.5
     stem: str = "imagenet"
     spatial_attention: bool = False
+    remat: bool = False
 
     def __post_init__(self) -> None:
         blocks = self.num_blocks
@@ -72,6 +77,7 @@ class AdvancedCNN:
                        base_channels=self.base_channels)
         check_probability(self, "dropout_rate", self.dropout_rate)
         check_choice(self, "stem", self.stem, STEMS)
+        check_choice(self, "remat", self.remat, (True, False))
         if self.use_attention:
             SEBlock(8 * self.base_channels)  # channels // 16 >= 1 is checked there
 
@@ -129,9 +135,8 @@ class AdvancedCNN:
         if self.stem == "imagenet":
             y = F.max_pool2d(y, kernel_size=3, stride=2, padding=1)
         for name, blocks in self.stages():
-            new[name] = {}
-            for j, block in enumerate(blocks):
-                y, new[name][str(j)] = block.apply(params[name][str(j)], state[name][str(j)], y, train=train)
+            run = self._stage(blocks, train)
+            y, new[name] = (rematerialise(run) if self.remat and train else run)(params[name], state[name], y)
         if self.use_attention:
             y, _ = SEBlock(8 * self.base_channels).apply(params["attention"], {}, y)
         if self.spatial_attention:
@@ -140,6 +145,16 @@ class AdvancedCNN:
         y = dropout(y, self.dropout_rate, key if use_dropout else None, use_dropout, owner=self)
         logits, _ = Dense(8 * self.base_channels, self.num_classes).apply(params["fc"], {}, y)
         return logits, ({**state, **new} if train else state)
+
+    @staticmethod
+    def _stage(blocks: list[ResidualBlock], train: bool):
+        """One stage as ``(params, state, y) -> (y, state)``: the unit that ``remat`` recomputes."""
+        def run(params: Params, state: State, y: Tensor) -> tuple[Tensor, State]:
+            new: State = {}
+            for j, block in enumerate(blocks):
+                y, new[str(j)] = block.apply(params[str(j)], state[str(j)], y, train=train)
+            return y, new
+        return run
 
     def num_parameters(self) -> int:
         """Trainable element count, as ``sum(p.numel() for p in model.parameters())``."""

@@ -34,6 +34,7 @@ from ..nn.layer_norm import LayerNorm
 from ..nn.masks import causal_mask, padding_mask
 from ..nn.positional import PositionalEncoding
 from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from ..remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 from . import generate
 
@@ -65,6 +66,10 @@ class Transformer:
         tie_output: project to the vocabulary with the (target) embedding table, no bias.
         norm_first: pre-LN layers plus a final LayerNorm per stack; default post-LN.
         activation: the feed-forward activation, a registered name or a callable.
+        remat: in training (``train=True``), wrap each encoder and decoder layer in
+            :func:`deepfn.remat`: the backward pass recomputes a layer's activations from its
+            input instead of keeping them (same values and gradients, less memory, one more
+            forward per layer). Evaluation and generation run the plain layers.
 
     Twin: see the module docstring; the seed omits the ``sqrt(d_model)`` scale.
     """
@@ -81,6 +86,7 @@ class Transformer:
     tie_output: bool = False
     norm_first: bool = False
     activation: str | Callable[[Tensor], Tensor] = "relu"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
@@ -91,7 +97,7 @@ class Transformer:
         pad = self.pad_token_id
         if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
             raise ValueError(f"Transformer: pad_token_id must be an int in [0, {self.vocab_size}) (vocab_size); got {pad!r}")
-        for name in ("share_embeddings", "tie_output", "norm_first"):
+        for name in ("share_embeddings", "tie_output", "norm_first", "remat"):
             check_choice(self, name, getattr(self, name), (True, False))
         activations.get(self.activation)      # an unknown name raises here, at construction
 
@@ -190,9 +196,17 @@ class Transformer:
         x = self.embed(params, src, key=k_emb, train=train, side="src")
         mask = padding_mask(src, self.pad_token_id)
         enc, layer = params["encoder"], self.encoder_layer
+
+        def run(p: Params, h: Tensor, m: Tensor, k: Key | None) -> Tensor:
+            return layer.apply(p, {}, h, m, key=k, train=train)[0]
+        run = self._maybe_remat(run, train)
         for i, k in enumerate(k_layers):
-            x, _ = layer.apply(enc["layers"][str(i)], {}, x, mask, key=k, train=train)
+            x = run(enc["layers"][str(i)], x, mask, k)
         return self.final_norm(enc, x)
+
+    def _maybe_remat(self, fn: Callable, train: bool) -> Callable:
+        # Only training differentiates; eval and generation keep the plain (cheaper) call.
+        return rematerialise(fn) if self.remat and train else fn
 
     def _decode(self, params, tgt, memory, src, key, train):
         k_emb, *k_layers = split_key(key, self.n_layers + 1)
@@ -200,8 +214,12 @@ class Transformer:
         self_mask = causal_mask(tgt.shape[1], device=tgt.device) & padding_mask(tgt, self.pad_token_id)
         cross_mask = padding_mask(src, self.pad_token_id)
         dec, layer = params["decoder"], self.decoder_layer
+
+        def run(p: Params, h: Tensor, mem: Tensor, sm: Tensor, cm: Tensor, k: Key | None) -> Tensor:
+            return layer.apply(p, {}, h, mem, sm, cm, key=k, train=train)[0]
+        run = self._maybe_remat(run, train)
         for i, k in enumerate(k_layers):
-            x, _ = layer.apply(dec["layers"][str(i)], {}, x, memory, self_mask, cross_mask, key=k, train=train)
+            x = run(dec["layers"][str(i)], x, memory, self_mask, cross_mask, k)
         return self.logits(params, self.final_norm(dec, x))
 
     def encode(self, params: Params, state: State, src: Tensor, *, key: Key | None = None,

@@ -46,7 +46,7 @@ def _build(spec: Spec, it: Any) -> Any:
     if spec is None:
         return next(it)
     if spec[0] == "dict":
-        return {k: _build(s, it) for k, s in zip(spec[1], spec[2])}
+        return {k: _build(s, it) for k, s in zip(spec[1], spec[2], strict=False)}
     return pytree.tree_unflatten([next(it) for _ in range(spec[2])], spec[1])
 
 

@@ -11,7 +11,15 @@ from .. import tree
 from ..typing import PyTree, Tensor
 from . import _flat, _ops
 from . import _steps as S
-from .base import GradientTransformation, ScalarOrSchedule, chain, check_count, check_specs, mark, zero_count
+from .base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    chain,
+    check_count,
+    check_specs,
+    mark,
+    zero_count,
+)
 from .transforms import Mask, add_decayed_weights, scale_by_learning_rate
 
 
@@ -60,7 +68,7 @@ def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> G
         sqrt_bc2 = torch.sqrt(1.0 - b2 ** k)
         bc1 = 1.0 - b1 ** k
         denom = _ops.add_scalar(_ops.sqrt(nu, fe), eps * sqrt_bc2, fe, inplace=True)
-        out = _ops.mul(_ops.div_lists(mu, denom, fe), sqrt_bc2 / bc1, fe, inplace=True)
+        out = _ops.mul(_ops.div_lists(mu, denom, fe, into_y=True), sqrt_bc2 / bc1, fe, inplace=True)
         new_state = ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu))
         return _flat.unflatten(spec, out), new_state
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree
+from .._checks import describe
 from ..typing import PyTree, Tensor
 from . import _flat, _ops
 
@@ -28,7 +29,12 @@ ScalarOrSchedule = float | Schedule
 
 
 class GradientTransformation(NamedTuple):
-    """A pure pair ``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``."""
+    """A pure pair ``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``.
+
+    A schedule given as ``lr`` (or momentum) is called with the state's ``count``, a 0-d
+    int64 tensor, so a hand-written schedule must be tensor code (``torch.where``, not ``if``)
+    to compile into one graph; deepfn's own schedules are.
+    """
 
     init: Callable[[PyTree], Any]
     update: Callable[..., tuple[PyTree, Any]]
@@ -77,7 +83,17 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_states.append(s)
         return updates, tuple(new_states)
 
-    return GradientTransformation(init, mark(update, reuses=True))
+    # The flags are static, so a chain's own are too: fresh if its output is owned when its
+    # input is not; it takes ownership only if it then hands back an owned output.
+    return GradientTransformation(init, mark(update, fresh=_owned_after(transforms, False),
+                                             reuses=_owned_after(transforms, True)))
+
+
+def _owned_after(transforms: tuple[GradientTransformation, ...], owned: bool) -> bool:
+    for t in transforms:
+        if not (owned and getattr(t.update, "reuses", False)):
+            owned = getattr(t.update, "fresh", False)
+    return owned
 
 
 def mark(update: Callable, *, fresh: bool = False, reuses: bool = False) -> Callable:
@@ -125,9 +141,4 @@ def zero_count(params: PyTree) -> Tensor:
 
 def check_count(where: str, count: Any) -> None:
     if not isinstance(count, torch.Tensor) or count.dtype != torch.int64 or count.ndim != 0:
-        raise TypeError(f"{where}: state.count must be a 0-d int64 tensor (from init); got {_describe(count)}")
-
-
-def _describe(x: Any) -> str:
-    from .._checks import describe
-    return describe(x)
+        raise TypeError(f"{where}: state.count must be a 0-d int64 tensor (from init); got {describe(count)}")

@@ -43,7 +43,7 @@ def _phases(name: str, total_steps: Any, pct_start: Any, anneal_strategy: Any,
     else:
         ends = [float(pct_start * total_steps) - 1, total_steps - 1.0]
     starts = [0.0, *ends[:-1]]
-    if any(e <= s for s, e in zip(starts, ends)):
+    if any(e <= s for s, e in zip(starts, ends, strict=False)):
         # OneCycleLR divides by (end - start) here: a zero or negative phase length.
         raise ValueError(f"{name}: pct_start={pct_start!r} with total_steps={total_steps} gives an empty phase "
                          f"(phase ends {ends}); need pct_start * total_steps > 1 and every phase longer than 0")
@@ -62,7 +62,7 @@ def _cycle(name: str, total_steps: int, ends: list[float], values: list[tuple[fl
             if n > total_steps:
                 raise ValueError(f"{name}: " + message.format(n))
         if not S.is_tensor(t):
-            for i, (s, e) in enumerate(zip(starts, ends)):
+            for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
                 if t <= e or i == len(ends) - 1:
                     return _anneal(strategy, *values[i], (t - s) / (e - s))
         value = None

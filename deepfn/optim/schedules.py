@@ -116,7 +116,7 @@ def join(schedules: Sequence[Callable[[Any], Any]], boundaries: Sequence[int]) -
         raise TypeError(f"{name}: schedules must be a non-empty sequence of callables; got {schedules!r}")
     if len(bounds) != len(schedules) - 1:
         raise ValueError(f"{name}: needs len(schedules) - 1 = {len(schedules) - 1} boundaries; got {len(bounds)}")
-    if any(b >= c for b, c in zip(bounds, bounds[1:])):
+    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
         raise ValueError(f"{name}: boundaries must increase strictly; got {bounds}")
     starts = [0, *bounds]
 

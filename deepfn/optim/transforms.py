@@ -11,7 +11,15 @@ from .. import tree
 from ..typing import PyTree, Tensor
 from . import _flat, _ops
 from . import _steps as S
-from .base import EmptyState, GradientTransformation, ScalarOrSchedule, check_count, check_specs, mark, zero_count
+from .base import (
+    EmptyState,
+    GradientTransformation,
+    ScalarOrSchedule,
+    check_count,
+    check_specs,
+    mark,
+    zero_count,
+)
 
 Mask = PyTree | Callable[[str, Tensor], bool]
 

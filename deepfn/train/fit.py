@@ -127,7 +127,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         history_path: str | None = None, plot_path: str | None = None,
         batch_fn: Callable[..., tuple[Any, Any]] | None = None,
         augment: Callable[[Key, Any], Any] | None = None, step_key: Callable[[Key], Any] | None = None,
-        lr_fn: Callable[[int], float] | None = None, max_steps: int | None = None, drop_last: bool = True,
+        lr_fn: Callable[[int], float] | None = None, max_steps: int | None = None,
+        time_limit_s: float | None = None, on_epoch_end: Callable[[TrainState, dict], dict | None] | None = None,
+        drop_last: bool = True,
         progress: bool = True, log_every: int = 10, log: Callable[[str], Any] | None = None,
         metadata: dict[str, Any] | None = None) -> tuple[TrainState, History]:
     """Train ``train_state`` for ``epochs`` epochs of ``train_step`` over ``train_data``.
@@ -163,6 +165,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             ``lambda k: random.split(k, n)``).
         lr_fn: ``step -> lr`` to record in the history when the step reports no ``lr``.
         max_steps: stop after this many updates in total (the epoch is then ``partial``).
+        time_limit_s: stop (as ``max_steps`` does) once this call has run this many seconds.
+        on_epoch_end: ``on_epoch_end(train_state, row) -> dict | None`` after evaluation; the
+            returned metrics (e.g. ``{"val_bleu": 27.1}``) join the row before early stopping.
         drop_last: drop the last incomplete training batch (one compiled shape).
         progress: show a tqdm bar (only when stderr is a terminal).
         log: called with a one-line summary after each epoch (e.g. ``print``).
@@ -203,10 +208,11 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         best = manager.best_step()
         best_state = manager.restore(best, device=key.device) if best is not None else train_state
     step0 = int(train_state.step.reshape(-1)[0])
-    step, bar = step0, None
+    step, bar, start = step0, None, time.perf_counter()
     show = progress and sys.stderr.isatty()
 
-    while epoch < epochs and not history.stopped_early and (max_steps is None or step < max_steps):
+    while epoch < epochs and not history.stopped_early and (max_steps is None or step < max_steps) and (
+            time_limit_s is None or time.perf_counter() - start <= time_limit_s):
         order = random.permutation(random.fold_in(k_shuffle, epoch), n)
         totals: dict[str, torch.Tensor] = {}
         seen, last_lr, tic = 0, None, time.perf_counter()
@@ -216,7 +222,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
                        dynamic_ncols=True)
         b = skip
         for b in range(skip, per_epoch):
-            if max_steps is not None and step >= max_steps:
+            if (max_steps is not None and step >= max_steps) or (
+                    time_limit_s is not None and time.perf_counter() - start > time_limit_s):
                 break
             batch = _batch(train_data, order[b * batch_size:(b + 1) * batch_size])
             inputs, labels = batch_fn(*batch) if batch_fn is not None else _pair(batch)
@@ -256,6 +263,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             row.update({f"val_{k}": v for k, v in val.items()})
             row["eval_time"] = time.perf_counter() - tic
         row["partial"] = partial
+        if on_epoch_end is not None:
+            row.update(on_epoch_end(train_state, dict(row)) or {})
         if monitor not in row:
             raise ValueError(f"{_FN}: monitor={monitor!r} is not a history column; got {sorted(row)}")
         value = row[monitor]

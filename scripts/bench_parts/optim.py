@@ -32,7 +32,7 @@ def _median_times(fns, repeats: int, warmup: int) -> list[float]:
     _sync()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+        for fn, ts in zip(fns, times, strict=False):
             t0 = time.perf_counter()
             fn()
             _sync()
@@ -63,7 +63,7 @@ def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str
         box["p"], box["s"] = fn(box["p"], box["s"], grads)
 
     twins = [torch.nn.Parameter(v["weight"].clone()) for v in params.values()]
-    for p, g in zip(twins, grads.values()):
+    for p, g in zip(twins, grads.values(), strict=False):
         p.grad = g["weight"].clone()
     torch_opt = torch.optim.AdamW(twins, foreach=True, **HYPER)
     torch_step = torch.compile(torch_opt.step) if compiled else torch_opt.step

@@ -114,9 +114,9 @@ def test_adam_does_not_mutate_inputs():
     state = opt.init(params)
     mu_before = [x.clone() for x in tree.leaves(state[0].mu)]
     opt.update(grads, state, params)
-    for x, b, v in zip(tree.leaves(params) + tree.leaves(grads), before, versions):
+    for x, b, v in zip(tree.leaves(params) + tree.leaves(grads), before, versions, strict=False):
         assert torch.equal(x, b) and x._version == v
-    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(state[0].mu), mu_before))
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(state[0].mu), mu_before, strict=False))
 
 
 @pytest.mark.parametrize("make", [optim.adam, optim.adamw])

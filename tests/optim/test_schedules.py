@@ -114,7 +114,7 @@ def test_noam_formula():
     d, w = 512, 4000
     expected = [d ** -0.5 * min((n + 1) ** -0.5, (n + 1) * w ** -1.5) for n in range(0, 10000, 97)]
     f = optim.noam(d, w)
-    for n, e in zip(range(0, 10000, 97), expected):
+    for n, e in zip(range(0, 10000, 97), expected, strict=False):
         assert f(n) == pytest.approx(e, rel=1e-12)
         assert f(torch.tensor(n)).item() == pytest.approx(e, rel=1e-12)
     assert max(range(0, 8000), key=f) == w - 1                 # peak where s == warmup

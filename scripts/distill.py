@@ -1,0 +1,89 @@
+"""Knowledge distillation on 8x8 digits: a CNN teacher distilled into a small MLP student.
+
+    python scripts/distill.py --out runs/distill       # a few minutes on 2 CPU cores
+
+Three runs, each in its own sub-folder of --out (history, curves, checkpoints): the teacher
+(trained here, or loaded with --teacher-checkpoint), the student trained alone on labels, and
+the same student trained on Hinton's loss against the frozen teacher's logits. Ends with
+``RESULT teacher_acc=... student_acc=... distilled_acc=... wall_s=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import _common
+
+from deepfn import checkpoint, data, losses, optim, random
+from deepfn.models import MLP, AdvancedCNN
+from deepfn.train import (TrainState, distillation_loss, evaluate, fit, make_eval_step, make_train_step,
+                          teacher_logits)
+
+
+def build_parser():
+    p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=3e-3, out="runs/distill")
+    p.add_argument("--teacher-epochs", type=int, default=15)
+    p.add_argument("--teacher-checkpoint", default=None,
+                   help="a TrainState checkpoint of the teacher (e.g. from train_cnn.py with the same "
+                        "--teacher-base-channels); skips teacher training")
+    p.add_argument("--teacher-base-channels", type=int, default=16)
+    p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="student MLP widths")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.7, help="weight of the teacher (soft) term")
+    return p
+
+
+def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=None):
+    """Fit ``model`` with AdamW + cosine decay; the run's files go to ``--out/name``."""
+    steps = max(epochs * (train[0].shape[0] // args.batch_size), 1)
+    schedule = optim.cosine_decay(args.lr, steps, alpha=0.05)
+    opt = optim.adamw(schedule, weight_decay=1e-4)
+    k_init, k_fit = random.split(key)
+    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), run["device"])
+    step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
+                           compile=run["compile"], lr=schedule)
+    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
+    sub = argparse.Namespace(**{**vars(args), "out": os.path.join(args.out, name), "epochs": epochs})
+    paths = {k: os.path.join(sub.out, os.path.basename(v)) for k, v in run.items() if k in ("checkpoints", "history", "plot")}
+    ts, _ = fit(step, ts, train, batch_size=args.batch_size, key=k_fit, eval_step=eval_step, val_data=val,
+                batch_fn=batch_fn, eval_batch_size=500, monitor="val_accuracy", mode="max",
+                **_common.fit_kwargs(sub, {**run, **paths}))
+    return ts, eval_step
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    run = _common.setup(args)
+    dev = run["device"]
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tuple(t.to(dev) for t in data.digits(s))
+                                                for s in ("train", "val", "test"))
+    k_teacher, k_student, k_distilled = random.split(random.key(args.seed).to(dev), 3)
+
+    teacher = AdvancedCNN(1, 10, base_channels=args.teacher_base_channels, num_blocks=(1, 1, 1, 1),
+                          dropout_rate=0.2, stem="cifar")
+    if args.teacher_checkpoint:
+        t_ts = _common.to_device(checkpoint.load(args.teacher_checkpoint), dev)
+        t_eval = make_eval_step(teacher, losses.cross_entropy, compile=False)
+    else:
+        t_ts, t_eval = _train(args, run, "teacher", teacher, losses.cross_entropy, (x_tr, y_tr), (x_va, y_va),
+                              args.teacher_epochs, k_teacher)
+    teacher_acc = evaluate(t_eval, t_ts.params, t_ts.state, (x_te, y_te), 500)["accuracy"]
+
+    student = MLP(64, tuple(args.student_hidden), 10)
+    flat = (x_tr.flatten(1), y_tr), (x_va.flatten(1), y_va)
+    s_ts, s_eval = _train(args, run, "student", student, losses.cross_entropy, *flat, args.epochs, k_student)
+    student_acc = evaluate(s_eval, s_ts.params, s_ts.state, (x_te.flatten(1), y_te), 500)["accuracy"]
+
+    # The teacher runs once, in eval mode without gradients; its logits are data for the student.
+    soft = teacher_logits(teacher, t_ts.params, t_ts.state, x_tr)
+    d_ts, d_eval = _train(args, run, "distilled", student, distillation_loss(args.temperature, args.alpha),
+                          (x_tr.flatten(1), y_tr, soft), flat[1], args.epochs, k_distilled,
+                          batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))
+    distilled_acc = evaluate(d_eval, d_ts.params, d_ts.state, (x_te.flatten(1), y_te), 500)["accuracy"]
+    return _common.finish(args, run, teacher_acc=teacher_acc, student_acc=student_acc, distilled_acc=distilled_acc,
+                          teacher_params=teacher.num_parameters(), student_params=student.num_parameters())
+
+
+if __name__ == "__main__":
+    main()

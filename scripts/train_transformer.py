@@ -1,0 +1,164 @@
+"""Train a Transformer to translate Multi30k German to English; report BLEU (sacrebleu).
+
+    python scripts/train_transformer.py --out runs/transformer                 # --time-budget-min 20
+    python scripts/train_transformer.py --max-steps 20 --limit 256 --d-model 32  # smoke test
+
+A joint byte-pair tokenizer (``tokenizers``, vocabulary ~8000, ``<pad>=0 <bos>=1 <eos>=2
+<unk>=3``) is trained on the training split and saved as ``--out/tokenizer.json``. Training
+uses label smoothing 0.1, a noam (or one-cycle) schedule and early stopping on the
+validation loss; greedy BLEU on a validation subset is logged every epoch, and the test
+BLEU (test_2016_flickr, beam search) is measured at the end. Ends with ``RESULT
+test_bleu=... val_loss=... params=... wall_s=...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import _common
+import torch
+
+from deepfn import data, losses, optim, random
+from deepfn.models import Transformer
+from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+PAD, BOS, EOS = 0, 1, 2
+
+
+def build_parser():
+    p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=1e-3, out="runs/transformer")
+    p.set_defaults(patience=3)
+    p.add_argument("--data-dir", default=os.path.join(_common.REPO_ROOT, "..", "shared", "data", "multi30k"),
+                   help="folder with Multi30k's {split}.{de,en}.gz")
+    p.add_argument("--time-budget-min", type=float, default=20.0, help="stop training after this many minutes")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs of every split")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-len", type=int, default=64, help="tokens per sentence (longer ones are cut)")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-layers", type=int, default=3)
+    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--schedule", choices=("noam", "one_cycle"), default="noam",
+                   help="noam: warmup then 1/sqrt(step), peak ~--lr; one_cycle: over --epochs")
+    p.add_argument("--warmup", type=int, default=1000, help="noam warmup steps")
+    p.add_argument("--bleu-subset", type=int, default=200, help="validation pairs for the per-epoch greedy BLEU")
+    p.add_argument("--beam-size", type=int, default=4, help="beam width for the test BLEU (1: greedy)")
+    return p
+
+
+def tokenizer_for(path, pairs, vocab_size):
+    """Load ``path`` or train a joint BPE tokenizer on both sides of ``pairs`` and save it there."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    if os.path.exists(path):
+        return Tokenizer.from_file(path)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    tok.train_from_iterator((s for pair in pairs for s in pair), trainer=trainer)
+    tok.save(path)
+    return tok
+
+
+def encode(tok, sentences, max_len, bos):
+    """``int64 [n, max_len]``: ``[<bos>] ids <eos>`` (``bos``) or ``ids <eos>``, cut and padded."""
+    rows = torch.full((len(sentences), max_len), PAD, dtype=torch.int64)
+    for i, enc in enumerate(tok.encode_batch(sentences)):
+        ids = ([BOS] if bos else []) + enc.ids[:max_len - 1 - bos] + [EOS]
+        rows[i, :len(ids)] = torch.tensor(ids)
+    return rows
+
+
+def make_batch_fn(device):
+    """``(src, tgt) -> ((src, tgt_in), tgt_out)`` on ``device``, trimmed to the batch's longest row.
+
+    Lengths are read on the CPU copy (no device sync); widths are rounded up to a multiple of
+    8 so that a compiled step sees few shapes.
+    """
+    def batch_fn(src, tgt):
+        width = lambda t: min(t.shape[1], -(-int((t != PAD).sum(1).max()) // 8) * 8)  # noqa: E731
+        src, tgt = src[:, :width(src)].to(device), tgt[:, :width(tgt) + 1].to(device)
+        return (src, tgt[:, :-1]), tgt[:, 1:]
+    return batch_fn
+
+
+def translate(model, params, state, tok, src, beam_size, max_len, batch_size=100):
+    """Detokenised translations of ``src [n, S]`` (greedy when ``beam_size == 1``)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, src.shape[0], batch_size):
+            chunk = src[i:i + batch_size]
+            chunk = chunk[:, :int((chunk != PAD).sum(1).max())].to(params_device(params))
+            if beam_size == 1:
+                ids = model.greedy_decode(params, state, chunk, max_len, bos_id=BOS, eos_id=EOS)
+            else:
+                ids = model.beam_search(params, state, chunk, max_len, beam_size=beam_size, bos_id=BOS, eos_id=EOS)
+            for row in ids.tolist():
+                row = row[:row.index(EOS)] if EOS in row else row
+                out.append(tok.decode([t for t in row if t != PAD]))
+    return out
+
+
+def params_device(params):
+    return next(iter(torch.utils._pytree.tree_leaves(params))).device
+
+
+def bleu(hypotheses, references):
+    import sacrebleu
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    run = _common.setup(args)
+    dev = run["device"]
+    splits = {s: data.multi30k(args.data_dir, s)[:args.limit] for s in ("train", "val", "test_2016_flickr")}
+    tok = tokenizer_for(os.path.join(args.out, "tokenizer.json"), splits["train"], args.vocab_size)
+    tensors = {s: (encode(tok, [p[0] for p in pairs], args.max_len, False),
+                   encode(tok, [p[1] for p in pairs], args.max_len + 1, True)) for s, pairs in splits.items()}
+
+    model = Transformer(vocab_size=tok.get_vocab_size(), d_model=args.d_model, n_heads=args.n_heads,
+                        n_layers=args.n_layers, d_ff=args.d_ff, dropout=args.dropout,
+                        max_seq_len=args.max_len + 1, pad_token_id=PAD)
+    per_epoch = tensors["train"][0].shape[0] // args.batch_size
+    if args.schedule == "noam":
+        # noam's peak is d_model**-0.5 * warmup**-0.5 * factor: scale it to reach --lr.
+        factor = args.lr / (args.d_model ** -0.5 * args.warmup ** -0.5)
+        schedule = optim.noam(args.d_model, args.warmup, factor=factor)
+    else:
+        schedule = optim.one_cycle(args.lr, max(args.epochs * per_epoch, 1))
+    opt = optim.adam(schedule, betas=(0.9, 0.98), eps=1e-9)
+    loss_fn = lambda logits, labels: losses.cross_entropy(logits, labels, label_smoothing=0.1,  # noqa: E731
+                                                          ignore_index=PAD)
+    k_init, k_fit = random.split(random.key(args.seed).to(dev))
+    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
+    step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
+                           clip_norm=1.0, compile=run["compile"], lr=schedule)
+    eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"])
+    batch_fn = make_batch_fn(dev)
+    val_src = tensors["val"][0][:args.bleu_subset]
+    val_refs = [p[1] for p in splits["val"][:args.bleu_subset]]
+
+    def val_bleu(train_state, row):
+        hyps = translate(model, train_state.params, train_state.state, tok, val_src, 1, args.max_len)
+        return {"val_bleu": bleu(hyps, val_refs)}
+
+    ts, history = fit(step, ts, tensors["train"], batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
+                      val_data=tensors["val"], eval_batch_size=128, batch_fn=batch_fn, on_epoch_end=val_bleu,
+                      time_limit_s=args.time_budget_min * 60, **_common.fit_kwargs(args, run))
+    val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn)
+    test_src = tensors["test_2016_flickr"][0]
+    hyps = translate(model, ts.params, ts.state, tok, test_src, args.beam_size, args.max_len)
+    with open(os.path.join(args.out, "test_translations.txt"), "w", encoding="utf-8") as f:
+        f.writelines(h + "\n" for h in hyps)
+    return _common.finish(args, run, test_bleu=bleu(hyps, [p[1] for p in splits["test_2016_flickr"]]),
+                          val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),
+                          params=sum(t.numel() for t in torch.utils._pytree.tree_leaves(ts.params)),
+                          vocab=tok.get_vocab_size(), steps=history.rows[-1]["step"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Smoke tests of scripts/bench_parts/workloads.py: twins, row format, selection (no timings asserted)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+from bench_parts import workloads as W  # noqa: E402
+from bench_parts._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp  # noqa: E402
+
+from deepfn import interop, optim, random  # noqa: E402
+from deepfn.models import MLP, AdvancedCNN, Transformer  # noqa: E402
+
+KEYS = ("group", "name", "deepfn_s", "baseline", "baseline_s", "ratio", "note")
+PEAKS = {torch.float32: 1e10, torch.bfloat16: 1e10}
+
+
+def _inputs(model, g):
+    if isinstance(model, MLP):
+        return (torch.randn(6, model.input_dim, generator=g),)
+    if isinstance(model, AdvancedCNN):
+        return (torch.randn(2, 3, 32, 32, generator=g),)
+    # includes pad ids (0) so that the mask conventions are exercised
+    return (torch.randint(0, 50, (3, 7), generator=g), torch.randint(1, 50, (3, 5), generator=g))
+
+
+@pytest.mark.parametrize("model, make_twin", [
+    (MLP(10, (64, 32, 16), 5, dropout_rate=0.2, batch_norm=True), torch_mlp),
+    (AdvancedCNN(3, 10, 16, (1, 1, 1, 1)), SEResNet),
+    (AdvancedCNN(3, 10, 16, (1, 2, 1, 1), stem="cifar"), SEResNet),
+    (Transformer(50, 32, 4, 2, 64), Seq2SeqTransformer),
+], ids=["mlp", "cnn", "cnn-cifar", "transformer"])
+def test_twin_matches_deepfn_with_same_weights(model, make_twin):
+    params, state = model.init(random.key(3))
+    twin = interop.to_torch(model, params, state, make_twin(model)).eval()
+    inputs = _inputs(model, torch.Generator().manual_seed(0))
+    expected, _ = model.apply(params, state, *inputs)
+    torch.testing.assert_close(twin(*inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_twin_rejects_configs_it_cannot_mirror():
+    with pytest.raises(ValueError, match="SEResNet"):
+        SEResNet(AdvancedCNN(use_attention=False))
+    with pytest.raises(ValueError, match="Seq2SeqTransformer"):
+        Seq2SeqTransformer(Transformer(100, 32, 4, 1, 64, norm_first=True))
+
+
+def test_contenders_train_the_same_trajectory():
+    # Same initial weights, optimizer and clipping: the losses agree step by step (no dropout).
+    wl = W.Workload("tiny", MLP(20, (32, 16), 4, batch_norm=True), 16, 2,
+                    lambda: optim.adam(lr=1e-2, weight_decay=1e-4),
+                    lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4), clip=0.5, in_shape=(20,))
+    ours, theirs = W.deepfn_runner(wl, compile=False), W.torch_runner(wl, compile=False)
+    for _ in range(4):
+        torch.testing.assert_close(ours(), theirs(), rtol=1e-4, atol=1e-5)
+
+
+def test_step_flops_of_mlp_seed_equal_the_matmul_count():
+    sizes, b = [(10, 64), (64, 32), (32, 16), (16, 5)], 32
+    forward = sum(2 * b * i * o for i, o in sizes)
+    # backward: weight and input grads of every layer, except the input grad of the first.
+    assert W.step_flops(W.WORKLOADS["mlp-seed"]) == 3 * forward - 2 * b * 10 * 64
+
+
+def test_eager_rows_have_the_runner_format():
+    rows = W.bench_workload(W.WORKLOADS["mlp-seed"], 2, PEAKS, contenders=("eager", "bf16"))
+    assert len(rows) == 1                      # bf16 rows are for the CNN and Transformer only
+    (row,) = rows
+    assert all(k in row for k in KEYS)
+    assert row["group"] == "workloads" and "mlp-seed" in row["name"]
+    assert row["deepfn_s"] > 0 and row["baseline_s"] > 0
+    assert math.isclose(row["ratio"], row["deepfn_s"] / row["baseline_s"])
+    assert row["min_s"] <= row["deepfn_s"] and row["baseline_min_s"] <= row["baseline_s"]
+    assert math.isclose(row["samples_s"], 32 / row["deepfn_s"])
+    assert math.isclose(row["gflops"], row["step_gflop"] / row["deepfn_s"])
+    assert row["peak_share"] == pytest.approx(row["gflops"] * 1e9 / 1e10)
+    assert row["rss_mib"] > 0 and row["compile_s"] > 0
+
+
+def test_jax_row_is_skipped_with_a_note_when_jax_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)    # makes `import jax` raise ImportError
+    (row,) = W.bench_workload(W.WORKLOADS["mlp-seed"], 2, PEAKS, contenders=("jax",))
+    assert all(k in row for k in KEYS)
+    assert row["baseline_s"] is None and row["ratio"] is None and "jax not installed" in row["note"]
+
+
+def test_selection_quick_env_and_only(monkeypatch):
+    monkeypatch.delenv(W.ENV, raising=False)
+    assert W.selected(True) == ["mlp-seed", "mlp-wide", "cnn-small", "transformer-small"]
+    assert set(W.selected(False)) == set(W.WORKLOADS) and "cnn-seed" in W.selected(False)
+    monkeypatch.setenv(W.ENV, "cnn-seed, transformer-seed")
+    assert W.selected(True) == ["cnn-seed", "transformer-seed"]
+    assert W.selected(False, only="mlp-wide") == ["mlp-wide"]
+
+
+def test_selection_rejects_unknown_workloads():
+    with pytest.raises(ValueError, match="unknown workload.*resnet-50"):
+        W.selected(False, only="mlp-seed,resnet-50")
+
+
+@pytest.mark.slow
+def test_quick_run_of_mlp_seed_with_every_contender():
+    rows = W.run(quick=True, only="mlp-seed")
+    assert {r["name"].split("(")[1].rstrip(")") for r in rows} == {"eager fp32", "compiled fp32", "compiled vs jax"}
+    assert all(all(k in r for k in KEYS) for r in rows)

@@ -1,0 +1,119 @@
+"""Every training script runs end to end on a tiny budget, writes its outputs, and resumes.
+
+Scripts are imported from their files and run through ``main(argv)`` (one process, no
+re-import of torch); ``--help`` runs in a subprocess, as a user would call it.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deepfn import checkpoint
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
+MULTI30K = os.path.join(os.path.dirname(SCRIPTS), "..", "shared", "data", "multi30k")
+TINY = ["--no-compile", "--no-progress", "--epochs", "1", "--batch-size", "32"]
+
+
+def _script(name):
+    if SCRIPTS not in sys.path:
+        sys.path.insert(0, SCRIPTS)   # the scripts import their shared _common module
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _outputs(out):
+    rows = [json.loads(line) for line in open(os.path.join(out, "history.jsonl"))]
+    ckpts = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    assert json.load(open(os.path.join(out, "config.json")))["resolved_device"] == "cpu"
+    return rows, ckpts
+
+
+FLAGS = ("--device", "--seed", "--compile", "--no-compile", "--amp", "--epochs", "--batch-size", "--lr",
+         "--out", "--resume", "--max-steps")
+
+
+@pytest.mark.parametrize("name", ["train_mlp", "train_cnn", "train_transformer", "distill", "train_ensemble"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        _script(name).main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage:")
+    for flag in FLAGS:
+        assert flag in text, flag
+
+
+def test_help_as_a_command():
+    # As `make demo` calls it: a file run by the interpreter, from another working directory.
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "train_cnn.py"), "--help"], cwd=os.sep,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "--accumulation-steps" in done.stdout and "--augment" in done.stdout
+
+
+def test_train_mlp_and_resume(tmp_path, capsys):
+    main = _script("train_mlp").main
+    out = str(tmp_path / "mlp")
+    first = main([*TINY, "--out", out, "--max-steps", "3"])
+    rows, ckpts = _outputs(out)
+    assert [r["step"] for r in rows] == [3] and rows[0]["partial"] and ckpts == ["ckpt_000000003.safetensors"]
+    assert 0.0 <= first["test_acc"] <= 1.0 and first["params"] > 0
+    assert "RESULT test_acc=" in capsys.readouterr().out
+    second = main([*TINY, "--out", out, "--max-steps", "6", "--resume"])
+    rows, ckpts = _outputs(out)
+    assert [r["step"] for r in rows] == [3, 6] and second["steps"] == 6
+    assert int(checkpoint.load(os.path.join(out, "checkpoints", ckpts[-1])).step) == 6
+
+
+def test_train_cnn_with_augment_accumulation_amp(tmp_path):
+    out = str(tmp_path / "cnn")
+    args = [*TINY, "--out", out, "--max-steps", "2", "--base-channels", "4", "--augment",
+            "--accumulation-steps", "2", "--amp"]
+    result = _script("train_cnn").main(args)
+    rows, _ = _outputs(out)
+    assert result["steps"] == 2 and rows[0]["lr"] > 0
+    assert json.load(open(os.path.join(out, "config.json")))["policy"].count("bfloat16") == 1
+    again = _script("train_cnn").main([*args[:-4], "--max-steps", "3", "--resume", "--accumulation-steps", "2"])
+    assert again["steps"] == 3
+
+
+def test_train_ensemble(tmp_path):
+    out = str(tmp_path / "ens")
+    result = _script("train_ensemble").main([*TINY, "--out", out, "--max-steps", "3", "--members", "3",
+                                             "--hidden", "16"])
+    rows, _ = _outputs(out)
+    assert result["members"] == 3 and 0.0 <= result["ensemble_ece"] <= 1.0
+    assert "val_member_accuracy" in rows[0]
+
+
+def test_distill(tmp_path):
+    out = str(tmp_path / "distill")
+    result = _script("distill").main([*TINY, "--out", out, "--max-steps", "2", "--teacher-epochs", "1",
+                                      "--teacher-base-channels", "4", "--student-hidden", "8"])
+    for part in ("teacher", "student", "distilled"):
+        _outputs(os.path.join(out, part))
+    assert {"teacher_acc", "student_acc", "distilled_acc"} <= set(result)
+    assert result["student_params"] < result["teacher_params"]
+
+
+def test_train_transformer_and_resume(tmp_path):
+    main = _script("train_transformer").main
+    out = str(tmp_path / "tr")
+    args = [*TINY, "--out", out, "--data-dir", MULTI30K, "--limit", "48", "--vocab-size", "300", "--d-model", "16", "--n-heads", "2",
+            "--n-layers", "1", "--d-ff", "32", "--max-len", "12", "--bleu-subset", "4", "--beam-size", "2"]
+    result = main([*args, "--max-steps", "1"])
+    rows, _ = _outputs(out)
+    assert "val_bleu" in rows[0] and result["steps"] == 1 and result["vocab"] <= 300
+    assert os.path.exists(os.path.join(out, "tokenizer.json"))
+    assert len(open(os.path.join(out, "test_translations.txt")).readlines()) == 48
+    again = main([*args, "--max-steps", "2", "--resume"])
+    assert again["steps"] == 2
