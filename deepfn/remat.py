@@ -83,8 +83,12 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     A remat inside another remat's ``fn`` is not supported (torch 2.14's functorch levels
     escape when a custom backward recomputes another custom function).
 
-    Under ``torch.compile``, AOTAutograd's partitioner already decides what to recompute
-    (``torch._functorch.config.activation_memory_budget``); measure before relying on savings.
+    Under ``torch.compile`` ``fn`` is traced as is and the compiler decides what to keep:
+    AOTAutograd's partitioner recomputes cheap ops when the compiled graph is differentiated
+    (``torch._functorch.config.activation_memory_budget``). Dynamo in torch 2.14 cannot trace
+    this Function inside ``torch.func.grad`` once its inputs are intermediates (an assertion
+    on un-faked ``GradTrackingTensor`` inputs), which every layer of a model is; values and
+    gradients are the same either way. Measure before relying on savings there.
 
     Example:
         >>> import torch, deepfn
@@ -95,6 +99,8 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     @functools.wraps(fn)
     def wrapped(params: Any, *inputs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return fn(params, *inputs)     # see the docstring: the compiler owns memory there
         leaves, in_spec = pytree.tree_flatten((params, inputs))
         # Every tensor leaf enters the Function (integer keys and bool masks too): a tensor
         # captured by closure instead trips functorch's level checks under vmap(grad(...)).

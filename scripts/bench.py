@@ -102,8 +102,8 @@ def table(rows: list[dict]) -> str:
     header = ("group", "name", "deepfn s", "baseline", "baseline s", "ratio")
     body = [(r["group"], r["name"], _fmt(r["deepfn_s"]), _fmt(r["baseline"]), _fmt(r["baseline_s"]),
              _fmt(r["ratio"])) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in (header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in (header, *body)]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 

@@ -17,8 +17,15 @@ import _common
 
 from deepfn import checkpoint, data, losses, optim, random
 from deepfn.models import MLP, AdvancedCNN
-from deepfn.train import (TrainState, distillation_loss, evaluate, fit, make_eval_step, make_train_step,
-                          teacher_logits)
+from deepfn.train import (
+    TrainState,
+    distillation_loss,
+    evaluate,
+    fit,
+    make_eval_step,
+    make_train_step,
+    teacher_logits,
+)
 
 
 def build_parser():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from deepfn import data, losses, optim, random
 from deepfn.models import MLP
-from deepfn.train import evaluate, ensemble_train_state, fit, make_ensemble_train_step
+from deepfn.train import ensemble_train_state, evaluate, fit, make_ensemble_train_step
 
 
 def build_parser():

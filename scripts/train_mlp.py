@@ -9,6 +9,7 @@ ends with ``RESULT test_acc=... params=... wall_s=...``.
 from __future__ import annotations
 
 import _common
+
 from deepfn import data, losses, optim, random
 from deepfn.models import MLP
 from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step

@@ -202,7 +202,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_split_and_fold_in_streams_uncorrelated():
-    n = 100_000
+    n = 50_000
     bound = 5 / math.sqrt(n)
     k = random.key(0)
     k1, k2 = random.split(k)
@@ -215,7 +215,7 @@ def test_split_and_fold_in_streams_uncorrelated():
 
 
 def test_normal_moments():
-    n = 200_000
+    n = 100_000
     z = random.normal(random.key(3), (n,), torch.float64)
     mean, var = z.mean(), z.var()
     c = z - mean
@@ -226,7 +226,7 @@ def test_normal_moments():
     assert abs(skew) < 5 * math.sqrt(6 / n)
     assert abs(kurt) < 5 * math.sqrt(24 / n)
     # tails: P(|z| > 3) = 0.0027
-    assert abs((z.abs() > 3).double().mean() - 0.0027) < 0.0008
+    assert abs((z.abs() > 3).double().mean() - 0.0027) < 0.0009
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.93, 1.0])

@@ -7,14 +7,21 @@ holds deepfn's initial weights), so all contenders start from one point.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 import torch
-from flax import linen as nn
+
+# Match torch's thread count: XLA ignores OMP_NUM_THREADS and uses every core by default.
+# (Only effective before jax starts its CPU backend, i.e. on the first import in a process.)
+if torch.get_num_threads() == 1 and "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import linen as nn  # noqa: E402
 
 
 class FlaxMLP(nn.Module):

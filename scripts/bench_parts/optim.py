@@ -5,6 +5,12 @@ Rows: eager and compiled, 10M parameters in 100 tensors (quick: 1M). deepfn's ti
 Compiled rows compare ``torch.compile`` of deepfn's pure step with ``torch.compile`` of
 torch's ``step`` (the pattern the torch.compile optimizer tutorial uses).
 Targets: ratio <= 1.2 eager, <= 1.0 compiled.
+
+Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. On CPU the
+out-of-place update must write new params and moments into fresh memory, which glibc's
+malloc trims and page-faults again on every step (torch's in-place step does not): the
+compiled 1M row is dominated by that (bimodal 1.5 ms / 10-18 ms calls), and
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` set high removes it.
 """
 
 from __future__ import annotations

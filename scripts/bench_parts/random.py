@@ -29,7 +29,7 @@ def _medians(fns, repeats: int) -> list[float]:
     _sync()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+        for fn, ts in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
             _sync()

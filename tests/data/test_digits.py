@@ -50,7 +50,7 @@ def test_pixels_are_sixteenths(splits):
 
 def test_stratified(splits):
     whole = np.bincount(load_digits().target) / 1797
-    for x, y in splits.values():
+    for _x, y in splits.values():
         frac = torch.bincount(y, minlength=10).numpy() / len(y)
         assert np.abs(frac - whole).max() < 0.01
 

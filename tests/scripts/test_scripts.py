@@ -111,7 +111,7 @@ def test_train_transformer_and_resume(tmp_path):
     main = _script("train_transformer").main
     out = str(tmp_path / "tr")
     args = [*TINY, "--out", out, "--data-dir", MULTI30K, "--limit", "48", "--vocab-size", "300", "--d-model", "16", "--n-heads", "2",
-            "--n-layers", "1", "--d-ff", "32", "--max-len", "12", "--bleu-subset", "4", "--beam-size", "2"]
+            "--n-layers", "1", "--d-ff", "32", "--max-len", "12", "--bleu-subset", "4", "--beam-size", "2", "--batch-size", "16"]
     result = main([*args, "--max-steps", "1"])
     rows, _ = _outputs(out)
     assert "val_bleu" in rows[0] and result["steps"] == 1 and result["vocab"] <= 300

@@ -9,9 +9,18 @@ import torch
 
 from deepfn import checkpoint, losses, optim, random, tree
 from deepfn.models import MLP
-from deepfn.train import (TrainState, distillation_loss, ensemble_train_state, evaluate, fit,
-                          make_ensemble_train_step, make_eval_step, make_train_step, read_history,
-                          teacher_logits)
+from deepfn.train import (
+    TrainState,
+    distillation_loss,
+    ensemble_train_state,
+    evaluate,
+    fit,
+    make_ensemble_train_step,
+    make_eval_step,
+    make_train_step,
+    read_history,
+    teacher_logits,
+)
 
 MODEL = MLP(6, (16,), 3, dropout_rate=0.2, batch_norm=True)
 
