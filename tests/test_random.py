@@ -176,10 +176,11 @@ def test_uniform_float64_uses_53_bits():
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_normal_dtype_and_consistency(dtype):
     z = random.normal(random.key(0), (1000,), dtype)
-    z64 = random.normal(random.key(0), (1000,), torch.float64)
+    z32 = random.normal(random.key(0), (1000,), torch.float32)
     assert z.dtype == dtype and torch.isfinite(z).all()
-    # every dtype rounds the same float64 draw
-    assert torch.equal(z, z64.to(dtype))
+    if dtype != torch.float64:
+        # narrow dtypes round the same 24-bit draw (float64 uses 53-bit uniforms of its own)
+        assert torch.equal(z, z32.to(dtype))
 
 
 # ---------------------------------------------------------------- statistics (fixed keys)

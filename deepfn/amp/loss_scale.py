@@ -9,7 +9,6 @@ graph break and no ``.item()``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, replace
 
 import torch

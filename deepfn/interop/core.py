@@ -11,7 +11,6 @@ from .._checks import describe
 from ..typing import Params, State
 from . import renames
 
-
 Shapes = dict[str, torch.Size]
 # Keyed by repr (the frozen config; blocks with list fields are unhashable). Initialising a
 # large model only to read its names and shapes costs seconds, so it happens once per config.
