@@ -186,14 +186,68 @@ def _header(path: str | os.PathLike) -> dict[str, str]:
     return header
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> PyTree:
-    """Read the tree written by :func:`save`: same containers, bit-identical tensors on ``device``."""
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, like: PyTree = None) -> PyTree:
+    """Read the tree written by :func:`save`: same containers, bit-identical tensors on ``device``.
+
+    Args:
+        path: a file written by :func:`save`.
+        device: where the tensors go.
+        like: optional template (e.g. ``TrainState.create(model, ...)`` of the model about to
+            be trained); the file must hold the same tensor paths with the same shapes and
+            dtypes and the same containers, else nothing is returned.
+
+    Raises:
+        ValueError: the file was not written by :func:`save`, or it does not match ``like``
+            (every missing, unexpected, reshaped or retyped leaf is named by its path).
+    """
     header = _header(path)
+    spec = json.loads(header[_TREE])
     with open(os.fspath(path), "rb") as f:
         tensors = st_load(f.read())
+    if like is not None:
+        _check_like(os.fspath(path), spec, tensors, like)
     if torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
-    return _decode(json.loads(header[_TREE]), tensors)
+    return _decode(spec, tensors)
+
+
+def _skeleton(node: Any) -> Any:
+    # The containers only: leaf values (a step count, a name) may differ between runs.
+    if isinstance(node, dict):
+        if node.get("t") in ("value", "float", "tensor"):
+            return node["t"] == "tensor"
+        return {k: _skeleton(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_skeleton(v) for v in node]
+    return node
+
+
+def _check_like(path: str, spec: dict, tensors: dict[str, torch.Tensor], like: PyTree) -> None:
+    expected: dict[str, torch.Tensor] = {}
+    like_spec = _encode(like, "", expected)
+    problems = []
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing:
+        problems.append(f"missing {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    for name in (k for k in expected if k in tensors):
+        got, want = tensors[name], expected[name]
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{name}: shape {list(got.shape)} in the file, {list(want.shape)} in like")
+        if got.dtype != want.dtype:
+            problems.append(f"{name}: dtype {got.dtype} in the file, {want.dtype} in like")
+    if not problems and _skeleton(spec) != _skeleton(like_spec):
+        problems.append("the same tensors in different containers (dict/list/tuple/dataclass types)")
+    if problems:
+        raise ValueError(f"deepfn.checkpoint.load: {path!r} does not match `like` (another model or "
+                         f"config?): " + "; ".join(problems))
+
+
+def _listed(names: list[str], limit: int = 8) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return "[" + ", ".join(names[:limit]) + "]" + more
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -207,8 +261,9 @@ class CheckpointManager:
     ``save(step, tree, metrics=None, metadata=None)`` writes ``ckpt_<step>.safetensors``
     atomically (see :func:`save`), records ``metrics`` in its metadata, then deletes files that
     are neither among the last ``keep_last`` steps nor (``keep_best``) the best by
-    ``metrics[monitor]`` (``mode`` ``"min"`` or ``"max"``). The manager holds no state besides
-    its configuration: it reads the directory, so it resumes across processes.
+    ``metrics[monitor]`` (``mode`` ``"min"`` or ``"max"``), and temporary files left by a
+    process killed mid-save. The manager holds no state besides its configuration: it reads
+    the directory, so it resumes across processes (one writing process per directory).
 
     Example:
         >>> import tempfile, torch
@@ -271,11 +326,23 @@ class CheckpointManager:
         for s in steps:
             if s not in keep:
                 os.remove(self.path(s))
+        self._remove_stale_temporaries()
         return path
 
-    def restore(self, step: int | None = None, device: str | torch.device = "cpu") -> PyTree:
-        """Load checkpoint ``step`` (default: the latest)."""
-        return load(self._existing(step), device)
+    def _remove_stale_temporaries(self) -> None:
+        # A process killed mid-save leaves its ".<name>.<random>.tmp" (never a checkpoint:
+        # steps() ignores it); once this save has completed, such files are garbage.
+        for name in os.listdir(self.directory):
+            if name.startswith(f".{self.prefix}_") and name.endswith(".tmp"):
+                try:
+                    os.remove(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
+
+    def restore(self, step: int | None = None, device: str | torch.device = "cpu", *,
+                like: PyTree = None) -> PyTree:
+        """Load checkpoint ``step`` (default: the latest), checked against ``like`` (see :func:`load`)."""
+        return load(self._existing(step), device, like=like)
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         return load_metadata(self._existing(step))

@@ -98,15 +98,23 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         if lr is not None:
             rate = lr(ts.step) if callable(lr) else lr
             metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
+        # Branch-free skip (GradScaler's, and without a loss scale too): a step whose loss or
+        # unscaled gradients are not finite keeps params and optimizer state, so a bad batch
+        # never turns the parameters into NaN silently; metrics["nonfinite"] flags it.
+        grads_ok = all_finite(grads)
+        finite = grads_ok & torch.isfinite(metrics["loss"])
+        keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, torch.Tensor) else new  # noqa: E731
+        params = tree.map(keep, params, ts.params)
+        opt_state = tree.map(keep, opt_state, ts.opt_state)
+        metrics["nonfinite"] = ~finite
         if scaling:
-            # Branch-free skip (GradScaler): non-finite gradients keep params and optimizer state.
-            finite = all_finite(grads)
-            keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, torch.Tensor) else new  # noqa: E731
-            params = tree.map(keep, params, ts.params)
-            opt_state = tree.map(keep, opt_state, ts.opt_state)
             metrics["loss_scale"] = scaler.loss_scale
-            metrics["grads_finite"] = finite
-            scaler = scaler.adjust(finite)
+            metrics["grads_finite"] = grads_ok
+            scaler = scaler.adjust(grads_ok)
+        else:
+            # Without a scale a non-finite step means bad data or divergence: keep the
+            # batch-norm statistics too (with a scale, overflow is routine and they update).
+            state = tree.map(keep, state, ts.state)
         new_ts = TrainState(params, state, opt_state, ts.step + 1, scaler if scaling else None)
         return new_ts, metrics
 
@@ -158,8 +166,19 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     Returns:
         The step. ``metrics`` maps ``loss`` (mean, float32), ``grad_norm`` (before clipping),
         ``accuracy`` (integer labels of the logits' leading shape), ``lr`` (when ``lr`` is given)
-        and, with loss scaling, ``loss_scale`` and ``grads_finite`` to 0-d tensors. The input
-        ``train_state`` is never mutated; ``step`` grows by one.
+        ``nonfinite`` (bool: the loss or the gradients were not finite and the update was
+        skipped) and, with loss scaling, ``loss_scale`` and ``grads_finite`` to 0-d tensors.
+        The input ``train_state`` is never mutated; ``step`` grows by one, skipped or not.
+
+    Non-finite steps: with or without a loss scale, a step whose loss or unscaled gradients
+    hold inf/NaN leaves ``params`` and ``opt_state`` unchanged (a branch-free ``torch.where``,
+    no host sync) and sets ``metrics["nonfinite"]``; without a loss scale the model state
+    (batch-norm statistics) is kept too. Nothing is raised: check the flag (``fit`` averages it
+    into the fraction of skipped steps) to stop a diverged run.
+
+    Bad input: shapes that do not fit the model raise the model's own ``ValueError`` /
+    ``TypeError``, compiled or not (a compiled step that fails re-runs the step eagerly to
+    surface the model's message, since Dynamo cannot format it inside the graph).
     """
     fn = "deepfn.train.make_train_step"
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -181,9 +200,28 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         _check_batch(f"{fn}: step", batch, accumulation_steps)
         if train_state.loss_scale is None and loss_scale is not None:
             train_state = train_state.replace(loss_scale=loss_scale)
-        return run(train_state, tuple(batch), key)
+        return _surface_model_errors(run, pure, compile, train_state, tuple(batch), key)
 
     return step
+
+
+def _surface_model_errors(run: Callable, pure: Callable, compiled: bool, *args: Any) -> Any:
+    """Call ``run``; if the compiled version fails, re-run eagerly so a model's own error
+    (a shape or dtype check, whose message Dynamo cannot build inside the graph) surfaces.
+
+    The eager run costs one uncompiled step, and only on failure; an error it does not
+    reproduce (a compiler bug) is re-raised as it came.
+    """
+    if not compiled:
+        return run(*args)
+    try:
+        return run(*args)
+    except Exception as compiled_error:
+        try:
+            pure(*args)
+        except (ValueError, TypeError) as eager_error:
+            raise eager_error from compiled_error
+        raise
 
 
 def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, policy: Policy | None = None,
@@ -205,6 +243,6 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
 
     def eval_step(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         _check_batch("deepfn.train.make_eval_step: eval_step", batch, 1)
-        return run(params, state, tuple(batch))
+        return _surface_model_errors(run, evaluate, compile, params, state, tuple(batch))
 
     return eval_step

@@ -166,7 +166,7 @@ def test_metrics():
     x, y = _data()
     ts = _state(model, opt)
     _, m = step(ts, (x, y), None)
-    assert set(m) == {"loss", "grad_norm", "accuracy", "lr"}
+    assert set(m) == {"loss", "grad_norm", "accuracy", "lr", "nonfinite"}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in m.values())
     logits, _ = model.apply(ts.params, ts.state, x)
     assert float(m["accuracy"]) == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
