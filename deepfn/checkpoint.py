@@ -241,8 +241,9 @@ def _check_like(path: str, spec: dict, tensors: dict[str, torch.Tensor], like: P
     if not problems and _skeleton(spec) != _skeleton(like_spec):
         problems.append("the same tensors in different containers (dict/list/tuple/dataclass types)")
     if problems:
+        more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
         raise ValueError(f"deepfn.checkpoint.load: {path!r} does not match `like` (another model or "
-                         f"config?): " + "; ".join(problems))
+                         f"config?): " + "; ".join(problems[:8]) + more)
 
 
 def _listed(names: list[str], limit: int = 8) -> str:

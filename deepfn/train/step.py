@@ -176,9 +176,9 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     (batch-norm statistics) is kept too. Nothing is raised: check the flag (``fit`` averages it
     into the fraction of skipped steps) to stop a diverged run.
 
-    Bad input: shapes that do not fit the model raise the model's own ``ValueError`` /
-    ``TypeError``, compiled or not (a compiled step that fails re-runs the step eagerly to
-    surface the model's message, since Dynamo cannot format it inside the graph).
+    Bad input: shapes that do not fit the model, or token ids outside its vocabulary, raise the
+    model's own ``ValueError`` / ``TypeError``, compiled or not (a step that fails re-runs the
+    model's forward eagerly, outside the transforms, to surface the model's message).
     """
     fn = "deepfn.train.make_train_step"
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -194,33 +194,38 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
                             clip_norm=clip_norm, all_reduce=all_reduce, lr=lr)
     run = torch.compile(pure, fullgraph=True) if compile else pure
 
+    def diagnose(ts: TrainState, batch: tuple[Any, Any], key: Key | None) -> None:
+        _forward(model, policy, ts.params, ts.state, _micro(batch[0], accumulation_steps, 0), key, True)
+
     def step(train_state: TrainState, batch: tuple[Any, Any], key: Key | None):
         if not isinstance(train_state, TrainState):
             raise TypeError(f"{fn}: step needs a TrainState; got {type(train_state).__name__}")
         _check_batch(f"{fn}: step", batch, accumulation_steps)
         if train_state.loss_scale is None and loss_scale is not None:
             train_state = train_state.replace(loss_scale=loss_scale)
-        return _surface_model_errors(run, pure, compile, train_state, tuple(batch), key)
+        return _surface_model_errors(run, diagnose, compile, train_state, tuple(batch), key)
 
     return step
 
 
-def _surface_model_errors(run: Callable, pure: Callable, compiled: bool, *args: Any) -> Any:
-    """Call ``run``; if the compiled version fails, re-run eagerly so a model's own error
-    (a shape or dtype check, whose message Dynamo cannot build inside the graph) surfaces.
+def _surface_model_errors(run: Callable, diagnose: Callable, compiled: bool, *args: Any) -> Any:
+    """Call ``run``; when it fails, run the model's forward eagerly and outside ``torch.func``
+    (``diagnose``) so that the model's own ``ValueError`` / ``TypeError`` surfaces.
 
-    The eager run costs one uncompiled step, and only on failure; an error it does not
-    reproduce (a compiler bug) is re-raised as it came.
+    Why: Dynamo cannot build a block's message inside the graph, and value checks (token ids
+    within the vocabulary) are skipped under transforms, where a bad id only gives an
+    ``IndexError``. The diagnosis costs one forward, only on failure; an error it does not
+    explain (a compiler bug) is re-raised as it came.
     """
-    if not compiled:
-        return run(*args)
     try:
         return run(*args)
-    except Exception as compiled_error:
+    except Exception as error:
+        if not compiled and isinstance(error, (ValueError, TypeError)):
+            raise
         try:
-            pure(*args)
-        except (ValueError, TypeError) as eager_error:
-            raise eager_error from compiled_error
+            diagnose(*args)
+        except (ValueError, TypeError) as clear:
+            raise clear from error
         raise
 
 
@@ -243,6 +248,7 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
 
     def eval_step(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         _check_batch("deepfn.train.make_eval_step: eval_step", batch, 1)
-        return _surface_model_errors(run, evaluate, compile, params, state, tuple(batch))
+        return _surface_model_errors(run, lambda p, s, b: _forward(model, policy, p, s, b[0], None, False),
+                                     compile, params, state, tuple(batch))
 
     return eval_step

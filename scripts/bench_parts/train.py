@@ -1,9 +1,14 @@
 """Training-engine benchmarks: per-example grads (vmap) vs a loop, an 8-member vmapped
-ensemble step vs 8 separate steps, and remat's effect on saved activations."""
+ensemble step vs 8 separate steps, remat's effect on saved activations, and the peak memory
+of a Transformer training step with and without ``remat`` (each in its own subprocess)."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -97,12 +102,64 @@ def _remat(repeats: int) -> dict:
                 "(saved-tensor hooks; under torch.compile the partitioner decides, measure there)")
 
 
+# One grad_and_value step of a Transformer in a fresh process: peak RSS (ru_maxrss) is only
+# honest per process, since the allocator never returns freed pages to a shared baseline.
+_STEP_CHILD = """
+import json, resource, statistics, sys, time
+import torch
+from deepfn import losses, random
+from deepfn.models import Transformer
+cfg, remat, batch, length, repeats = json.loads(sys.argv[1])
+model = Transformer(**cfg, dropout=0.1, remat=remat)
+params, _ = model.init(random.key(0))
+src = random.randint(random.key(1), (batch, length), 1, cfg["vocab_size"])
+tgt = random.randint(random.key(2), (batch, length), 1, cfg["vocab_size"])
+def loss(p, key):
+    logits, _ = model.apply(p, {}, src, tgt, key=key, train=True)
+    return losses.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+step = torch.func.grad_and_value(loss)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+times = []
+for i in range(repeats + 1):
+    t0 = time.perf_counter()
+    grads, value = step(params, random.key(10 + i))
+    times.append(time.perf_counter() - t0)
+    del grads, value
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"time": statistics.median(times[1:]), "before_kib": before, "peak_kib": peak}))
+"""
+
+
+def _step_in_subprocess(cfg: dict, remat_on: bool, batch: int, length: int, repeats: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    out = subprocess.run([sys.executable, "-c", _STEP_CHILD, json.dumps([cfg, remat_on, batch, length, repeats])],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _transformer_remat(quick: bool) -> dict:
+    if quick:
+        cfg, batch, length, repeats = dict(vocab_size=1000, d_model=128, n_heads=4, n_layers=2, d_ff=512), 8, 16, 2
+    else:
+        cfg, batch, length, repeats = dict(vocab_size=10000, d_model=512, n_heads=8, n_layers=6, d_ff=2048), 16, 32, 3
+    plain = _step_in_subprocess(cfg, False, batch, length, repeats)
+    rem = _step_in_subprocess(cfg, True, batch, length, repeats)
+    mib = lambda r, k: r[k] / 1024  # noqa: E731  (ru_maxrss is in KiB on Linux)
+    note = (f"peak RSS {mib(rem, 'peak_kib'):.0f} MiB (remat) vs {mib(plain, 'peak_kib'):.0f} MiB (plain); "
+            f"step's rise over the post-init peak {mib(rem, 'peak_kib') - mib(rem, 'before_kib'):.0f} vs "
+            f"{mib(plain, 'peak_kib') - mib(plain, 'before_kib'):.0f} MiB (one subprocess each, eager grad_and_value)")
+    name = (f"Transformer d={cfg['d_model']} L={cfg['n_layers']}+{cfg['n_layers']} b={batch} t={length} "
+            "train step, remat=True")
+    return _row("train", name, rem["time"], "remat=False", plain["time"], note)
+
+
 def run(quick: bool = False) -> list[dict]:
     repeats = 3 if quick else 20
     rows = [_per_example(repeats), _ensemble(repeats, compile=False)]
     if not quick:
         rows.append(_ensemble(repeats, compile=True))
     rows.append(_remat(repeats))
+    rows.append(_transformer_remat(quick))
     return rows
 
 

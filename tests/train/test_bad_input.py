@@ -41,12 +41,13 @@ def test_compiled_eval_step_raises_the_models_error():
         evaluate(params, state, _data(d=4))
 
 
-def test_token_ids_out_of_range_raise_in_a_compiled_step():
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_token_ids_out_of_range_raise_the_models_error(compile):
     model = Transformer(vocab_size=11, d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0.0, max_seq_len=8)
     opt = optim.sgd(lr=0.1)
     ts = TrainState.create(model, opt, random.key(0))
     loss_fn = lambda logits, y: losses.cross_entropy(logits.flatten(0, 1), y.flatten())  # noqa: E731
-    step = make_train_step(model, loss_fn, opt, compile=True)
+    step = make_train_step(model, loss_fn, opt, compile=compile)
     src, tgt = torch.tensor([[3, 4, 50]]), torch.tensor([[1, 2]])
     with pytest.raises(ValueError, match=r"Transformer\(.*src ids must lie in \[0, 11\) \(vocab_size\); got id 50"):
         step(ts, ((src, tgt), tgt), None)
