@@ -36,3 +36,7 @@ def test_property_test_example_catches_a_broken_block(monkeypatch):
         "return x * params[\"gain\"], state", "return x * params[\"gain\"] - x.mean(0), state")
     with pytest.raises(AssertionError, match="batch_independent"):
         _run(broken, "broken", monkeypatch)
+
+
+def test_quickstart_example_runs(monkeypatch):
+    _run(_example("quickstart"), "quickstart", monkeypatch)

@@ -7,6 +7,10 @@ the position in training only: epoch ``e`` shuffles with ``fold_in(k_shuffle, e)
 update that makes ``train_state.step == s + 1`` uses ``fold_in(k_step, s)`` (and
 ``fold_in(k_augment, s)`` for ``augment``), so a run resumed from a checkpoint continues
 bit-identically.
+
+With ``distributed=True`` under ``torchrun`` the loop is data parallel (twin: DDP with
+``DistributedSampler``): every rank reads its shard of each epoch's permutation, metrics and
+batch-norm statistics are averaged over ranks, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as dist
 from .. import random
 from .._checks import describe
 from ..checkpoint import CheckpointManager
@@ -80,20 +85,37 @@ def _pair(batch: tuple) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
+def _world(distributed: bool) -> tuple[int, int]:
+    """``(rank, world_size)`` of the running process group, ``(0, 1)`` when not distributed."""
+    if not isinstance(distributed, bool):
+        raise TypeError(f"{_FN}: distributed must be a bool; got {type(distributed).__name__}")
+    return (dist.rank(), dist.world_size()) if distributed else (0, 1)
+
+
 def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_size: int, *,
-             batch_fn: Callable[..., tuple[Any, Any]] | None = None) -> dict[str, float]:
+             batch_fn: Callable[..., tuple[Any, Any]] | None = None, distributed: bool = False) -> dict[str, float]:
     """Mean of ``eval_step(params, state, (inputs, labels))`` over ``data``, weighted by batch size.
 
     ``data`` is a tuple of tensors of a common leading size, turned into ``(inputs, labels)``
     by ``batch_fn(*tensors)`` (default: the pair itself). One ``.item()`` per metric at the
-    end (one device sync).
+    end (one device sync). With ``distributed`` (and a process group of ``W`` ranks), every
+    rank must call it with the same ``data``: rank ``r`` evaluates the contiguous slice
+    ``[r n / W, (r + 1) n / W)`` and the sums are all-reduced, so every rank returns the
+    same means over all ``n`` examples.
     """
     n = _leading(data, "data")
+    rank, world = _world(distributed)
+    if n < world:
+        raise ValueError(f"{_FN}: distributed evaluation needs at least one example per rank; "
+                         f"got {n} examples for {world} ranks")
+    lo, hi = rank * n // world, (rank + 1) * n // world
     totals: dict[str, torch.Tensor] = {}
-    for start in range(0, n, batch_size):
-        batch = _batch(data, slice(start, min(start + batch_size, n)))
+    for start in range(lo, hi, batch_size):
+        batch = _batch(data, slice(start, min(start + batch_size, hi)))
         pair = batch_fn(*batch) if batch_fn is not None else _pair(batch)
         _reduce(totals, eval_step(params, state, pair), batch[0].shape[0])
+    if world > 1:
+        totals = {k: v * world for k, v in dist.all_reduce_mean(totals).items()}
     return {name: (total / n).item() for name, total in totals.items()}
 
 
@@ -129,7 +151,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         augment: Callable[[Key, Any], Any] | None = None, step_key: Callable[[Key], Any] | None = None,
         lr_fn: Callable[[int], float] | None = None, max_steps: int | None = None,
         time_limit_s: float | None = None, on_epoch_end: Callable[[TrainState, dict], dict | None] | None = None,
-        drop_last: bool = True,
+        drop_last: bool = True, distributed: bool = False,
         progress: bool = True, log_every: int = 10, log: Callable[[str], Any] | None = None,
         metadata: dict[str, Any] | None = None) -> tuple[TrainState, History]:
     """Train ``train_state`` for ``epochs`` epochs of ``train_step`` over ``train_data``.
@@ -169,6 +191,17 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         on_epoch_end: ``on_epoch_end(train_state, row) -> dict | None`` after evaluation; the
             returned metrics (e.g. ``{"val_bleu": 27.1}``) join the row before early stopping.
         drop_last: drop the last incomplete training batch (one compiled shape).
+        distributed: data-parallel over the process group of ``deepfn.distributed.init()``
+            (a world of one without ``torchrun``). ``batch_size`` is then the global batch:
+            each rank reads ``batch_size / world_size`` rows of its
+            :func:`~deepfn.distributed.shard_indices` shard per step (``train_step`` must
+            average gradients: ``make_train_step(..., all_reduce=distributed.all_reduce_mean)``).
+            Dropout and augmentation keys are folded with the rank; train metrics and the
+            floating leaves of ``train_state.state`` (batch-norm statistics) are averaged over
+            ranks at each epoch's end; validation is sharded (see :func:`evaluate`); rank 0's
+            monitored value decides early stopping everywhere; only rank 0 logs, shows
+            progress and writes checkpoints, history and plot; ``resume`` makes every rank
+            read rank 0's checkpoint (a folder all ranks see).
         progress: show a tqdm bar (only when stderr is a terminal).
         log: called with a one-line summary after each epoch (e.g. ``print``).
         metadata: JSON-serialisable dict stored in every checkpoint (e.g. the run's config).
@@ -178,9 +211,15 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         :class:`History`.
 
     Raises:
-        ValueError/TypeError: bad arguments, a ``monitor`` that no row has, too little data.
+        ValueError/TypeError: bad arguments, a ``monitor`` that no row has, too little data,
+            a global ``batch_size`` that the world size does not divide.
     """
     _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, log_every, key)
+    rank, world = _world(distributed)
+    if batch_size % world:
+        raise ValueError(f"{_FN}: batch_size={batch_size} is the global batch and must be divisible by the "
+                         f"world size; got world_size={world}")
+    main = rank == 0
     n = _leading(train_data, "train_data")
     has_val = eval_step is not None and val_data is not None
     if (eval_step is None) != (val_data is None):
@@ -191,14 +230,27 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         raise ValueError(f"{_FN}: monitor={monitor!r} needs eval_step and val_data")
     if resume and checkpoint_dir is None:
         raise ValueError(f"{_FN}: resume=True needs checkpoint_dir")
-    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    # Every rank holds shard_size(n, world) examples and reads batch_size / world of them per step.
+    n_local, batch_size = (dist.shard_size(n, world), batch_size // world) if distributed else (n, batch_size)
+    per_epoch = n_local // batch_size if drop_last else -(-n_local // batch_size)
     if per_epoch == 0:
-        raise ValueError(f"{_FN}: train_data has {n} examples, fewer than batch_size={batch_size} with drop_last=True")
+        raise ValueError(f"{_FN}: train_data has {n_local} examples per rank, fewer than the per-rank batch of "
+                         f"{batch_size} with drop_last=True")
     k_shuffle, k_step, k_augment = random.split(key, 3)
     manager = (CheckpointManager(checkpoint_dir, keep_last=keep_last, monitor=monitor, mode=mode)
                if checkpoint_dir is not None else None)
 
+    own = (lambda k: random.fold_in(k, rank)) if world > 1 else (lambda k: k)  # noqa: E731
+
+    def out_of_time() -> bool:
+        late = time_limit_s is not None and time.perf_counter() - start > time_limit_s
+        if world > 1 and time_limit_s is not None:   # rank 0's clock decides, or ranks would part ways
+            late = bool(dist.broadcast(torch.tensor([int(late)], device=key.device))[0])
+        return late
+
     history, epoch, skip, wait, best_state = History(), 0, 0, 0, train_state
+    if resume and world > 1:
+        dist.barrier()   # rank 0's files are complete before anyone reads them
     if resume and manager.latest_step() is not None:
         meta = manager.metadata()
         loop = meta["loop"]
@@ -209,11 +261,12 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         best_state = manager.restore(best, device=key.device) if best is not None else train_state
     step0 = int(train_state.step.reshape(-1)[0])
     step, bar, start = step0, None, time.perf_counter()
-    show = progress and sys.stderr.isatty()
+    show = progress and main and sys.stderr.isatty()
 
     while epoch < epochs and not history.stopped_early and (max_steps is None or step < max_steps) and (
-            time_limit_s is None or time.perf_counter() - start <= time_limit_s):
-        order = random.permutation(random.fold_in(k_shuffle, epoch), n)
+            not out_of_time()):
+        order = (dist.shard_indices(k_shuffle, epoch, n, rank, world) if distributed
+                 else random.permutation(random.fold_in(k_shuffle, epoch), n))
         totals: dict[str, torch.Tensor] = {}
         seen, last_lr, tic = 0, None, time.perf_counter()
         if show:
@@ -222,14 +275,13 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
                        dynamic_ncols=True)
         b = skip
         for b in range(skip, per_epoch):
-            if (max_steps is not None and step >= max_steps) or (
-                    time_limit_s is not None and time.perf_counter() - start > time_limit_s):
+            if (max_steps is not None and step >= max_steps) or out_of_time():
                 break
             batch = _batch(train_data, order[b * batch_size:(b + 1) * batch_size])
             inputs, labels = batch_fn(*batch) if batch_fn is not None else _pair(batch)
             if augment is not None:
-                inputs = augment(random.fold_in(k_augment, step), inputs)
-            k = random.fold_in(k_step, step)
+                inputs = augment(own(random.fold_in(k_augment, step)), inputs)
+            k = own(random.fold_in(k_step, step))
             train_state, metrics = train_step(train_state, (inputs, labels), step_key(k) if step_key else k)
             rows = batch[0].shape[0]
             _reduce(totals, metrics, rows)
@@ -247,6 +299,10 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             bar.close()
         if seen == 0:
             break
+        if world > 1:
+            # Every rank saw `seen` rows: the mean of the ranks' sums is the global mean's numerator.
+            totals = dist.all_reduce_mean(totals)
+            train_state = train_state.replace(state=dist.all_reduce_mean(train_state.state))
         # One sync per epoch: every train metric is read back here, not per step.
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         row.update({f"train_{k}": (v / seen).item() for k, v in totals.items() if k != "lr"})
@@ -255,11 +311,11 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         if lr is not None:
             row["lr"] = float(lr)
         row["epoch_time"] = time.perf_counter() - tic
-        row["samples_per_s"] = seen / max(row["epoch_time"], 1e-9)
+        row["samples_per_s"] = seen * world / max(row["epoch_time"], 1e-9)
         if has_val:
             tic = time.perf_counter()
             val = evaluate(eval_step, train_state.params, train_state.state, val_data,
-                           eval_batch_size or batch_size, batch_fn=batch_fn)
+                           eval_batch_size or batch_size * world, batch_fn=batch_fn, distributed=distributed)
             row.update({f"val_{k}": v for k, v in val.items()})
             row["eval_time"] = time.perf_counter() - tic
         row["partial"] = partial
@@ -268,23 +324,26 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         if monitor not in row:
             raise ValueError(f"{_FN}: monitor={monitor!r} is not a history column; got {sorted(row)}")
         value = row[monitor]
+        if world > 1:
+            value = float(dist.broadcast(torch.tensor([math.nan if value is None else value], dtype=torch.float64,
+                                                      device=key.device))[0])
         if _improved(value, history.best_value, mode, min_delta):
             history.best_value, history.best_epoch, best_state, wait = value, epoch + 1, train_state, 0
         elif not partial:
             wait += 1
         history.stopped_early = patience is not None and wait >= patience
         history.rows.append(row)
-        if log is not None:
+        if log is not None and main:
             log(_summary(row, epochs))
         epoch, skip = (epoch, b) if partial else (epoch + 1, 0)
-        if manager is not None:
+        if manager is not None and main:
             loop = {"epoch": epoch, "batch": skip, "wait": wait, "best_epoch": history.best_epoch,
                     "best_value": history.best_value, "stopped_early": history.stopped_early}
             manager.save(step, train_state, metrics={monitor: value},
                          metadata={**(metadata or {}), "loop": loop, "history": history.rows})
-        if history_path is not None:
+        if history_path is not None and main:
             write_history(history_path, history.rows)
-        if plot_path is not None:
+        if plot_path is not None and main:
             plot_history(history.rows, plot_path)
     return (best_state if restore_best else train_state), history
 
