@@ -4,6 +4,10 @@ Every script takes the same core flags (``--device --seed --compile/--no-compile
 --epochs --batch-size --lr --out --resume --max-steps --no-progress``) and writes into
 ``--out``: ``config.json``, ``history.jsonl``, ``curves.png``, ``checkpoints/`` and
 ``result.json``, and ends with one ``RESULT key=value ...`` line.
+
+``--distributed`` makes a script data parallel under ``torchrun --nproc_per_node N``:
+``--batch-size`` stays the global batch, every rank trains on its shard, and only rank 0
+writes files and prints (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from deepfn import amp, tree  # noqa: E402
+from deepfn import amp, distributed, tree  # noqa: E402
 
 REPO_ROOT = _ROOT
 
@@ -47,7 +51,25 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
     p.add_argument("--out", default=out, help="output folder: config, history, curves, checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data parallel under `torchrun --nproc_per_node N`: gloo on CPU, NCCL (cuda:LOCAL_RANK) "
+                        "on CUDA; --batch-size is the global batch; only rank 0 writes and prints")
+    p.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="seconds a collective waits for the other ranks before the job fails")
     return p
+
+
+def _init_distributed(args: argparse.Namespace) -> torch.device:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available here")
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    device = distributed.init(backend, timeout=args.dist_timeout)
+    if args.batch_size % distributed.world_size():
+        world = distributed.world_size()
+        distributed.shutdown()
+        raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by the "
+                         f"number of processes ({world})")
+    return device
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,7 +80,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     (paths) and ``start`` (a ``perf_counter`` value for the wall time).
     """
     start = time.perf_counter()
-    device = torch.device(args.device)
+    device = _init_distributed(args) if args.distributed else torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
     compile_ = device.type == "cuda" if args.compile is None else args.compile
@@ -68,12 +90,14 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         policy = amp.Policy("float32", half, "float32")
         if half == "float16":   # fp16's narrow exponent range needs loss scaling; bf16 does not
             loss_scale = to_device(amp.DynamicLossScale(), device)
-    os.makedirs(args.out, exist_ok=True)
     config = {k: v for k, v in vars(args).items()}
-    config.update(resolved_device=str(device), resolved_compile=compile_,
+    config.update(resolved_device=str(device), resolved_compile=compile_, world_size=distributed.world_size(),
                   policy=None if policy is None else str(policy), torch=torch.__version__)
-    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, default=str)
+    if distributed.is_main():
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, default=str)
+    distributed.barrier()   # --out exists before any rank looks into it
     return {"device": device, "compile": compile_, "policy": policy, "loss_scale": loss_scale, "start": start,
             "config": json.loads(json.dumps(config, default=str)),
             "checkpoints": os.path.join(args.out, "checkpoints"),
@@ -83,6 +107,17 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 def to_device(x: Any, device: torch.device) -> Any:
     """Every tensor leaf of a pytree (``TrainState`` included) on ``device``."""
     return tree.map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
+
+
+def replicate(train_state: Any) -> Any:
+    """Every rank checks that it built the same tree, then takes rank 0's values (no-op alone)."""
+    distributed.check_same_structure(train_state, name="train_state")
+    return distributed.broadcast(train_state)
+
+
+def all_reduce(args: argparse.Namespace) -> Any:
+    """The ``all_reduce`` argument of ``make_train_step``: gradient averaging when distributed."""
+    return distributed.all_reduce_mean if args.distributed else None
 
 
 def log(message: str) -> None:
@@ -95,14 +130,19 @@ def fit_kwargs(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``deepfn.train.fit`` that come from the shared flags."""
     return dict(epochs=args.epochs, patience=args.patience, max_steps=args.max_steps, resume=args.resume,
                 checkpoint_dir=run["checkpoints"], history_path=run["history"], plot_path=run["plot"],
-                progress=args.progress, log=log, metadata={"config": run["config"]})
+                progress=args.progress, log=log, metadata={"config": run["config"]},
+                distributed=args.distributed)
 
 
 def finish(args: argparse.Namespace, run: dict[str, Any], **figures: Any) -> dict[str, Any]:
-    """Write ``result.json`` and print the one-line ``RESULT`` summary (wall time added)."""
+    """On rank 0, write ``result.json`` and print the one-line ``RESULT`` summary (wall time
+    added); then leave the process group, if any."""
     figures["wall_s"] = round(time.perf_counter() - run["start"], 1)
-    with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
-        json.dump(figures, f, indent=2)
-    parts = [f"{k}={v:.4f}" if isinstance(v, float) and k != "wall_s" else f"{k}={v}" for k, v in figures.items()]
-    print("RESULT " + " ".join(parts), flush=True)
+    if distributed.is_main():
+        with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
+            json.dump(figures, f, indent=2)
+        parts = [f"{k}={v:.4f}" if isinstance(v, float) and k != "wall_s" else f"{k}={v}"
+                 for k, v in figures.items()]
+        print("RESULT " + " ".join(parts), flush=True)
+    distributed.shutdown()
     return figures

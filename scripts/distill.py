@@ -1,6 +1,7 @@
 """Knowledge distillation on 8x8 digits: a CNN teacher distilled into a small MLP student.
 
     python scripts/distill.py --out runs/distill       # a few minutes on 2 CPU cores
+    torchrun --nproc_per_node 2 scripts/distill.py --distributed --out runs/distill_ddp
 
 Three runs, each in its own sub-folder of --out (history, curves, checkpoints): the teacher
 (trained here, or loaded with --teacher-checkpoint), the student trained alone on labels, and
@@ -47,9 +48,10 @@ def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=No
     schedule = optim.cosine_decay(args.lr, steps, alpha=0.05)
     opt = optim.adamw(schedule, weight_decay=1e-4)
     k_init, k_fit = random.split(key)
-    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), run["device"])
+    ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]),
+                                             run["device"]))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           compile=run["compile"], lr=schedule)
+                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
     eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
     sub = argparse.Namespace(**{**vars(args), "out": os.path.join(args.out, name), "epochs": epochs})
     paths = {k: os.path.join(sub.out, os.path.basename(v)) for k, v in run.items() if k in ("checkpoints", "history", "plot")}
@@ -75,19 +77,19 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         t_ts, t_eval = _train(args, run, "teacher", teacher, losses.cross_entropy, (x_tr, y_tr), (x_va, y_va),
                               args.teacher_epochs, k_teacher)
-    teacher_acc = evaluate(t_eval, t_ts.params, t_ts.state, (x_te, y_te), 500)["accuracy"]
+    teacher_acc = evaluate(t_eval, t_ts.params, t_ts.state, (x_te, y_te), 500, distributed=args.distributed)["accuracy"]
 
     student = MLP(64, tuple(args.student_hidden), 10)
     flat = (x_tr.flatten(1), y_tr), (x_va.flatten(1), y_va)
     s_ts, s_eval = _train(args, run, "student", student, losses.cross_entropy, *flat, args.epochs, k_student)
-    student_acc = evaluate(s_eval, s_ts.params, s_ts.state, (x_te.flatten(1), y_te), 500)["accuracy"]
+    student_acc = evaluate(s_eval, s_ts.params, s_ts.state, (x_te.flatten(1), y_te), 500, distributed=args.distributed)["accuracy"]
 
     # The teacher runs once, in eval mode without gradients; its logits are data for the student.
     soft = teacher_logits(teacher, t_ts.params, t_ts.state, x_tr)
     d_ts, d_eval = _train(args, run, "distilled", student, distillation_loss(args.temperature, args.alpha),
                           (x_tr.flatten(1), y_tr, soft), flat[1], args.epochs, k_distilled,
                           batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))
-    distilled_acc = evaluate(d_eval, d_ts.params, d_ts.state, (x_te.flatten(1), y_te), 500)["accuracy"]
+    distilled_acc = evaluate(d_eval, d_ts.params, d_ts.state, (x_te.flatten(1), y_te), 500, distributed=args.distributed)["accuracy"]
     return _common.finish(args, run, teacher_acc=teacher_acc, student_acc=student_acc, distilled_acc=distilled_acc,
                           teacher_params=teacher.num_parameters(), student_params=student.num_parameters())
 

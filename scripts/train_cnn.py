@@ -1,6 +1,7 @@
 """Train AdvancedCNN (residual stages, squeeze-excitation) on 8x8 digits or CIFAR-10.
 
     python scripts/train_cnn.py --out runs/cnn                       # digits, minutes on 2 CPU cores
+    torchrun --nproc_per_node 2 scripts/train_cnn.py --distributed --out runs/cnn_ddp
     python scripts/train_cnn.py --dataset cifar10 --data-dir data/cifar10 --download --augment --amp
 
 Digits use the 3x3 stride-1 ("cifar") stem, since 8x8 images cannot afford the 7x7 stride-2
@@ -13,7 +14,7 @@ from __future__ import annotations
 import _common
 import torch
 
-from deepfn import data, losses, optim, random
+from deepfn import data, distributed, losses, optim, random
 from deepfn.models import AdvancedCNN
 from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
 
@@ -44,8 +45,12 @@ def load(args, device):
     if args.dataset == "digits":
         splits = [data.digits(s) for s in ("train", "val", "test")]
     else:
+        if not distributed.is_main():
+            distributed.barrier()   # rank 0 downloads alone; the others read its files
         x, y = data.cifar10(args.data_dir, train=True, download=args.download)
         x_te, y_te = data.cifar10(args.data_dir, train=False, download=args.download)
+        if distributed.is_main():
+            distributed.barrier()
         mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
         norm = lambda u8: (u8.float() / 255 - mean) / std  # noqa: E731
@@ -84,16 +89,16 @@ def main(argv: list[str] | None = None) -> dict:
     schedule = optim.one_cycle(args.lr, max(total, 1))
     opt = optim.adamw(schedule, weight_decay=args.weight_decay)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
-    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
+    ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
     step = make_train_step(model, losses.cross_entropy, opt, policy=run["policy"], loss_scale=run["loss_scale"],
                            accumulation_steps=args.accumulation_steps, clip_norm=args.clip_norm,
-                           compile=run["compile"], lr=schedule)
+                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
     eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=val, eval_batch_size=500, augment=make_augment(args), monitor="val_accuracy",
                       mode="max", **_common.fit_kwargs(args, run))
-    test = evaluate(eval_step, ts.params, ts.state, test_data, 500)
+    test = evaluate(eval_step, ts.params, ts.state, test_data, 500, distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
                           best_epoch=history.best_epoch, epochs_run=len(history.rows),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])

@@ -59,6 +59,9 @@ def make_eval_step(model):
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.distributed:
+        # The members' steps run under vmap, where a collective cannot go.
+        raise SystemExit("train_ensemble.py: --distributed is not supported (the ensemble step has no all_reduce)")
     run = _common.setup(args)
     dev = run["device"]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tuple(t.to(dev) for t in data.digits(s))

@@ -1,12 +1,15 @@
 """Train the seed's MLP (batch norm, dropout) on scikit-learn's 8x8 digits, with early stopping.
 
     python scripts/train_mlp.py --out runs/mlp        # about a minute on 2 CPU cores
+    torchrun --nproc_per_node 2 scripts/train_mlp.py --distributed --out runs/mlp_ddp
 
 Writes config.json, history.jsonl, curves.png, checkpoints/ and result.json into --out and
 ends with ``RESULT test_acc=... params=... wall_s=...``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import _common
 
@@ -20,6 +23,8 @@ def build_parser():
     p.set_defaults(patience=10)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="hidden layer widths")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch norm after each hidden layer")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
     return p
 
@@ -32,19 +37,20 @@ def main(argv: list[str] | None = None) -> dict:
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = flat("train"), flat("val"), flat("test")
     x_tr, x_va, x_te = (x.flatten(1) for x in (x_tr, x_va, x_te))
 
-    model = MLP(x_tr.shape[1], tuple(args.hidden), 10, dropout_rate=args.dropout, batch_norm=True)
+    model = MLP(x_tr.shape[1], tuple(args.hidden), 10, dropout_rate=args.dropout, batch_norm=args.batch_norm)
     steps_per_epoch = x_tr.shape[0] // args.batch_size
     schedule = optim.cosine_decay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
     opt = optim.adamw(schedule, weight_decay=args.weight_decay)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
+    ts = _common.replicate(ts)
     step = make_train_step(model, losses.cross_entropy, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           compile=run["compile"], lr=schedule)
+                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
     eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=(x_va, y_va), eval_batch_size=512, **_common.fit_kwargs(args, run))
-    test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512)
+    test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512, distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
                           best_epoch=history.best_epoch, epochs_run=len(history.rows),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])

@@ -2,6 +2,7 @@
 
     python scripts/train_transformer.py --out runs/transformer                 # --time-budget-min 20
     python scripts/train_transformer.py --max-steps 20 --limit 256 --d-model 32  # smoke test
+    torchrun --nproc_per_node 2 scripts/train_transformer.py --distributed     # data parallel
 
 A joint byte-pair tokenizer (``tokenizers``, vocabulary ~8000, ``<pad>=0 <bos>=1 <eos>=2
 <unk>=3``) is trained on the training split and saved as ``--out/tokenizer.json``. Training
@@ -18,7 +19,7 @@ import os
 import _common
 import torch
 
-from deepfn import data, losses, optim, random
+from deepfn import data, distributed, losses, optim, random
 from deepfn.models import Transformer
 from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
 
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
     run = _common.setup(args)
     dev = run["device"]
     splits = {s: data.multi30k(args.data_dir, s)[:args.limit] for s in ("train", "val", "test_2016_flickr")}
+    if not distributed.is_main():
+        distributed.barrier()   # rank 0 trains and saves the tokenizer; the others load its file
     tok = tokenizer_for(os.path.join(args.out, "tokenizer.json"), splits["train"], args.vocab_size)
+    if distributed.is_main():
+        distributed.barrier()
     tensors = {s: (encode(tok, [p[0] for p in pairs], args.max_len, False),
                    encode(tok, [p[1] for p in pairs], args.max_len + 1, True)) for s, pairs in splits.items()}
 
@@ -134,30 +139,35 @@ def main(argv: list[str] | None = None) -> dict:
     loss_fn = lambda logits, labels: losses.cross_entropy(logits, labels, label_smoothing=0.1,  # noqa: E731
                                                           ignore_index=PAD)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
-    ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
+    ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           clip_norm=1.0, compile=run["compile"], lr=schedule)
+                           clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
     eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"])
     batch_fn = make_batch_fn(dev)
     val_src = tensors["val"][0][:args.bleu_subset]
     val_refs = [p[1] for p in splits["val"][:args.bleu_subset]]
 
     def val_bleu(train_state, row):
+        if not distributed.is_main():   # only rank 0 logs it; the ranks' parameters are the same
+            return {"val_bleu": float("nan")}
         hyps = translate(model, train_state.params, train_state.state, tok, val_src, 1, args.max_len)
         return {"val_bleu": bleu(hyps, val_refs)}
 
     ts, history = fit(step, ts, tensors["train"], batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=tensors["val"], eval_batch_size=128, batch_fn=batch_fn, on_epoch_end=val_bleu,
                       time_limit_s=args.time_budget_min * 60, **_common.fit_kwargs(args, run))
-    val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn)
-    test_src = tensors["test_2016_flickr"][0]
-    hyps = translate(model, ts.params, ts.state, tok, test_src, args.beam_size, args.max_len)
-    with open(os.path.join(args.out, "test_translations.txt"), "w", encoding="utf-8") as f:
-        f.writelines(h + "\n" for h in hyps)
-    return _common.finish(args, run, test_bleu=bleu(hyps, [p[1] for p in splits["test_2016_flickr"]]),
-                          val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),
-                          params=sum(t.numel() for t in torch.utils._pytree.tree_leaves(ts.params)),
-                          vocab=tok.get_vocab_size(), steps=history.rows[-1]["step"])
+    val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn,
+                   distributed=args.distributed)
+    figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),
+                   params=sum(t.numel() for t in torch.utils._pytree.tree_leaves(ts.params)),
+                   vocab=tok.get_vocab_size(), steps=history.rows[-1]["step"])
+    if distributed.is_main():   # beam search over the test set: once, on rank 0
+        hyps = translate(model, ts.params, ts.state, tok, tensors["test_2016_flickr"][0], args.beam_size,
+                         args.max_len)
+        with open(os.path.join(args.out, "test_translations.txt"), "w", encoding="utf-8") as f:
+            f.writelines(h + "\n" for h in hyps)
+        figures = {"test_bleu": bleu(hyps, [p[1] for p in splits["test_2016_flickr"]]), **figures}
+    return _common.finish(args, run, **figures)
 
 
 if __name__ == "__main__":

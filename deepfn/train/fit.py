@@ -234,8 +234,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     n_local, batch_size = (dist.shard_size(n, world), batch_size // world) if distributed else (n, batch_size)
     per_epoch = n_local // batch_size if drop_last else -(-n_local // batch_size)
     if per_epoch == 0:
-        raise ValueError(f"{_FN}: train_data has {n_local} examples per rank, fewer than the per-rank batch of "
-                         f"{batch_size} with drop_last=True")
+        each = " per rank" if distributed else ""
+        raise ValueError(f"{_FN}: train_data has {n_local} examples{each}, fewer than batch_size={batch_size}{each} "
+                         "with drop_last=True")
     k_shuffle, k_step, k_augment = random.split(key, 3)
     manager = (CheckpointManager(checkpoint_dir, keep_last=keep_last, monitor=monitor, mode=mode)
                if checkpoint_dir is not None else None)
