@@ -349,3 +349,87 @@ K = random.key(0)
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------- the cipher operator
+
+def _threefry_reference(k0: int, k1: int, x0: int, x1: int) -> tuple[int, int]:
+    """Threefry-2x32-20 on Python ints, masked after every step (the textbook form)."""
+    rot = (13, 15, 26, 6, 17, 29, 16, 24)
+    ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)
+    x0, x1 = (x0 + ks[0]) & M32, (x1 + ks[1]) & M32
+    for i in range(20):
+        x0 = (x0 + x1) & M32
+        x1 = (((x1 << rot[i % 8]) | (x1 >> (32 - rot[i % 8]))) & M32) ^ x0
+        if i % 4 == 3:
+            j = i // 4 + 1
+            x0, x1 = (x0 + ks[j % 3]) & M32, (x1 + ks[(j + 1) % 3] + j) & M32
+    return x0, x1
+
+
+def _words(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return random.randint(random.key(seed), shape, 0, 2**32)
+
+
+def test_operator_equals_reference_with_broadcasting():
+    k0, k1, x0, x1 = _words(0, (3, 1)), _words(1, (3, 1)), _words(2, (4,)), _words(3, (3, 4))
+    y0, y1 = _threefry2x32(k0, k1, x0, x1)
+    assert y0.shape == y1.shape == (3, 4) and y0.dtype == torch.int64
+    for i in range(3):
+        for j in range(4):
+            want = _threefry_reference(int(k0[i, 0]), int(k1[i, 0]), int(x0[j]), int(x1[i, j]))
+            assert (int(y0[i, j]), int(y1[i, j])) == want
+
+
+def test_operator_is_one_graph_node():
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.graph)
+        return gm.forward
+
+    torch.compile(lambda k: random.uniform(k, (8,)), backend=backend, fullgraph=True)(random.key(0))
+    calls = [n for n in graphs[0].nodes if n.op == "call_function"]
+    assert sum(n.target is torch.ops.deepfn.threefry2x32.default for n in calls) == 1
+    assert len(calls) < 30          # the unrolled cipher alone was ~160 nodes
+
+
+@pytest.mark.parametrize("in_dims", [(0, None, None, None), (None, None, 1, None), (1, 0, None, 0)])
+def test_operator_vmap_rule_equals_loop(in_dims):
+    # unbatched words are [3, 4]; batched ones hold 5 examples of logical shape [4]
+    args = [_words(i, (3, 4)) if d is None else _words(i, (5, 4) if d == 0 else (4, 5))
+            for i, d in enumerate(in_dims)]
+    y0, y1 = torch.func.vmap(_threefry2x32, in_dims=in_dims)(*args)
+    assert y0.shape == (5, 3, 4)
+    for b in range(5):
+        e0, e1 = _threefry2x32(*(a if d is None else a.select(d, b) for a, d in zip(args, in_dims)))
+        assert torch.equal(y0[b], e0) and torch.equal(y1[b], e1)
+
+
+def test_compiled_operator_equals_eager_large_and_broadcast():
+    # Inductor lowers the operator to its own kernel: check it against the eager kernel.
+    k0, k1, x0, x1 = _words(0, (3, 1)), _words(1, (1,)), _words(2, (700,)), _words(3, (3, 700))
+    compiled = torch.compile(_threefry2x32, fullgraph=True)(k0, k1, x0, x1)
+    eager = _threefry2x32(k0, k1, x0, x1)
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    from torch._inductor.lowering import lowerings
+    assert torch.ops.deepfn.threefry2x32.default in lowerings    # a fused kernel, not a fallback
+
+
+def test_compiled_vmap_grad_with_dropout_equals_eager():
+    from deepfn.nn.dropout import dropout
+
+    def loss(w, x, k):
+        k_a, k_b = random.split(k)
+        h = dropout(torch.tanh(x @ w), 0.3, k_a, True)
+        return dropout(h, 0.3, random.fold_in(k_b, 3), True).sum()
+
+    w = random.normal(random.key(0), (6, 6), torch.float64)
+    x = random.normal(random.key(1), (4, 6), torch.float64)
+    keys = random.split(random.key(2), 4)
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+    eager = per_example(w, x, keys)
+    compiled = torch.compile(per_example, fullgraph=True)(w, x, keys)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    assert torch.equal(compiled == 0, eager == 0)
+    assert not torch.equal(eager[0], eager[1])       # a batch of keys: independent masks

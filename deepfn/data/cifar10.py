@@ -10,11 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
+
+
+def _dataset_class() -> type:
+    # Imported on use: torchvision pulls in torch._dynamo and more, which `import deepfn`
+    # should not pay for.
+    import torchvision.datasets
+
+    return torchvision.datasets.CIFAR10
 
 
 def _missing_files(root: Path) -> list[str]:
-    cls = torchvision.datasets.CIFAR10
+    cls = _dataset_class()
     folder = root / cls.base_folder
     names = [name for name, _md5 in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return [name for name in names if not (folder / name).is_file()]
@@ -42,12 +49,12 @@ def cifar10(root: str | Path, train: bool, download: bool = False) -> tuple[torc
     root = Path(root).expanduser()
     missing = _missing_files(root)
     if missing and not download:
-        folder = root / torchvision.datasets.CIFAR10.base_folder
+        folder = root / _dataset_class().base_folder
         raise FileNotFoundError(
             f"deepfn.data.cifar10: CIFAR-10 not found in {folder} (missing {', '.join(missing)}); "
             f"pass download=True to fetch it into {root}"
         )
-    dataset = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    dataset = _dataset_class()(str(root), train=train, download=download)
     # torchvision keeps images as numpy [b, 32, 32, 3] (HWC); convolutions want CHW.
     x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     y = torch.as_tensor(dataset.targets, dtype=torch.int64)

@@ -102,6 +102,7 @@ def test_rejects_a_non_dtype():
 def test_deepfn_and_check_block_work_without_hypothesis():
     script = textwrap.dedent("""
         import sys
+        import torch._dynamo  # torch probes for hypothesis with find_spec on import; let it finish first
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name == "hypothesis" or name.startswith("hypothesis."):
