@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench lint clean
 
@@ -18,7 +19,7 @@ demo: $(STAMP)
 	$(PY) scripts/train_cnn.py --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
