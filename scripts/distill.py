@@ -37,8 +37,8 @@ def build_parser():
                         "--teacher-base-channels); skips teacher training")
     p.add_argument("--teacher-base-channels", type=int, default=16)
     p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="student MLP widths")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.7, help="weight of the teacher (soft) term")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher (soft) term")
     return p
 
 

@@ -29,7 +29,15 @@ def _walk(node: Any, out: list[Any]) -> Spec:
         out.append(node)
         return None
     if type(node) is dict:
-        return ("dict", tuple(node), tuple(_walk(v, out) for v in node.values()))
+        # Tensor children inline: a Python call per leaf is most of a flatten's time.
+        subs = []
+        for v in node.values():
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+                subs.append(None)
+            else:
+                subs.append(_walk(v, out))
+        return ("dict", tuple(node), tuple(subs))
     leaves, spec = pytree.tree_flatten(node)
     out.extend(leaves)
     if spec.is_leaf():  # a non-tensor leaf (a mask's bool) has the spec of a tensor leaf
@@ -46,7 +54,7 @@ def _build(spec: Spec, it: Any) -> Any:
     if spec is None:
         return next(it)
     if spec[0] == "dict":
-        return {k: _build(s, it) for k, s in zip(spec[1], spec[2], strict=False)}
+        return {k: next(it) if s is None else _build(s, it) for k, s in zip(spec[1], spec[2], strict=False)}
     return pytree.tree_unflatten([next(it) for _ in range(spec[2])], spec[1])
 
 
