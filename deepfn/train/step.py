@@ -13,18 +13,13 @@ from typing import Any
 
 import torch
 
-from .. import random, tree
+from .. import optim, random, tree
 from .._checks import describe
 from ..amp import NoOpLossScale, Policy, all_finite
 from ..typing import Block, Key, Params, PyTree, State, Tensor
 from .state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "build_train_step"]
-
-
-def _apply_updates(params: Params, updates: Params) -> Params:
-    # optim.apply_updates semantics: p + u, keeping each parameter's dtype.
-    return tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
 
 
 def _forward(model: Block, policy: Policy | None, params: Params, state: State, inputs: Any,
@@ -91,7 +86,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)
             grads = tree.map(lambda g: g * factor.to(g.dtype), grads)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = _apply_updates(ts.params, updates)
+        params = optim.apply_updates(ts.params, updates)
         metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm}
         if accs[0] is not None:
             metrics["accuracy"] = torch.stack(accs).mean()
