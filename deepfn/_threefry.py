@@ -67,10 +67,10 @@ def _fake(k0, k1, x0, x1):
 @threefry2x32.register_vmap
 def _vmap(info, in_dims, *words):
     """Each batched word gets its batch axis first, then ones up to the broadcast rank."""
-    logical = [w.shape if d is None else w.shape[:d] + w.shape[d + 1:] for w, d in zip(words, in_dims)]
+    logical = [w.shape if d is None else w.shape[:d] + w.shape[d + 1:] for w, d in zip(words, in_dims, strict=True)]
     rank = len(torch.broadcast_shapes(*logical))
     aligned = []
-    for w, d, shape in zip(words, in_dims, logical):
+    for w, d, shape in zip(words, in_dims, logical, strict=True):
         ones = (1,) * (rank - len(shape))
         aligned.append(w.reshape((1, *ones, *shape)) if d is None
                        else w.movedim(d, 0).reshape((info.batch_size, *ones, *shape)))

@@ -402,7 +402,7 @@ def test_operator_vmap_rule_equals_loop(in_dims):
     y0, y1 = torch.func.vmap(_threefry2x32, in_dims=in_dims)(*args)
     assert y0.shape == (5, 3, 4)
     for b in range(5):
-        e0, e1 = _threefry2x32(*(a if d is None else a.select(d, b) for a, d in zip(args, in_dims)))
+        e0, e1 = _threefry2x32(*(a if d is None else a.select(d, b) for a, d in zip(args, in_dims, strict=True)))
         assert torch.equal(y0[b], e0) and torch.equal(y1[b], e1)
 
 

@@ -29,15 +29,19 @@ def _walk(node: Any, out: list[Any]) -> Spec:
         out.append(node)
         return None
     if type(node) is dict:
-        # Tensor children inline: a Python call per leaf is most of a flatten's time.
-        subs = []
-        for v in node.values():
-            if isinstance(v, torch.Tensor):
-                out.append(v)
-                subs.append(None)
-            else:
-                subs.append(_walk(v, out))
-        return ("dict", tuple(node), tuple(subs))
+        # A dict of tensors (the usual innermost node) in one step: a Python call per leaf
+        # is most of a flatten's time.
+        values = list(node.values())
+        for v in values:
+            if not isinstance(v, torch.Tensor):
+                subs = tuple(_walk(v, out) for v in values)
+                # Any leaves (a mask's bools) give the spec that tensors would.
+                if any(s is not None for s in subs):
+                    return ("dict", tuple(node), subs)
+                break
+        else:
+            out.extend(values)
+        return ("leaves", tuple(node))
     leaves, spec = pytree.tree_flatten(node)
     out.extend(leaves)
     if spec.is_leaf():  # a non-tensor leaf (a mask's bool) has the spec of a tensor leaf
@@ -53,8 +57,10 @@ def unflatten(spec: Spec, leaves: list[Any]) -> Any:
 def _build(spec: Spec, it: Any) -> Any:
     if spec is None:
         return next(it)
+    if spec[0] == "leaves":
+        return dict(zip(spec[1], it, strict=False))  # stops at the last key, reading no further
     if spec[0] == "dict":
-        return {k: next(it) if s is None else _build(s, it) for k, s in zip(spec[1], spec[2], strict=False)}
+        return {k: _build(s, it) for k, s in zip(spec[1], spec[2], strict=False)}
     return pytree.tree_unflatten([next(it) for _ in range(spec[2])], spec[1])
 
 

@@ -20,7 +20,13 @@ from .base import (
     mark,
     zero_count,
 )
-from .transforms import Mask, ScaleByScheduleState, add_decayed_weights, resolve_mask, scale_by_learning_rate
+from .transforms import (
+    Mask,
+    ScaleByScheduleState,
+    add_decayed_weights,
+    resolve_mask,
+    scale_by_learning_rate,
+)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -138,17 +144,15 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), ep
         flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
         count, mu, nu, out, scale = _adam_step(gs, mu, _flat.flatten(adam_s.nu)[0], adam_s.count, b1, b2, eps, True)
         rate = lr(lr_s.count) if callable(lr) else lr
+        tensor_rate = isinstance(rate, torch.Tensor)  # a foreach ``alpha`` must be a Python number
+        # Mixed dtypes take the per-leaf (new tensors) path: index the decayed leaves after it.
+        out = _ops.mul(out, scale if tensor_rate else -rate * scale, True, inplace=True)
         idx = [i for i, f in enumerate(flags) if f]
-        decayed = ([out[i] for i in idx], [ps[i] for i in idx])
-        if isinstance(rate, torch.Tensor):  # a foreach ``alpha`` must be a Python number
-            out = _ops.mul(out, scale, True, inplace=True)
-            if idx:
-                _ops.add(*decayed, True, alpha=weight_decay, inplace=True)
+        if idx:
+            alpha = weight_decay if tensor_rate else -rate * weight_decay
+            _ops.add([out[i] for i in idx], [ps[i] for i in idx], True, alpha=alpha, inplace=True)
+        if tensor_rate:
             out = _ops.mul(out, -rate, True, inplace=True)
-        else:
-            out = _ops.mul(out, -rate * scale, True, inplace=True)
-            if idx:
-                _ops.add(*decayed, True, alpha=-rate * weight_decay, inplace=True)
         new_state = (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
                      ScaleByScheduleState(lr_s.count + 1))
         return _flat.unflatten(spec, out), new_state

@@ -116,7 +116,7 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     p_leaves, p_spec = _flat.flatten(params)
     u_leaves, u_spec = _flat.flatten(updates)
     check_specs("deepfn.optim.apply_updates", "updates", u_spec, p_spec, updates, params)
-    u_leaves = [u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
+    u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
     return _flat.unflatten(p_spec, _ops.add(p_leaves, u_leaves, _ops.use_foreach(p_leaves)))
 
 

@@ -6,11 +6,13 @@ Compiled rows compare ``torch.compile`` of deepfn's pure step with ``torch.compi
 torch's ``step`` (the pattern the torch.compile optimizer tutorial uses).
 Targets: ratio <= 1.2 eager, <= 1.0 compiled.
 
-Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. On CPU the
-out-of-place update must write new params and moments into fresh memory, which glibc's
-malloc trims and page-faults again on every step (torch's in-place step does not): the
-compiled 1M row is dominated by that (bimodal 1.5 ms / 10-18 ms calls), and
-``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` set high removes it.
+Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. Eager,
+deepfn makes 9 passes over the parameters to torch's 8 (``apply_updates`` is the extra
+one) and 4 fresh outputs (params, moments, updates) to torch's one temporary; compiled,
+both are one fused Inductor kernel with the same traffic, deepfn's writing fresh memory.
+On CPU glibc's malloc trims freed memory and page-faults it back now and then, so single
+runs are bimodal (a compiled row at 3-4x); ``MALLOC_TRIM_THRESHOLD_`` /
+``MALLOC_MMAP_THRESHOLD_`` set high remove that. Repeat a run before trusting a ratio.
 """
 
 from __future__ import annotations
