@@ -23,3 +23,14 @@ def assert_trees_close(actual, expected, *, rtol: float = 1e-5, atol: float = 1e
                 raise AssertionError(f"{path}: max abs error {err.max().item():.3e} at index {tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))}")
         else:
             assert a == e, f"{path}: {a!r} != {e!r}"
+
+
+def assert_apply_pure(block, params, state, *inputs) -> None:
+    """``apply(train=True)`` of a stateless block leaves inputs and params untouched (values and
+    in-place version counters) and returns the very state it was given."""
+    tensors = (*inputs, *tree.leaves(params))
+    before = [(t.clone(), t._version) for t in tensors]
+    _, out_state = block.apply(params, state, *inputs, train=True)
+    assert out_state is state
+    for t, (value, version) in zip(tensors, before, strict=True):
+        assert torch.equal(t, value) and t._version == version

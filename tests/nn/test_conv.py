@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deepfn import interop, nn, random, tree
-from tests.utils import TOL, assert_trees_close
+from tests.utils import TOL, assert_apply_pure, assert_trees_close
 
 CONFIGS = {
     "k3": dict(in_channels=3, out_channels=4, kernel_size=3),
@@ -109,12 +109,7 @@ def test_compile_fullgraph_equals_eager(getkey):
 def test_apply_is_pure(getkey):
     block = nn.Conv2d(2, 3, 3)
     params, state = block.init(getkey())
-    x = random.normal(getkey(), (2, 2, 5, 5))
-    before = [(t.clone(), t._version) for t in (x, *tree.leaves(params))]
-    y, out_state = block.apply(params, state, x, train=True)
-    assert out_state is state
-    for t, (value, version) in zip((x, *tree.leaves(params)), before, strict=True):
-        assert torch.equal(t, value) and t._version == version
+    assert_apply_pure(block, params, state, random.normal(getkey(), (2, 2, 5, 5)))
 
 
 @given(batch=st.integers(1, 3), cin=st.integers(1, 3), cout=st.integers(1, 3), k=st.integers(1, 3),

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deepfn import interop, nn, random, tree
-from tests.utils import TOL, assert_trees_close
+from tests.utils import TOL, assert_apply_pure, assert_trees_close
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -74,13 +74,7 @@ def test_compile_fullgraph_equals_eager(getkey):
 def test_apply_is_pure(getkey):
     block = nn.Dense(3, 2)
     params, state = block.init(getkey())
-    x = random.normal(getkey(), (2, 3))
-    inputs = (x, *tree.leaves(params))
-    before = [(t.clone(), t._version) for t in inputs]
-    _, out_state = block.apply(params, state, x, train=True)
-    assert out_state is state
-    for t, (value, version) in zip(inputs, before, strict=True):
-        assert torch.equal(t, value) and t._version == version
+    assert_apply_pure(block, params, state, random.normal(getkey(), (2, 3)))
 
 
 @given(lead=st.lists(st.integers(1, 3), max_size=3), fin=st.integers(1, 5), fout=st.integers(1, 5),
