@@ -17,11 +17,7 @@ from .. import tree
 from .._checks import describe
 from ..typing import PyTree, Tensor
 
-__all__ = ["DynamicLossScale", "NoOpLossScale", "all_finite", "register_fields_pytree"]
-
-
-#: Kept for callers of the earlier name; the mechanism lives in ``deepfn.tree``.
-register_fields_pytree = tree.register_dataclass
+__all__ = ["DynamicLossScale", "NoOpLossScale", "all_finite"]
 
 
 def all_finite(x: PyTree) -> Tensor:
@@ -109,7 +105,7 @@ class DynamicLossScale:
         return replace(self, loss_scale=scale, counter=counter)
 
 
-register_fields_pytree(DynamicLossScale)
+tree.register_dataclass(DynamicLossScale)
 
 
 @dataclass(frozen=True)
@@ -126,4 +122,4 @@ class NoOpLossScale:
         return self
 
 
-register_fields_pytree(NoOpLossScale)
+tree.register_dataclass(NoOpLossScale)

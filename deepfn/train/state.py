@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from .. import tree
 from ..amp import DynamicLossScale, NoOpLossScale, Policy
-from ..amp.loss_scale import register_fields_pytree
 from ..typing import Block, Key, Params, PyTree, State
 
 __all__ = ["TrainState"]
@@ -57,4 +57,4 @@ class TrainState:
         return replace(self, **changes)
 
 
-register_fields_pytree(TrainState)
+tree.register_dataclass(TrainState)
