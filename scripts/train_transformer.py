@@ -44,6 +44,8 @@ def build_parser():
     p.add_argument("--schedule", choices=("noam", "one_cycle"), default="noam",
                    help="noam: warmup then 1/sqrt(step), peak ~--lr; one_cycle: over --epochs")
     p.add_argument("--warmup", type=int, default=1000, help="noam warmup steps")
+    p.add_argument("--no-bucketing", action="store_true",
+                   help="random batches instead of batches of similar lengths (2x the padding)")
     p.add_argument("--bleu-subset", type=int, default=200, help="validation pairs for the per-epoch greedy BLEU")
     p.add_argument("--beam-size", type=int, default=4, help="beam width for the test BLEU (1: greedy)")
     return p
@@ -73,14 +75,14 @@ def encode(tok, sentences, max_len, bos):
     return rows
 
 
-def make_batch_fn(device):
+def make_batch_fn(device, multiple):
     """``(src, tgt) -> ((src, tgt_in), tgt_out)`` on ``device``, trimmed to the batch's longest row.
 
     Lengths are read on the CPU copy (no device sync); widths are rounded up to a multiple of
-    8 so that a compiled step sees few shapes.
+    ``multiple`` (8 when compiling, so that a compiled step sees few shapes; 1 eagerly).
     """
     def batch_fn(src, tgt):
-        width = lambda t: min(t.shape[1], -(-int((t != PAD).sum(1).max()) // 8) * 8)  # noqa: E731
+        width = lambda t: min(t.shape[1], -(-int((t != PAD).sum(1).max()) // multiple) * multiple)  # noqa: E731
         src, tgt = src[:, :width(src)].to(device), tgt[:, :width(tgt) + 1].to(device)
         return (src, tgt[:, :-1]), tgt[:, 1:]
     return batch_fn
@@ -143,7 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
                            clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
     eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"])
-    batch_fn = make_batch_fn(dev)
+    batch_fn = make_batch_fn(dev, 8 if run["compile"] else 1)
+    lengths = (tensors["train"][0] != PAD).sum(1) + (tensors["train"][1] != PAD).sum(1)
+    world = distributed.world_size() if args.distributed else 1
+    batch_order = None if args.no_bucketing else data.bucket_by_length(lengths, args.batch_size // world)
     val_src = tensors["val"][0][:args.bleu_subset]
     val_refs = [p[1] for p in splits["val"][:args.bleu_subset]]
 
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     ts, history = fit(step, ts, tensors["train"], batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=tensors["val"], eval_batch_size=128, batch_fn=batch_fn, on_epoch_end=val_bleu,
-                      time_limit_s=args.time_budget_min * 60, **_common.fit_kwargs(args, run))
+                      batch_order=batch_order, time_limit_s=args.time_budget_min * 60,
+                      **_common.fit_kwargs(args, run))
     val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn,
                    distributed=args.distributed)
     figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),

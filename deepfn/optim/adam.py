@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,16 +35,27 @@ class ScaleByAdamState(NamedTuple):
     nu: PyTree
 
 
-def _check_betas(name: str, betas: Sequence[float]) -> tuple[float, float]:
+def _check_betas(name: str, betas: Sequence[Any]) -> tuple[ScalarOrSchedule, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"{name}: betas must be a pair (beta1, beta2); got {betas!r}")
-    b1 = S.check_number(name, "betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+    b1 = betas[0] if callable(betas[0]) else S.check_number(name, "betas[0]", betas[0], low=0.0, high=1.0,
+                                                            high_open=True)
     b2 = S.check_number(name, "betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
     return b1, b2
 
 
-def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> GradientTransformation:
+def _beta1(b1: ScalarOrSchedule, count: Tensor) -> Any:
+    """beta1 at update ``count``: the float, or the schedule's value (a float64 0-d tensor)."""
+    return b1(count) if callable(b1) else b1
+
+
+def scale_by_adam(betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8) -> GradientTransformation:
     """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` with ``torch.optim.Adam``'s numbers.
+
+    ``beta1`` may be a schedule of the update count (e.g. ``one_cycle_momentum``): it is
+    then read at each update, in the moment and in the bias correction ``1 - b1(n)**k``,
+    which is what ``torch.optim.Adam`` computes when ``OneCycleLR(cycle_momentum=True)``
+    rewrites its ``betas`` every step.
 
     With ``k = n + 1`` at update n: ``m = lerp(m, g, 1 - b1)``, ``v = b2 * v + (1 - b2) * g*g``,
     ``bc1 = 1 - b1**k``, ``bc2 = 1 - b2**k`` (float64), and the output is
@@ -66,7 +77,7 @@ def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> G
         nu, _ = _flat.flatten(state.nu)
         check_specs(name, "updates", spec, mu_spec, updates, state.mu, "the moments")
         fe = _ops.use_foreach(gs)
-        count, mu, nu, out, scale = _adam_step(gs, mu, nu, state.count, b1, b2, eps, fe)
+        count, mu, nu, out, scale = _adam_step(gs, mu, nu, state.count, _beta1(b1, state.count), b2, eps, fe)
         out = _ops.mul(out, scale, fe, inplace=True)
         new_state = ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu))
         return _flat.unflatten(spec, out), new_state
@@ -74,8 +85,11 @@ def scale_by_adam(betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> G
     return GradientTransformation(init, mark(update, fresh=True))
 
 
-def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: float, b2: float, eps: float, fe: bool):
-    """New count and moments, ``mu / (sqrt(nu) + eps * sqrt(bc2))`` (fresh leaves) and its scale ``sqrt(bc2) / bc1``."""
+def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, eps: float, fe: bool):
+    """New count and moments, ``mu / (sqrt(nu) + eps * sqrt(bc2))`` (fresh leaves) and its scale ``sqrt(bc2) / bc1``.
+
+    ``b1`` is a float or a float64 0-d tensor (a scheduled beta1).
+    """
     mu = _ops.lerp(mu, gs, 1.0 - b1, fe)
     nu = _ops.addcmul(_ops.mul(nu, b2, fe), gs, gs, 1.0 - b2, fe, inplace=True)
     count = count + 1
@@ -87,11 +101,13 @@ def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: float, b2: float
     return count, mu, nu, _ops.div_lists(mu, denom, fe, into_y=True), sqrt_bc2 / bc1
 
 
-def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8,
          weight_decay: float = 0.0, mask: Mask | None = None) -> GradientTransformation:
     """Adam with L2 decay added to the gradient: ``chain(add_decayed_weights, scale_by_adam, scale_by_learning_rate)``.
 
     ``g = g + weight_decay * p`` (masked leaves only), then ``p = p - lr(n) * adam(g)``.
+    ``betas[0]`` may be a schedule, e.g. ``one_cycle_momentum(total_steps)`` next to
+    ``lr=one_cycle(...)`` for ``OneCycleLR(cycle_momentum=True)`` (see :func:`scale_by_adam`).
 
     Raises:
         ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
@@ -109,7 +125,7 @@ def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps
     return chain(add_decayed_weights(weight_decay, mask), scale_by_adam(betas, eps), scale_by_learning_rate(lr))
 
 
-def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8,
           weight_decay: float = 1e-2, mask: Mask | None = None) -> GradientTransformation:
     """AdamW (decoupled decay): ``chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)``.
 
@@ -123,7 +139,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), ep
     name = "deepfn.optim.adamw"
     _check_common(name, lr, betas, eps, weight_decay)
     inner = chain(scale_by_adam(betas, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
-    b1, b2 = float(betas[0]), float(betas[1])
+    b1, b2 = _check_betas(name, betas)
 
     # The chain's three passes after Adam's division (scale, decay, learning rate) fused into
     # two on the eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor
@@ -142,7 +158,8 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[float] = (0.9, 0.999), ep
         where = "deepfn.optim.add_decayed_weights"
         check_specs(where, "updates", spec, p_spec, updates, params)
         flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
-        count, mu, nu, out, scale = _adam_step(gs, mu, _flat.flatten(adam_s.nu)[0], adam_s.count, b1, b2, eps, True)
+        count, mu, nu, out, scale = _adam_step(gs, mu, _flat.flatten(adam_s.nu)[0], adam_s.count,
+                                               _beta1(b1, adam_s.count), b2, eps, True)
         rate = lr(lr_s.count) if callable(lr) else lr
         tensor_rate = isinstance(rate, torch.Tensor)  # a foreach ``alpha`` must be a Python number
         # Mixed dtypes take the per-leaf (new tensors) path: index the decayed leaves after it.

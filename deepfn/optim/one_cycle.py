@@ -7,7 +7,8 @@ the value anneals from the phase's start to its end value, exactly as ``OneCycle
 Trap: ``OneCycleLR`` defaults to ``cycle_momentum=True``, which *also* rewrites the
 optimizer's momentum (SGD; momentum 0.95 appears even on a momentum-less SGD) or Adam's
 ``beta1`` every step. deepfn never does that behind your back: ``one_cycle`` is the
-learning rate only, and ``one_cycle_momentum`` gives the matching momentum values.
+learning rate only, and ``one_cycle_momentum`` gives the matching momentum values, to pass
+as ``sgd(momentum=...)`` or ``adam(betas=(one_cycle_momentum(T), 0.999))`` when you want them.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def one_cycle_momentum(total_steps: int, pct_start: float = 0.3, anneal_strategy
 
     It runs against the learning rate: ``max_momentum`` down to ``base_momentum`` while the
     lr rises, and back up while it falls (three-phase: the third phase stays at
-    ``max_momentum``). Pass it as ``sgd(momentum=...)`` / ``trace(decay=...)``.
+    ``max_momentum``). Pass it as ``sgd(momentum=...)`` / ``trace(decay=...)`` or as Adam's
+    ``beta1``: ``adam(lr=one_cycle(...), betas=(one_cycle_momentum(T), 0.999))``.
     """
     name = "deepfn.optim.one_cycle_momentum"
     ends = _phases(name, total_steps, pct_start, anneal_strategy, three_phase)

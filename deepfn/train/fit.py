@@ -141,6 +141,15 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float) -> 
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def _reordered(batch_order: Callable, key: Key, order: torch.Tensor) -> torch.Tensor:
+    new = batch_order(key, order)
+    if not isinstance(new, torch.Tensor) or new.shape != order.shape or not torch.equal(
+            torch.sort(new.to(order.device)).values, torch.sort(order).values):
+        raise ValueError(f"{_FN}: batch_order(key, rows) must return the same {order.numel()} row indices "
+                         f"reordered; got {describe(new)}")
+    return new.to(order.device)
+
+
 def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epochs: int, batch_size: int,
         key: Key, eval_step: Callable | None = None, val_data: tuple | None = None,
         eval_batch_size: int | None = None, patience: int | None = None, monitor: str | None = None,
@@ -150,7 +159,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         batch_fn: Callable[..., tuple[Any, Any]] | None = None,
         augment: Callable[[Key, Any], Any] | None = None, step_key: Callable[[Key], Any] | None = None,
         lr_fn: Callable[[int], float] | None = None, max_steps: int | None = None,
-        time_limit_s: float | None = None, on_epoch_end: Callable[[TrainState, dict], dict | None] | None = None,
+        time_limit_s: float | None = None,
+        batch_order: Callable[[Key, torch.Tensor], torch.Tensor] | None = None,
+        on_epoch_end: Callable[[TrainState, dict], dict | None] | None = None,
         drop_last: bool = True, distributed: bool = False,
         progress: bool = True, log_every: int = 10, log: Callable[[str], Any] | None = None,
         metadata: dict[str, Any] | None = None) -> tuple[TrainState, History]:
@@ -188,6 +199,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         lr_fn: ``step -> lr`` to record in the history when the step reports no ``lr``.
         max_steps: stop after this many updates in total (the epoch is then ``partial``).
         time_limit_s: stop (as ``max_steps`` does) once this call has run this many seconds.
+        batch_order: ``batch_order(key, rows) -> rows`` rearranges each epoch's shuffled row
+            indices (``int64 [m]``, this rank's shard) before they are cut into batches, e.g.
+            :func:`deepfn.data.bucket_by_length`; it must return the same rows, reordered.
         on_epoch_end: ``on_epoch_end(train_state, row) -> dict | None`` after evaluation; the
             returned metrics (e.g. ``{"val_bleu": 27.1}``) join the row before early stopping.
         drop_last: drop the last incomplete training batch (one compiled shape).
@@ -238,6 +252,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         raise ValueError(f"{_FN}: train_data has {n_local} examples{each}, fewer than batch_size={batch_size}{each} "
                          "with drop_last=True")
     k_shuffle, k_step, k_augment = random.split(key, 3)
+    k_order = random.split(k_shuffle)[0]
     manager = (CheckpointManager(checkpoint_dir, keep_last=keep_last, monitor=monitor, mode=mode)
                if checkpoint_dir is not None else None)
 
@@ -268,6 +283,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             not out_of_time()):
         order = (dist.shard_indices(k_shuffle, epoch, n, rank, world) if distributed
                  else random.permutation(random.fold_in(k_shuffle, epoch), n))
+        if batch_order is not None:
+            order = _reordered(batch_order, own(random.fold_in(k_order, epoch)), order)
         totals: dict[str, torch.Tensor] = {}
         seen, last_lr, tic = 0, None, time.perf_counter()
         if show:

@@ -152,3 +152,31 @@ def test_mask_with_non_bool_leaves_is_rejected():
     opt = optim.adamw(1e-3, mask={"w": torch.tensor(True)})
     with pytest.raises(TypeError, match="add_decayed_weights: mask leaves must be Python bools"):
         opt.update(params, opt.init(params), params)
+
+
+@pytest.mark.parametrize("make, twin", [(optim.adam, torch.optim.Adam), (optim.adamw, torch.optim.AdamW)],
+                         ids=["adam", "adamw"])
+def test_adam_cycled_beta1_matches_one_cycle_lr(make, twin, dtype):
+    """OneCycleLR(cycle_momentum=True) rewrites Adam's beta1 each step; deepfn takes it as a schedule."""
+    T = 50
+    opt = make(optim.one_cycle(0.01, T), betas=(optim.one_cycle_momentum(T), 0.99), weight_decay=0.01)
+
+    def sched(o):
+        return torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.01, total_steps=T)
+
+    run_against_torch(opt, lambda ps: twin(ps.values(), lr=0.01, betas=(0.9, 0.99), weight_decay=0.01,
+                                           foreach=False), dtype, steps=T, make_scheduler=sched)
+
+
+def test_adam_cycled_beta1_under_compile_and_vmap():
+    T = 20
+    opt = optim.adamw(optim.one_cycle(0.01, T), betas=(optim.one_cycle_momentum(T), 0.99))
+    params = make_params(torch.float32)
+    grads = tree.map(torch.ones_like, params)
+    state = opt.init(params)
+    eager = opt.update(grads, state, params)
+    compiled = torch.compile(opt.update, backend="aot_eager", fullgraph=True)(grads, state, params)
+    assert_trees_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    stacked = tree.map(lambda t: torch.stack([t, t]), (grads, state, params))
+    batched = torch.vmap(opt.update)(*stacked)
+    assert_trees_close(tree.map(lambda t: t[1], batched), eager, rtol=1e-6, atol=1e-7)

@@ -208,3 +208,21 @@ def test_distillation_loss_rejects_bad_config_and_labels():
         distillation_loss()(torch.zeros(2, 3), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         teacher_logits(MODEL, *MODEL.init(random.key(0)), torch.zeros(4, 6), batch_size=0)
+
+
+def test_batch_order_is_applied_and_checked():
+    seen = []
+
+    def recording_step(train_state, batch, key):
+        seen.append(batch[0][:, 0].clone())
+        return train_state, {"loss": torch.tensor(0.0)}
+
+    x, y = _data(0)
+    x[:, 0] = torch.arange(40.0)   # the row index, to read back which rows came
+    ts, _, _ = _setup()
+    by_row = lambda key, rows: rows.sort().values  # noqa: E731
+    fit(recording_step, ts, (x, y), epochs=1, batch_size=8, key=random.key(0), progress=False, batch_order=by_row)
+    assert torch.equal(torch.cat(seen), torch.arange(40.0))
+    with pytest.raises(ValueError, match="must return the same 40 row indices"):
+        fit(recording_step, ts, (x, y), epochs=1, batch_size=8, key=random.key(0), progress=False,
+            batch_order=lambda key, rows: rows[:-1])
