@@ -17,6 +17,7 @@ from .collectives import all_reduce_mean as all_reduce_mean
 from .collectives import broadcast as broadcast
 from .faults import CollectiveError as CollectiveError
 from .faults import check_same_structure as check_same_structure
+from .overlap import grad_and_all_reduce_mean as grad_and_all_reduce_mean
 from .process import barrier as barrier
 from .process import init as init
 from .process import is_initialized as is_initialized
@@ -29,7 +30,8 @@ from .sampler import shard_indices as shard_indices
 from .sampler import shard_size as shard_size
 
 __all__ = [
-    "CollectiveError", "all_reduce_mean", "barrier", "broadcast", "check_same_structure", "init",
+    "CollectiveError", "all_reduce_mean", "barrier", "broadcast", "check_same_structure",
+    "grad_and_all_reduce_mean", "init",
     "is_initialized", "is_main", "local_rank", "rank", "shard_indices", "shard_size", "shutdown",
     "world_size",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import optim, random, tree
+from .. import distributed, optim, random, tree
 from .._checks import describe
 from ..amp import NoOpLossScale, Policy, all_finite
 from ..typing import Block, Key, Params, PyTree, State, Tensor
@@ -61,23 +61,35 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
 
     grad_fn = torch.func.grad_and_value(objective, has_aux=True)
 
+    def overlapping(params: Params) -> bool:
+        # all_reduce_mean itself, eager, on plain tensors, with peers: all-reduce each bucket
+        # during backward (DDP's overlap). Compiled or under vmap: after backward.
+        return (all_reduce is distributed.all_reduce_mean and distributed.world_size() > 1
+                and not torch.compiler.is_compiling()
+                and not any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in tree.leaves(params)))
+
     def step(ts: TrainState, batch: tuple[Any, Any], key: Key | None):
         inputs, labels = batch
         scaling = ts.loss_scale is not None
         scaler = ts.loss_scale if scaling else NoOpLossScale()
         state, grads, losses, accs = ts.state, None, [], []
+        overlap = all_reduce is not None and overlapping(ts.params)
         # A Python loop over static slices: the compiled graph holds all k micro-batches,
         # and each one's activations are freed before the next forward.
         for i in range(k):
             k_i = key if (k == 1 or key is None) else random.fold_in(key, i)
-            g, (_, (loss, logits, state)) = grad_fn(ts.params, state, _micro(inputs, k, i),
-                                                   _micro(labels, k, i), k_i, scaler)
-            grads = g if grads is None else tree.map(torch.add, grads, g)
+            args = (state, _micro(inputs, k, i), _micro(labels, k, i), k_i, scaler)
+            if overlap and i == k - 1:   # the last micro-batch's backward carries the all-reduce
+                grads, (_, (loss, logits, state)) = distributed.grad_and_all_reduce_mean(
+                    objective, ts.params, *args, accumulated=grads, divide_by=k)
+            else:
+                g, (_, (loss, logits, state)) = grad_fn(ts.params, *args)
+                grads = g if grads is None else tree.map(torch.add, grads, g)
             losses.append(loss)
             accs.append(_accuracy(logits, _micro(labels, k, i)))
-        if k > 1:
+        if k > 1 and not overlap:
             grads = tree.map(lambda g: g / k, grads)   # mean losses: the full batch's gradient
-        if all_reduce is not None:
+        if all_reduce is not None and not overlap:
             grads = all_reduce(grads)
         grads = scaler.unscale(grads)
         grad_norm = tree.global_norm(grads)
@@ -153,7 +165,10 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             through the micro-batches in order).
         clip_norm: clip the unscaled gradient's global norm, as ``optim.clip_by_global_norm``.
         all_reduce: a function over the gradient tree (``distributed.all_reduce_mean``), called
-            once per update before unscaling.
+            once per update before unscaling. ``distributed.all_reduce_mean`` itself, in an
+            eager step with more than one rank, runs during the last backward pass instead
+            (:func:`deepfn.distributed.grad_and_all_reduce_mean`: each bucket is all-reduced as
+            soon as its gradients exist, as DDP does); the result is the same.
         compile: wrap the pure step in ``torch.compile(fullgraph=True)``.
         lr: the optimizer's learning rate (a float or a schedule ``step -> lr``), only to
             report ``metrics["lr"]`` (``lr(train_state.step)``); optimizer states hold no rate.

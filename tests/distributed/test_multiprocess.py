@@ -47,14 +47,25 @@ def results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.parametrize("path", ["", "/after_backward"], ids=["overlapped", "after_backward"])
 @pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
-def test_data_parallel_equals_single_process_on_the_global_batch(results, name):
+def test_data_parallel_equals_single_process_on_the_global_batch(results, name, path):
     reference = scenarios.train(name)
     for r in range(2):
-        assert_trees_close(results[r][name]["params"], reference["params"], rtol=1e-5, atol=1e-6)
+        assert_trees_close(results[r][name + path]["params"], reference["params"], rtol=1e-5, atol=1e-6)
     # Each rank's loss is its own half's; their mean is the global batch's loss.
-    mean_loss = (results[0][name]["losses"] + results[1][name]["losses"]) / 2
+    mean_loss = (results[0][name + path]["losses"] + results[1][name + path]["losses"]) / 2
     torch.testing.assert_close(mean_loss, reference["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_overlapped_all_reduce_equals_all_reduce_after_backward(results):
+    for r in range(2):
+        got = results[r]["overlap"]
+        for k, v in got["after"].items():
+            assert torch.equal(got["overlapped"][k], v), k      # same buckets' arithmetic, any order
+        assert torch.equal(got["overlapped"]["unused"], torch.full((5,), 0.375))   # mean of 0.5 / 2 and 1.0 / 2
+        assert not any(got["requires_grad"]) and not got["y"].requires_grad
+    assert torch.equal(results[0]["overlap"]["overlapped"]["w"], results[1]["overlap"]["overlapped"]["w"])
 
 
 def test_training_actually_moved_the_parameters(results):

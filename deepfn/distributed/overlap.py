@@ -1,0 +1,125 @@
+"""Gradients averaged over ranks while the backward pass still runs (DDP's overlap), eagerly.
+
+Twin: the reducer of ``torch.nn.parallel.DistributedDataParallel``. Gradient hooks on the
+parameters mark a bucket ready once backward has produced all its gradients, and the
+bucket's all-reduce starts at once, asynchronously, while backward goes on with earlier
+layers. ``make_train_step(all_reduce=distributed.all_reduce_mean, compile=False)`` uses it;
+the numbers equal ``all_reduce_mean(torch.func.grad(...))``'s.
+
+Why plain autograd here: ``torch.func.grad`` hands a custom backward functorch-wrapped
+tensors that a collective cannot take, and it has no per-tensor hooks. Inside this function
+the gradient is taken with ``torch.autograd.grad`` on detached copies of the parameters,
+so the surrounding step stays pure: nothing outside is read or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .. import tree
+from ..typing import PyTree
+from .collectives import _bucket_bytes, _raise_collective, plan_buckets
+from .process import world_size
+
+__all__ = ["grad_and_all_reduce_mean"]
+
+_FN = "deepfn.distributed.grad_and_all_reduce_mean"
+
+
+def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]], params: PyTree, *args: Any,
+                             accumulated: PyTree | None = None, divide_by: int = 1,
+                             bucket_mb: float = 25.0) -> tuple[PyTree, tuple[torch.Tensor, Any]]:
+    """``torch.func.grad_and_value(objective, has_aux=True)(params, *args)``, gradients averaged over ranks.
+
+    Each rank's gradient of a leaf is ``(accumulated + g) / divide_by`` (earlier micro-batches'
+    sum, then the mean over ``divide_by`` micro-batches), and the returned tree is the mean of
+    that over all ranks, computed by the same buckets and in the same order of operations as
+    :func:`all_reduce_mean`. Buckets (``bucket_mb`` MiB, one dtype each) are formed from the
+    last leaf backwards, as backward produces them, and are launched strictly in bucket order
+    so every rank issues the same collectives in the same order.
+
+    Args:
+        objective: ``objective(params, *args) -> (scalar, aux)``; aux is returned detached.
+        params: the parameter tree; floating leaves are differentiated, others passed through.
+        accumulated: a tree like ``params`` of gradients to add before averaging, or None.
+        divide_by: the number of micro-batches the gradient is a sum over (1: none).
+        bucket_mb: bucket size in MiB (DDP's default is 25).
+
+    Returns:
+        ``(grads, (value, aux))``: ``grads`` a tree like ``params`` (floating leaves the loss
+        does not reach get zeros, averaged like the rest; non-floating leaves come back as
+        they are), ``value`` and ``aux`` detached.
+
+    Raises:
+        CollectiveError: a rank died or hung past ``init(timeout=...)``.
+    """
+    size_bytes = _bucket_bytes(_FN, bucket_mb)
+    n = world_size()
+    leaves, spec = tree.leaves(params), tree.structure(params)
+    extra = tree.leaves(accumulated) if accumulated is not None else None
+    diff = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    inputs = list(leaves)
+    for i in diff:
+        inputs[i] = leaves[i].detach().requires_grad_()
+    # Backward produces the last layers' gradients first: bucket from the end, like DDP.
+    last = len(leaves) - 1
+    buckets = [[last - j for j in b] for b in plan_buckets(leaves[::-1], size_bytes)]
+    bucket_of = {i: b for b, bucket in enumerate(buckets) for i in bucket}
+    grads: list[Any] = list(leaves)
+    missing = [len(b) for b in buckets]
+    flats: list[torch.Tensor] = []
+    works: list[Any] = []
+
+    def launch_ready() -> None:
+        while len(flats) < len(buckets) and missing[len(flats)] == 0:
+            bucket = buckets[len(flats)]
+            parts = [_local(grads[i], None if extra is None else extra[i], divide_by).reshape(-1) for i in bucket]
+            flats.append(torch.cat(parts) / n)
+            works.append(dist.all_reduce(flats[-1], async_op=True))
+
+    def hook_for(i: int) -> Callable[[torch.Tensor], None]:
+        def hook(g: torch.Tensor) -> None:
+            grads[i] = g
+            missing[bucket_of[i]] -= 1
+            launch_ready()
+        return hook
+
+    handles = [inputs[i].register_hook(hook_for(i)) for i in diff]
+    try:
+        with torch.enable_grad():
+            value, aux = objective(tree.unflatten_leaves(spec, inputs), *args)
+            produced = torch.autograd.grad(value, [inputs[i] for i in diff], allow_unused=True)
+        for i, g in zip(diff, produced, strict=True):
+            if g is None:             # the loss does not reach this leaf: DDP's unused parameter
+                grads[i] = torch.zeros_like(leaves[i])
+                missing[bucket_of[i]] -= 1
+        launch_ready()
+        for work in works:
+            work.wait()
+    except RuntimeError as err:
+        if works:                     # a failed collective, not an error of the model
+            _raise_collective(_FN, err)
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    out = list(leaves)
+    for flat, bucket in zip(flats, buckets, strict=True):
+        parts = flat.split([leaves[i].numel() for i in bucket])
+        for part, i in zip(parts, bucket, strict=True):
+            out[i] = part.view(leaves[i].shape)
+    return tree.unflatten_leaves(spec, out), (value.detach(), tree.map(_detach, aux))
+
+
+def _local(g: torch.Tensor, extra: torch.Tensor | None, divide_by: int) -> torch.Tensor:
+    if extra is not None:
+        g = extra + g
+    return g / divide_by if divide_by != 1 else g
+
+
+def _detach(x: Any) -> Any:
+    return x.detach() if isinstance(x, torch.Tensor) else x
