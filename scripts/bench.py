@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -116,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these parts (default: all of {groups})")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"),
                         help="folder for the JSON and markdown results")
+    parser.add_argument("--keep-compile-cache", action="store_true",
+                        help="use the usual on-disk Inductor cache (default: a fresh empty one, so that "
+                             "compile times are cold; warm starts are then measured against it)")
     args = parser.parse_args(argv)
+    if not args.keep_compile_cache:
+        # Read by Inductor whenever it looks for its cache, so setting it here is early enough.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfn-bench-inductor-")
 
     selected = args.only or groups
     rows = [row for group in selected for row in run_group(group, args.quick)]
