@@ -13,8 +13,8 @@ Workloads (fixed seeds, synthetic data, the seed's optimizers):
 
 Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the torch twin
 (``_workload_models``, loaded with deepfn's initial weights through ``deepfn.interop``) with
-``torch.optim`` eagerly and under ``torch.compile(module)``; Flax+Optax under ``jax.jit`` for
-the MLPs when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16 against
+``torch.optim`` eagerly and under ``torch.compile(module)``; Flax+Optax under ``jax.jit``
+(``_flax_models``) when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16 against
 ``torch.autocast("cpu", torch.bfloat16)``, both eager) for the CNNs and Transformers.
 
 Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few steps. Pick
@@ -165,8 +165,15 @@ def flax_runner(wl: Workload) -> Callable[[], object]:
     if kw["weight_decay"]:
         parts.append(optax.add_decayed_weights(kw["weight_decay"]))      # torch Adam's L2 term
     parts.append(optax.adam(kw["lr"], *kw["betas"], eps=kw["eps"]))
-    return _flax_models.make_runner(twin_of(wl), m.hidden_dims, m.output_dim, m.dropout_rate, m.batch_norm,
-                                    optax.chain(*parts), inputs[0], labels)
+    tx = optax.chain(*parts)
+    if isinstance(m, MLP):
+        return _flax_models.mlp_runner(twin_of(wl), m.hidden_dims, m.output_dim, m.dropout_rate, m.batch_norm,
+                                       tx, inputs[0], labels)
+    if isinstance(m, AdvancedCNN):
+        return _flax_models.cnn_runner(m.base_channels, m.num_blocks, m.num_classes, m.stem == "imagenet",
+                                       m.dropout_rate, tx, inputs[0], labels)
+    return _flax_models.transformer_runner(m.vocab_size, m.d_model, m.n_heads, m.n_layers, m.d_ff, m.dropout,
+                                           m.max_seq_len, tx, *inputs, labels, wl.label_smoothing)
 
 
 def time_steps(one_step: Callable[[], object], steps: int, warmup: int = 2) -> dict:
@@ -277,7 +284,7 @@ def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
         base = _measure(lambda: torch_runner(wl, compile=False, bf16=True), steps, False)
         rows.append(_row(wl, "eager bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
                          peaks[torch.bfloat16], "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak"))
-    if "jax" in contenders and isinstance(wl.model, MLP):
+    if "jax" in contenders:
         if not jax_available():
             rows.append({"group": GROUP, "name": f"{wl.name} train step (compiled vs jax)", "deepfn_s": None,
                          "baseline": "Flax + Optax jax.jit", "baseline_s": None, "ratio": None,
