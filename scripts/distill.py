@@ -3,10 +3,14 @@
     python scripts/distill.py --out runs/distill       # a few minutes on 2 CPU cores
     torchrun --nproc_per_node 2 scripts/distill.py --distributed --out runs/distill_ddp
 
-Three runs, each in its own sub-folder of --out (history, curves, checkpoints): the teacher
-(trained here, or loaded with --teacher-checkpoint), the student trained alone on labels, and
-the same student trained on Hinton's loss against the frozen teacher's logits. Ends with
-``RESULT teacher_acc=... student_acc=... distilled_acc=... wall_s=...``.
+Runs, each in its own sub-folder of --out (history, curves, checkpoints): the teacher
+(trained here, or loaded with --teacher-checkpoint), then for each of --student-seeds seeds
+the student trained alone on labels and the same student (same initial weights, same batch
+order) trained on Hinton's loss against the frozen teacher's logits: a paired comparison,
+since one seed on 270 test images differs by a few images either way. Ends with
+``RESULT teacher_acc=... student_acc=... distilled_acc=... wins=... wall_s=...`` (accuracies
+and test cross-entropies averaged over the seeds; wins: seeds where the distilled student is
+more accurate, ties counted as half).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def build_parser():
     p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="student MLP widths")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher (soft) term")
+    p.add_argument("--student-seeds", type=int, default=5,
+                   help="students trained per arm (alone / distilled), paired by seed")
     return p
 
 
@@ -67,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     dev = run["device"]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tuple(t.to(dev) for t in data.digits(s))
                                                 for s in ("train", "val", "test"))
-    k_teacher, k_student, k_distilled = random.split(random.key(args.seed).to(dev), 3)
+    if args.student_seeds < 1:
+        raise SystemExit(f"--student-seeds must be >= 1; got {args.student_seeds}")
+    k_teacher, k_student = random.split(random.key(args.seed).to(dev))
 
     teacher = AdvancedCNN(1, 10, base_channels=args.teacher_base_channels, num_blocks=(1, 1, 1, 1),
                           dropout_rate=0.2, stem="cifar")
@@ -81,16 +89,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     student = MLP(64, tuple(args.student_hidden), 10)
     flat = (x_tr.flatten(1), y_tr), (x_va.flatten(1), y_va)
-    s_ts, s_eval = _train(args, run, "student", student, losses.cross_entropy, *flat, args.epochs, k_student)
-    student_acc = evaluate(s_eval, s_ts.params, s_ts.state, (x_te.flatten(1), y_te), 500, distributed=args.distributed)["accuracy"]
-
+    test = (x_te.flatten(1), y_te)
     # The teacher runs once, in eval mode without gradients; its logits are data for the student.
     soft = teacher_logits(teacher, t_ts.params, t_ts.state, x_tr)
-    d_ts, d_eval = _train(args, run, "distilled", student, distillation_loss(args.temperature, args.alpha),
-                          (x_tr.flatten(1), y_tr, soft), flat[1], args.epochs, k_distilled,
-                          batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))
-    distilled_acc = evaluate(d_eval, d_ts.params, d_ts.state, (x_te.flatten(1), y_te), 500, distributed=args.distributed)["accuracy"]
-    return _common.finish(args, run, teacher_acc=teacher_acc, student_acc=student_acc, distilled_acc=distilled_acc,
+    alone, distilled = [], []
+    for i in range(args.student_seeds):
+        key = random.fold_in(k_student, i)   # one key per pair: same init and batch order in both arms
+        suffix = "" if args.student_seeds == 1 else f"_seed{i}"
+        s_ts, s_eval = _train(args, run, "student" + suffix, student, losses.cross_entropy, *flat, args.epochs, key)
+        alone.append(evaluate(s_eval, s_ts.params, s_ts.state, test, 500, distributed=args.distributed))
+        d_ts, d_eval = _train(args, run, "distilled" + suffix, student, distillation_loss(args.temperature, args.alpha),
+                              (x_tr.flatten(1), y_tr, soft), flat[1], args.epochs, key,
+                              batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))
+        distilled.append(evaluate(d_eval, d_ts.params, d_ts.state, test, 500, distributed=args.distributed))
+        _common.log(f"seed {i}: student alone {alone[-1]['accuracy']:.4f}, distilled {distilled[-1]['accuracy']:.4f}")
+    mean = lambda runs, k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
+    wins = sum((d["accuracy"] > a["accuracy"]) + 0.5 * (d["accuracy"] == a["accuracy"])
+               for a, d in zip(alone, distilled, strict=True))
+    return _common.finish(args, run, teacher_acc=teacher_acc, student_acc=mean(alone, "accuracy"),
+                          distilled_acc=mean(distilled, "accuracy"), student_test_loss=mean(alone, "loss"),
+                          distilled_test_loss=mean(distilled, "loss"), wins=f"{wins:g}/{args.student_seeds}",
                           teacher_params=teacher.num_parameters(), student_params=student.num_parameters())
 
 

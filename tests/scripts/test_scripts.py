@@ -99,12 +99,13 @@ def test_train_ensemble(tmp_path):
 def test_distill(tmp_path):
     out = str(tmp_path / "distill")
     result = _script("distill").main([*TINY, "--out", out, "--max-steps", "2", "--teacher-epochs", "1",
-                                      "--teacher-base-channels", "4", "--student-hidden", "8"])
-    for part in ("teacher", "student", "distilled"):
+                                      "--teacher-base-channels", "4", "--student-hidden", "8", "--student-seeds", "2"])
+    for part in ("teacher", "student_seed0", "distilled_seed0", "student_seed1", "distilled_seed1"):
         rows, ckpts = _outputs(os.path.join(out, part), config=False)
         assert rows[0]["step"] == 2 and ckpts
-    assert {"teacher_acc", "student_acc", "distilled_acc"} <= set(result)
+    assert {"teacher_acc", "student_acc", "distilled_acc", "student_test_loss", "distilled_test_loss"} <= set(result)
     assert result["student_params"] < result["teacher_params"]
+    assert result["wins"].endswith("/2")
 
 
 def test_train_transformer_and_resume(tmp_path):
