@@ -105,12 +105,18 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         if lr is not None:
             rate = lr(ts.step) if callable(lr) else lr
             metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
-        # Branch-free skip (GradScaler's, and without a loss scale too): a step whose loss or
+        # Skip (GradScaler's, and without a loss scale too): a step whose loss or
         # unscaled gradients are not finite keeps params and optimizer state, so a bad batch
         # never turns the parameters into NaN silently; metrics["nonfinite"] flags it.
         grads_ok = all_finite(grads)
         finite = grads_ok & torch.isfinite(metrics["loss"])
-        keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, torch.Tensor) else new  # noqa: E731
+        if _readable_on_host(finite):
+            # Eager on the CPU reading the flag costs nothing, while torch.where over params and
+            # optimizer state is three passes over memory the size of the model, every step.
+            ok = bool(finite)
+            keep = lambda new, old: new if ok else old  # noqa: E731
+        else:
+            keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, torch.Tensor) else new  # noqa: E731
         params = tree.map(keep, params, ts.params)
         opt_state = tree.map(keep, opt_state, ts.opt_state)
         metrics["nonfinite"] = ~finite
@@ -126,6 +132,12 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         return new_ts, metrics
 
     return step
+
+
+def _readable_on_host(flag: Tensor) -> bool:
+    """True when ``bool(flag)`` neither breaks a graph or a transform nor waits for a device."""
+    return (flag.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(flag))
 
 
 def _check_batch(fn: str, batch: Any, k: int) -> None:
@@ -181,8 +193,9 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         The input ``train_state`` is never mutated; ``step`` grows by one, skipped or not.
 
     Non-finite steps: with or without a loss scale, a step whose loss or unscaled gradients
-    hold inf/NaN leaves ``params`` and ``opt_state`` unchanged (a branch-free ``torch.where``,
-    no host sync) and sets ``metrics["nonfinite"]``; without a loss scale the model state
+    hold inf/NaN leaves ``params`` and ``opt_state`` unchanged (a branch-free ``torch.where``
+    when compiled, vmapped or on an accelerator, so no host sync; eagerly on the CPU a plain
+    branch on the flag) and sets ``metrics["nonfinite"]``; without a loss scale the model state
     (batch-norm statistics) is kept too. Nothing is raised: check the flag (``fit`` averages it
     into the fraction of skipped steps) to stop a diverged run.
 
