@@ -98,7 +98,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)
             grads = tree.map(lambda g: g * factor.to(g.dtype), grads)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optim.apply_updates(ts.params, updates)
+        # The optimizer's fresh updates belong to this step alone: the new params may reuse them.
+        params = optim.apply_updates(ts.params, updates, donate_updates=getattr(optimizer.update, "fresh", False))
         metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm}
         if accs[0] is not None:
             metrics["accuracy"] = torch.stack(accs).mean()

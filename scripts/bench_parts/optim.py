@@ -8,7 +8,8 @@ Targets: ratio <= 1.2 eager, <= 1.0 compiled.
 
 Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. Eager,
 deepfn makes 9 passes over the parameters to torch's 8 (``apply_updates`` is the extra
-one) and 4 fresh outputs (params, moments, updates) to torch's one temporary; compiled,
+one) and 3 fresh outputs (moments, updates, which become the new params through
+``donate_updates=True``, as in ``make_train_step``) to torch's one temporary; compiled,
 both are one fused Inductor kernel with the same traffic, deepfn's writing fresh memory.
 On CPU glibc's malloc trims freed memory and page-faults it back now and then, so single
 runs are bimodal (a compiled row at 3-4x); ``MALLOC_TRIM_THRESHOLD_`` /
@@ -63,7 +64,7 @@ def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str
 
     def step(p, s, g):
         u, s = opt.update(g, s, p)
-        return optim.apply_updates(p, u), s
+        return optim.apply_updates(p, u, donate_updates=True), s   # as make_train_step applies them
 
     fn = torch.compile(step, fullgraph=True) if compiled else step
 
