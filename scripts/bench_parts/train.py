@@ -1,5 +1,5 @@
-"""Training-engine benchmarks: per-example grads (vmap) vs a loop, an 8-member vmapped
-ensemble step vs 8 separate steps, remat's effect on saved activations, and the peak memory
+"""Training-engine benchmarks: per-example grads (vmap) vs a loop and vs Opacus (optional
+``bench`` extra), an 8-member vmapped ensemble step vs 8 separate steps, remat's effect on saved activations, and the peak memory
 of a Transformer training step with and without ``remat`` (each in its own subprocess)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 
@@ -53,6 +54,48 @@ def _per_example(repeats: int) -> dict:
     return _row("train", "per_example_grads MLP(32,(64,64),10) b=64 (vmap, eager)",
                 _median_time(lambda: vmapped(params, x, y), repeats), "python loop of grad",
                 _median_time(loop, repeats))
+
+
+def _per_example_vs_opacus(repeats: int) -> dict:
+    """The same per-example gradients by Opacus's ``GradSampleModule`` (hooks on an nn.Module)."""
+    from deepfn import interop
+    try:
+        from ._workload_models import torch_mlp
+    except ImportError:   # run as a file, not as a package
+        from _workload_models import torch_mlp
+    name = "per_example_grads MLP(32,(64,64),10) b=64 (vmap, eager) vs Opacus"
+    # Opacus's hooks warn that the input needs no gradient: expected here.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    try:
+        from opacus import GradSampleModule
+    except ImportError:
+        return {"group": "train", "name": name, "deepfn_s": None, "baseline": "opacus GradSampleModule",
+                "baseline_s": None, "ratio": None, "note": "skipped: opacus not installed (pip install -e .[bench])"}
+    model = MLP(32, (64, 64), 10)
+    params, _ = model.init(random.key(0))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+    def loss(p, xb, yb):
+        return losses.cross_entropy(model.apply(p, {}, xb)[0], yb)
+    vmapped = per_example_grads(loss)
+    module = GradSampleModule(interop.to_torch(model, params, {}, torch_mlp(model)))
+
+    def opacus_step():
+        module.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        return [p.grad_sample for p in module.parameters()]
+
+    compiled = torch.compile(vmapped, fullgraph=True)
+    grads = tree.flatten(compiled(params, x, y))
+    theirs = opacus_step()
+    # Opacus (loss_reduction="mean") undoes the mean: grad_sample is each example's own gradient.
+    agree = all(torch.allclose(grads[f"network.{n}"], t, rtol=1e-4, atol=1e-6)
+                for (n, _), t in zip(module._module.named_parameters(), theirs, strict=True))
+    eager = _median_time(lambda: vmapped(params, x, y), repeats)
+    return _row("train", name.replace("eager", "compiled"), _median_time(lambda: compiled(params, x, y), repeats),
+                "opacus GradSampleModule", _median_time(opacus_step, repeats),
+                f"gradients agree: {agree}; deepfn eager: {eager * 1e3:.2f} ms")
 
 
 def _ensemble(repeats: int, compile: bool) -> dict:
@@ -155,7 +198,7 @@ def _transformer_remat(quick: bool) -> dict:
 
 def run(quick: bool = False) -> list[dict]:
     repeats = 3 if quick else 20
-    rows = [_per_example(repeats), _ensemble(repeats, compile=False)]
+    rows = [_per_example(repeats), _per_example_vs_opacus(repeats), _ensemble(repeats, compile=False)]
     if not quick:
         rows.append(_ensemble(repeats, compile=True))
     rows.append(_remat(repeats))
@@ -166,5 +209,8 @@ def run(quick: bool = False) -> list[dict]:
 if __name__ == "__main__":
     import sys
     for r in run(quick="--quick" in sys.argv):
+        if r["ratio"] is None:
+            print(f"{r['name']}: {r['note']}")
+            continue
         print(f"{r['name']}: deepfn {r['deepfn_s'] * 1e3:.2f} ms vs {r['baseline']} {r['baseline_s'] * 1e3:.2f} ms "
               f"(ratio {r['ratio']:.3f}) {r['note']}")

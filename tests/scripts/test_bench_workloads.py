@@ -114,3 +114,22 @@ def test_quick_run_of_mlp_seed_with_every_contender():
     compiled = next(r for r in rows if r["name"].endswith("(compiled fp32)"))
     assert compiled["warm_start_s"] > 0 and compiled["baseline_warm_start_s"] > 0
     assert "warm start (deepfn / baseline)" in compiled["note"]
+
+
+def test_opacus_row_is_skipped_with_a_note_when_opacus_is_missing(monkeypatch):
+    from bench_parts import train as bench_train
+    monkeypatch.setitem(sys.modules, "opacus", None)
+    row = bench_train._per_example_vs_opacus(1)
+    assert row["baseline_s"] is None and row["ratio"] is None and "opacus not installed" in row["note"]
+
+
+@pytest.mark.skipif(not W.jax_available(), reason="the bench extra (jax, flax, optax) is not installed")
+@pytest.mark.parametrize("model, extra", [(AdvancedCNN(3, 10, 4, (1, 1, 1, 1)), dict(in_shape=(3, 16, 16))),
+                                          (Transformer(50, 16, 2, 1, 32), dict(seq_len=6))], ids=["cnn", "transformer"])
+def test_flax_contenders_train(model, extra):
+    import dataclasses
+    base = W.WORKLOADS["cnn-small" if isinstance(model, AdvancedCNN) else "transformer-small"]
+    wl = dataclasses.replace(base, model=model, batch=4, **extra)
+    one_step = W.flax_runner(wl)
+    losses = [float(one_step()) for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses)
