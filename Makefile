@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench lint clean
@@ -12,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The optional competitors of the benchmark (jax, flax, optax, opacus), on top of the above.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
@@ -20,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) scripts/bench.py
 
 lint: $(STAMP)
