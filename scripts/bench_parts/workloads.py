@@ -284,6 +284,11 @@ def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
         base = _measure(lambda: torch_runner(wl, compile=False, bf16=True), steps, False)
         rows.append(_row(wl, "eager bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
                          peaks[torch.bfloat16], "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak"))
+        if "compiled" in contenders:
+            ours = _measure(lambda: deepfn_runner(wl, compile=True, policy=BF16), steps, True)
+            rows.append(_row(wl, "compiled bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
+                             peaks[torch.bfloat16], "deepfn compile=True, amp.Policy compute bfloat16, against the "
+                             "eager autocast step; share of the bf16 mm peak"))
     if "jax" in contenders:
         if not jax_available():
             rows.append({"group": GROUP, "name": f"{wl.name} train step (compiled vs jax)", "deepfn_s": None,
