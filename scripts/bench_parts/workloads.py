@@ -221,6 +221,8 @@ def _figures(prefix: str, t: dict, wl: Workload, flops: int, peak: float) -> dic
            f"{prefix}peak_share": rate / peak, f"{prefix}rss_mib": t["rss_mib"]}
     if "warm_start_s" in t:
         out[f"{prefix}warm_start_s"] = t["warm_start_s"]
+    if "compile_phases" in t:
+        out[f"{prefix}compile_phases"] = t["compile_phases"]
     return out
 
 
@@ -235,13 +237,23 @@ def _row(wl, mode, ours, base_name, base, flops, peak, note) -> dict:
     return row
 
 
+def _phase_seconds() -> dict[str, tuple[int, float]]:
+    """Per compile phase (Dynamo's ``dynamo_timed`` names): how many timings so far, their sum."""
+    metrics = torch._dynamo.utils.compilation_time_metrics
+    return {k: (len(v), sum(v)) for k, v in metrics.items()}
+
+
 def _measure(runner: Callable[[], Callable[[], object]], steps: int, compiled: bool) -> dict:
     if compiled:
         torch._dynamo.reset()   # a cold in-memory cache per contender (and no recompile limit)
     counters = torch._dynamo.utils.counters["inductor"]
-    hits = counters["fxgraph_cache_hit"]
+    hits, phases = counters["fxgraph_cache_hit"], _phase_seconds()
     t = time_steps(runner(), steps)
     t["cache_hits"] = counters["fxgraph_cache_hit"] - hits
+    if compiled:   # where the compile time went: the evidence for the compile-time rows
+        after = _phase_seconds()
+        spent = {k: round(v - phases.get(k, (0, 0.0))[1], 3) for k, (_, v) in after.items()}
+        t["compile_phases"] = dict(sorted(((k, v) for k, v in spent.items() if v > 0), key=lambda kv: -kv[1]))
     return t
 
 
