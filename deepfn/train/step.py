@@ -35,12 +35,17 @@ def _forward(model: Block, policy: Policy | None, params: Params, state: State, 
     return logits, new_state
 
 
-def _accuracy(logits: Tensor, labels: Any) -> Tensor | None:
+def _accuracy(logits: Tensor, labels: Any, ignore_index: int | None = None) -> Tensor | None:
+    """Share of ``argmax(logits) == labels`` over the labels that count (not ``ignore_index``)."""
     usable = (isinstance(labels, torch.Tensor) and not labels.is_floating_point()
               and labels.dtype != torch.bool and logits.shape[:-1] == labels.shape)
     if not usable:
         return None
-    return (logits.argmax(-1) == labels).float().mean()
+    hit = (logits.argmax(-1) == labels).float()
+    if ignore_index is None:
+        return hit.mean()
+    counted = (labels != ignore_index).float()
+    return (hit * counted).sum() / counted.sum().clamp(min=1.0)
 
 
 def _micro(x: Any, k: int, i: int) -> Any:
@@ -50,7 +55,8 @@ def _micro(x: Any, k: int, i: int) -> Any:
 def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any, *,
                      policy: Policy | None = None, accumulation_steps: int = 1,
                      clip_norm: float | None = None,
-                     all_reduce: Callable[[PyTree], PyTree] | None = None, lr: Any = None) -> Callable:
+                     all_reduce: Callable[[PyTree], PyTree] | None = None, lr: Any = None,
+                     ignore_index: int | None = None) -> Callable:
     """The uncompiled pure step behind :func:`make_train_step` (for ``vmap``: ensembles)."""
     k = accumulation_steps
 
@@ -86,7 +92,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
                 g, (_, (loss, logits, state)) = grad_fn(ts.params, *args)
                 grads = g if grads is None else tree.map(torch.add, grads, g)
             losses.append(loss)
-            accs.append(_accuracy(logits, _micro(labels, k, i)))
+            accs.append(_accuracy(logits, _micro(labels, k, i), ignore_index))
         if k > 1 and not overlap:
             grads = tree.map(lambda g: g / k, grads)   # mean losses: the full batch's gradient
         if all_reduce is not None and not overlap:
@@ -156,7 +162,8 @@ def _check_batch(fn: str, batch: Any, k: int) -> None:
 def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any, *,
                     policy: Policy | None = None, loss_scale: Any = None, accumulation_steps: int = 1,
                     clip_norm: float | None = None, all_reduce: Callable[[PyTree], PyTree] | None = None,
-                    compile: bool = True, lr: Any = None) -> Callable[[TrainState, tuple[Any, Any], Key | None],
+                    compile: bool = True, lr: Any = None,
+                    ignore_index: int | None = None) -> Callable[[TrainState, tuple[Any, Any], Key | None],
                                                       tuple[TrainState, dict[str, Tensor]]]:
     """Build ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``: one update.
 
@@ -185,6 +192,8 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         compile: wrap the pure step in ``torch.compile(fullgraph=True)``.
         lr: the optimizer's learning rate (a float or a schedule ``step -> lr``), only to
             report ``metrics["lr"]`` (``lr(train_state.step)``); optimizer states hold no rate.
+        ignore_index: labels with this value (padding) are left out of ``metrics["accuracy"]``,
+            as ``cross_entropy(..., ignore_index=...)`` leaves them out of the loss.
 
     Returns:
         The step. ``metrics`` maps ``loss`` (mean, float32), ``grad_norm`` (before clipping),
@@ -215,7 +224,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         raise TypeError(f"{fn}: optimizer must be a GradientTransformation (init, update); "
                         f"got {type(optimizer).__name__}")
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
-                            clip_norm=clip_norm, all_reduce=all_reduce, lr=lr)
+                            clip_norm=clip_norm, all_reduce=all_reduce, lr=lr, ignore_index=ignore_index)
     run = torch.compile(pure, fullgraph=True) if compile else pure
 
     def diagnose(ts: TrainState, batch: tuple[Any, Any], key: Key | None) -> None:
@@ -254,16 +263,18 @@ def _surface_model_errors(run: Callable, diagnose: Callable, compiled: bool, *ar
 
 
 def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, policy: Policy | None = None,
-                   compile: bool = True) -> Callable[[Params, State, tuple[Any, Any]], dict[str, Tensor]]:
+                   compile: bool = True,
+                   ignore_index: int | None = None) -> Callable[[Params, State, tuple[Any, Any]], dict[str, Tensor]]:
     """Build ``eval_step(params, state, (inputs, labels)) -> metrics`` (``train=False``).
 
-    ``metrics`` holds ``loss`` (float32) and, for integer labels, ``accuracy``; 0-d tensors.
+    ``metrics`` holds ``loss`` (float32) and, for integer labels, ``accuracy`` (labels equal to
+    ``ignore_index`` left out, as in :func:`make_train_step`); 0-d tensors.
     """
     def evaluate(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         inputs, labels = batch
         logits, _ = _forward(model, policy, params, state, inputs, None, False)
         metrics = {"loss": loss_fn(logits, labels).float()}
-        acc = _accuracy(logits, labels)
+        acc = _accuracy(logits, labels, ignore_index)
         if acc is not None:
             metrics["accuracy"] = acc
         return metrics

@@ -1,6 +1,8 @@
 """make_train_step / make_eval_step: oracle vs torch.optim, accumulation, loss scaling, AMP,
 clipping, all-reduce, purity, compilation without recompiles."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -252,3 +254,20 @@ def test_rejects_bad_optimizer():
 def test_train_state_rejects_bad_loss_scale():
     with pytest.raises(TypeError, match=r"TrainState: loss_scale must be None or an amp.DynamicLossScale; got float"):
         TrainState({}, {}, (), 0, 2.0)
+
+
+def test_accuracy_leaves_out_ignore_index_labels():
+    model, opt = MLP(6, (8,), 3), optim.sgd(lr=0.0)
+    ts = _state(model, opt)
+    x, _ = _data()
+    pred = model.apply(ts.params, ts.state, x)[0].argmax(-1)
+    even = torch.arange(pred.shape[0]) % 2 == 0
+    ignored = torch.where(even, pred, torch.full_like(pred, -100))      # odd rows: padding
+    wrong = torch.where(even, pred, (pred + 1) % 3)                     # odd rows: wrong answers
+    loss_fn = functools.partial(losses.cross_entropy, ignore_index=-100)
+    ev = make_eval_step(model, loss_fn, compile=False, ignore_index=-100)
+    assert float(ev(ts.params, ts.state, (x, ignored))["accuracy"]) == 1.0
+    plain = make_eval_step(model, losses.cross_entropy, compile=False)
+    assert float(plain(ts.params, ts.state, (x, wrong))["accuracy"]) == float(even.float().mean())
+    _, m = make_train_step(model, loss_fn, opt, compile=False, ignore_index=-100)(ts, (x, ignored), None)
+    assert float(m["accuracy"]) == 1.0
