@@ -118,10 +118,14 @@ def run(quick: bool = False) -> list[dict]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
+        # As a module (-m), not as a file: a file's folder goes first on sys.path, and this
+        # folder's random.py would then shadow the standard library's random.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-               "--master-addr", "127.0.0.1", "--master-port", str(port), str(Path(__file__).resolve()),
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench_parts.distributed",
                "--worker", tmp] + (["--quick"] if quick else [])
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        here = Path(__file__).resolve().parent
+        path = os.pathsep.join([str(here.parent), str(here.parent.parent), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=path)
         if sys.platform.startswith("linux"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
