@@ -133,3 +133,10 @@ def test_flax_contenders_train(model, extra):
     one_step = W.flax_runner(wl)
     losses = [float(one_step()) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_distributed_bench_runs_two_ranks():
+    from bench_parts import distributed as bench_distributed
+    rows = bench_distributed.run(quick=True)
+    assert [r["group"] for r in rows] == ["distributed"] * 3
+    assert all(r["ratio"] > 0 and r["deepfn_s"] > 0 for r in rows)
