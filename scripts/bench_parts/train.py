@@ -40,7 +40,8 @@ def _row(group, name, deepfn_s, baseline, baseline_s, note=""):
             "baseline_s": baseline_s, "ratio": deepfn_s / baseline_s, "note": note}
 
 
-def _per_example(repeats: int) -> dict:
+def _per_example_setup():
+    """The per-example workload: ``(model, params, x [64, 32], y [64], loss(p, xb, yb))``."""
     model = MLP(32, (64, 64), 10)
     params, _ = model.init(random.key(0))
     g = torch.Generator().manual_seed(0)
@@ -48,6 +49,11 @@ def _per_example(repeats: int) -> dict:
 
     def loss(p, xb, yb):
         return losses.cross_entropy(model.apply(p, {}, xb)[0], yb)
+    return model, params, x, y, loss
+
+
+def _per_example(repeats: int) -> dict:
+    _, params, x, y, loss = _per_example_setup()
     vmapped = per_example_grads(loss)
     single = torch.func.grad(loss)
     loop = lambda: [single(params, x[i:i + 1], y[i:i + 1]) for i in range(64)]  # noqa: E731
@@ -71,13 +77,7 @@ def _per_example_vs_opacus(repeats: int) -> dict:
     except ImportError:
         return {"group": "train", "name": name, "deepfn_s": None, "baseline": "opacus GradSampleModule",
                 "baseline_s": None, "ratio": None, "note": "skipped: opacus not installed (pip install -e .[bench])"}
-    model = MLP(32, (64, 64), 10)
-    params, _ = model.init(random.key(0))
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
-
-    def loss(p, xb, yb):
-        return losses.cross_entropy(model.apply(p, {}, xb)[0], yb)
+    model, params, x, y, loss = _per_example_setup()
     vmapped = per_example_grads(loss)
     module = GradSampleModule(interop.to_torch(model, params, {}, torch_mlp(model)))
 
