@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .._eager import plain_eager
+
 Tensor = torch.Tensor
 Leaves = Sequence[Tensor]
 Scalar = Any  # float | int | 0-d Tensor
@@ -28,9 +30,7 @@ Scalar = Any  # float | int | 0-d Tensor
 
 def use_foreach(xs: Leaves) -> bool:
     """True eagerly on plain tensors; False while compiling or under a ``torch.func`` transform."""
-    if torch.compiler.is_compiling() or len(xs) == 0:
-        return False
-    return not any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
+    return plain_eager(xs)
 
 
 def _cast(x: Tensor, s: Scalar) -> Scalar:

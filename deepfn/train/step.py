@@ -15,6 +15,7 @@ import torch
 
 from .. import distributed, optim, random, tree
 from .._checks import describe
+from .._eager import plain_eager
 from ..amp import NoOpLossScale, Policy, all_finite
 from ..typing import Block, Key, Params, PyTree, State, Tensor
 from .state import TrainState
@@ -71,8 +72,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         # all_reduce_mean itself, eager, on plain tensors, with peers: all-reduce each bucket
         # during backward (DDP's overlap). Compiled or under vmap: after backward.
         return (all_reduce is distributed.all_reduce_mean and distributed.world_size() > 1
-                and not torch.compiler.is_compiling()
-                and not any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in tree.leaves(params)))
+                and plain_eager(x for x in tree.leaves(params) if isinstance(x, torch.Tensor)))
 
     def step(ts: TrainState, batch: tuple[Any, Any], key: Key | None):
         inputs, labels = batch
@@ -152,9 +152,7 @@ def _unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[PyTree,
     ``all_finite``, which the compiler fuses. The values are the same either way.
     """
     floats = [g for g in tree.leaves(grads) if isinstance(g, torch.Tensor) and g.is_floating_point()]
-    eager = (owned and floats and not torch.compiler.is_compiling()
-             and len({g.device for g in floats}) == 1
-             and not any(torch._C._functorch.is_functorch_wrapped_tensor(g) for g in floats))
+    eager = owned and plain_eager(floats) and len({g.device for g in floats}) == 1
     if not eager:
         grads = scaler.unscale(grads)
         return grads, all_finite(grads)
@@ -172,8 +170,7 @@ def _unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[PyTree,
 
 def _readable_on_host(flag: Tensor) -> bool:
     """True when ``bool(flag)`` neither breaks a graph or a transform nor waits for a device."""
-    return (flag.device.type == "cpu" and not torch.compiler.is_compiling()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(flag))
+    return flag.device.type == "cpu" and plain_eager([flag])
 
 
 def _check_batch(fn: str, batch: Any, k: int) -> None:
