@@ -87,8 +87,12 @@ class DynamicLossScale:
     def unscale(self, grads: PyTree) -> PyTree:
         """``grads / loss_scale`` leaf-wise (multiplied by the float32 reciprocal, as GradScaler),
         each leaf keeping its dtype."""
-        inv = torch.reciprocal(self.loss_scale.double()).float()
+        inv = self.inverse_scale()
         return tree.map(lambda g: (g * inv).to(g.dtype) if g.is_floating_point() else g, grads)
+
+    def inverse_scale(self) -> Tensor:
+        """``1 / loss_scale`` as GradScaler computes it: in float64, then rounded to float32 (0-d)."""
+        return torch.reciprocal(self.loss_scale.double()).float()
 
     def adjust(self, grads_finite: Tensor) -> DynamicLossScale:
         """The next loss scale after a step whose gradients were finite or not (0-d bool)."""

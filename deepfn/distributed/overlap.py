@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from .. import tree
 from ..typing import PyTree
-from .collectives import _bucket_bytes, _raise_collective, plan_buckets
+from .collectives import _bucket_bytes, _raise_collective, plan_buckets, unpack
 from .process import world_size
 
 __all__ = ["grad_and_all_reduce_mean"]
@@ -109,9 +109,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
             h.remove()
     out = list(leaves)
     for flat, bucket in zip(flats, buckets, strict=True):
-        parts = flat.split([leaves[i].numel() for i in bucket])
-        for part, i in zip(parts, bucket, strict=True):
-            out[i] = part.view(leaves[i].shape)
+        unpack(flat, leaves, bucket, out)
     return tree.unflatten_leaves(spec, out), (value.detach(), tree.map(_detach, aux))
 
 

@@ -137,9 +137,8 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
     """
     name = "deepfn.optim.adamw"
-    _check_common(name, lr, betas, eps, weight_decay)
+    b1, b2 = _check_common(name, lr, betas, eps, weight_decay)
     inner = chain(scale_by_adam(betas, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
-    b1, b2 = _check_betas(name, betas)
 
     # The chain's three passes after Adam's division (scale, decay, learning rate) fused into
     # two on the eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor
@@ -177,9 +176,10 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
     return GradientTransformation(inner.init, mark(update, fresh=True, reuses=True))
 
 
-def _check_common(name: str, lr, betas, eps, weight_decay) -> None:
+def _check_common(name: str, lr, betas, eps, weight_decay) -> tuple[ScalarOrSchedule, float]:
     if not callable(lr):
         S.check_number(name, "lr", lr, low=0.0)
-    _check_betas(name, betas)
+    betas = _check_betas(name, betas)
     S.check_number(name, "eps", eps, low=0.0)
     S.check_number(name, "weight_decay", weight_decay, low=0.0)
+    return betas

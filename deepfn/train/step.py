@@ -159,7 +159,7 @@ def _unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[PyTree,
     device = floats[0].device
     found = torch.zeros(1, dtype=torch.float32, device=device)
     inv = (torch.ones(1, dtype=torch.float32, device=device) if isinstance(scaler, NoOpLossScale)
-           else torch.reciprocal(scaler.loss_scale.double()).float().reshape(1))
+           else scaler.inverse_scale().reshape(1))
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for g in floats:
         by_dtype.setdefault(g.dtype, []).append(g)
