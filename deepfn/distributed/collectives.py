@@ -26,22 +26,27 @@ __all__ = ["all_reduce_mean", "broadcast", "plan_buckets", "pack", "unpack"]
 Bucket = list[int]
 
 
-def plan_buckets(leaves: list[Any], bucket_bytes: int, *, floating_only: bool = True) -> list[Bucket]:
+def plan_buckets(leaves: list[Any], bucket_bytes: int, *, floating_only: bool = True,
+                 first_bucket_bytes: int | None = None) -> list[Bucket]:
     """Group leaf indices into buckets of at most ``bucket_bytes`` (a larger leaf goes alone).
 
     Only tensor leaves take part (only floating ones when ``floating_only``); a bucket holds
     one dtype on one device, and the leaves keep their tree order, as DDP's buckets do.
+    ``first_bucket_bytes`` caps the first bucket of each dtype instead (DDP's small first
+    bucket, so that communication starts early in backward).
     """
     buckets: list[Bucket] = []
-    open_: dict[tuple[torch.dtype, torch.device], tuple[Bucket, list[int]]] = {}
+    open_: dict[tuple[torch.dtype, torch.device], tuple[Bucket, list[Any]]] = {}
     for i, x in enumerate(leaves):
         if not isinstance(x, torch.Tensor) or (floating_only and not x.is_floating_point()):
             continue
         slot = (x.dtype, x.device)
         nbytes = x.numel() * x.element_size()
         current = open_.get(slot)
-        if current is None or (current[1][0] + nbytes > bucket_bytes and current[0]):
-            current = ([], [0])
+        first = current is not None and current[1][1]
+        cap = first_bucket_bytes if first and first_bucket_bytes is not None else bucket_bytes
+        if current is None or (current[1][0] + nbytes > cap and current[0]):
+            current = ([], [0, current is None])   # [bytes so far, is the dtype's first bucket]
             open_[slot] = current
             buckets.append(current[0])
         current[0].append(i)
@@ -61,9 +66,9 @@ def unpack(flat: Tensor, leaves: list[Any], bucket: Bucket, out: list[Any]) -> N
         out[i] = parts[j].view(leaves[i].shape)
 
 
-def _bucket_bytes(fn: str, bucket_mb: Any) -> int:
+def _bucket_bytes(fn: str, bucket_mb: Any, name: str = "bucket_mb") -> int:
     if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
-        raise ValueError(f"{fn}: bucket_mb must be a positive number; got {bucket_mb!r}")
+        raise ValueError(f"{fn}: {name} must be a positive number; got {bucket_mb!r}")
     return int(bucket_mb * 2**20)
 
 
@@ -110,7 +115,7 @@ def all_reduce_mean(grads: PyTree, bucket_mb: float = 25.0) -> PyTree:
         return tree.unflatten_leaves(spec, leaves)
     out = list(leaves)
     buckets = plan_buckets(leaves, size_bytes)
-    flats = [pack(leaves, b) / n for b in buckets]
+    flats = [pack(leaves, b).div_(n) for b in buckets]   # pack's tensor is new: divide in place
     if torch.compiler.is_compiling():
         for flat in flats:
             dist.all_reduce(flat)

@@ -32,7 +32,8 @@ _FN = "deepfn.distributed.grad_and_all_reduce_mean"
 
 def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]], params: PyTree, *args: Any,
                              accumulated: PyTree | None = None, divide_by: int = 1,
-                             bucket_mb: float = 25.0) -> tuple[PyTree, tuple[torch.Tensor, Any]]:
+                             bucket_mb: float = 25.0, first_bucket_mb: float = 1.0,
+                             ) -> tuple[PyTree, tuple[torch.Tensor, Any]]:
     """``torch.func.grad_and_value(objective, has_aux=True)(params, *args)``, gradients averaged over ranks.
 
     Each rank's gradient of a leaf is ``(accumulated + g) / divide_by`` (earlier micro-batches'
@@ -48,6 +49,8 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
         accumulated: a tree like ``params`` of gradients to add before averaging, or None.
         divide_by: the number of micro-batches the gradient is a sum over (1: none).
         bucket_mb: bucket size in MiB (DDP's default is 25).
+        first_bucket_mb: the size of the first bucket (the last layers'), in MiB; DDP's 1 MiB:
+            a small first bucket starts communication early in backward.
 
     Returns:
         ``(grads, (value, aux))``: ``grads`` a tree like ``params`` (floating leaves the loss
@@ -58,6 +61,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
         CollectiveError: a rank died or hung past ``init(timeout=...)``.
     """
     size_bytes = _bucket_bytes(_FN, bucket_mb)
+    first_bytes = min(_bucket_bytes(_FN, first_bucket_mb, "first_bucket_mb"), size_bytes)
     n = world_size()
     leaves, spec = tree.leaves(params), tree.structure(params)
     extra = tree.leaves(accumulated) if accumulated is not None else None
@@ -67,7 +71,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
         inputs[i] = leaves[i].detach().requires_grad_()
     # Backward produces the last layers' gradients first: bucket from the end, like DDP.
     last = len(leaves) - 1
-    buckets = [[last - j for j in b] for b in plan_buckets(leaves[::-1], size_bytes)]
+    buckets = [[last - j for j in b] for b in plan_buckets(leaves[::-1], size_bytes, first_bucket_bytes=first_bytes)]
     bucket_of = {i: b for b, bucket in enumerate(buckets) for i in bucket}
     grads: list[Any] = list(leaves)
     missing = [len(b) for b in buckets]
@@ -78,7 +82,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
         while len(flats) < len(buckets) and missing[len(flats)] == 0:
             bucket = buckets[len(flats)]
             parts = [_local(grads[i], None if extra is None else extra[i], divide_by).reshape(-1) for i in bucket]
-            flats.append(torch.cat(parts) / n)
+            flats.append(torch.cat(parts).div_(n))   # cat's tensor is new: divide in place
             works.append(dist.all_reduce(flats[-1], async_op=True))
 
     def hook_for(i: int) -> Callable[[torch.Tensor], None]:

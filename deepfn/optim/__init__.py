@@ -10,6 +10,7 @@ from .base import GradientTransformation as GradientTransformation
 from .base import Schedule as Schedule
 from .base import apply_updates as apply_updates
 from .base import chain as chain
+from .base import donates as donates
 from .base import identity as identity
 from .clipping import clip_by_global_norm as clip_by_global_norm
 from .schedules import constant as constant

@@ -52,6 +52,22 @@ def hoist(s: Scalar) -> Scalar:
     return s
 
 
+def write_back(olds: Leaves, news: Leaves) -> list[Tensor]:
+    """Donation outside the eager foreach path: copy ``news`` into ``olds`` and return ``olds``.
+
+    Under ``torch.compile`` the ``copy_`` into a graph input becomes a store into that input's
+    buffer inside the fused kernel (no fresh output memory). Under a ``torch.func``
+    transform (wrapped tensors) nothing is written and ``news`` come back: a donation is a
+    permission, never needed for the numbers.
+    """
+    if not torch.compiler.is_compiling() and any(
+            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (*olds, *news)):
+        return list(news)
+    for old, new in zip(olds, news, strict=True):
+        old.copy_(new)
+    return list(olds)
+
+
 def _scalar_op(name: str, xs: Leaves, s: Scalar, fe: bool, inplace: bool) -> list[Tensor]:
     s = hoist(s)
     if fe and (not isinstance(s, torch.Tensor) or len({x.dtype for x in xs}) == 1):

@@ -70,28 +70,40 @@ def scale_by_adam(betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8) -> Gra
     def init(params: PyTree) -> ScaleByAdamState:
         return ScaleByAdamState(zero_count(params), tree.zeros_like(params), tree.zeros_like(params))
 
-    def update(updates: PyTree, state: ScaleByAdamState, params: PyTree = None):
+    def update(updates: PyTree, state: ScaleByAdamState, params: PyTree = None, *, donate_state: bool = False):
         check_count(name, state.count)
         gs, spec = _flat.flatten(updates)
         mu, mu_spec = _flat.flatten(state.mu)
         nu, _ = _flat.flatten(state.nu)
         check_specs(name, "updates", spec, mu_spec, updates, state.mu, "the moments")
         fe = _ops.use_foreach(gs)
-        count, mu, nu, out, scale = _adam_step(gs, mu, nu, state.count, _beta1(b1, state.count), b2, eps, fe)
+        count, mu, nu, out, scale = _adam_step(gs, mu, nu, state.count, _beta1(b1, state.count), b2, eps, fe,
+                                               donate_state)
         out = _ops.mul(out, scale, fe, inplace=True)
         new_state = ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu))
         return _flat.unflatten(spec, out), new_state
 
-    return GradientTransformation(init, mark(update, fresh=True))
+    return GradientTransformation(init, mark(update, fresh=True, donates=True))
 
 
-def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, eps: float, fe: bool):
+def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, eps: float, fe: bool,
+               donate: bool = False):
     """New count and moments, ``mu / (sqrt(nu) + eps * sqrt(bc2))`` (fresh leaves) and its scale ``sqrt(bc2) / bc1``.
 
-    ``b1`` is a float or a float64 0-d tensor (a scheduled beta1).
+    ``b1`` is a float or a float64 0-d tensor (a scheduled beta1). ``donate``: the new moments
+    may be written into ``mu`` and ``nu`` (the same kernels in place, so the same numbers).
     """
-    mu = _ops.lerp(mu, gs, 1.0 - b1, fe)
-    nu = _ops.addcmul(_ops.mul(nu, b2, fe), gs, gs, 1.0 - b2, fe, inplace=True)
+    if donate and fe:
+        if isinstance(b1, torch.Tensor):
+            for m, g in zip(mu, gs, strict=True):
+                m.lerp_(g, (1.0 - b1).to(m.dtype))
+        else:
+            torch._foreach_lerp_(mu, gs, 1.0 - b1)
+        nu = _ops.addcmul(_ops.mul(nu, b2, fe, inplace=True), gs, gs, 1.0 - b2, fe, inplace=True)
+    else:
+        new_mu = _ops.lerp(mu, gs, 1.0 - b1, fe)
+        new_nu = _ops.addcmul(_ops.mul(nu, b2, fe), gs, gs, 1.0 - b2, fe, inplace=True)
+        mu, nu = (_ops.write_back(mu, new_mu), _ops.write_back(nu, new_nu)) if donate else (new_mu, new_nu)
     count = count + 1
     # Bias corrections in float64, as torch computes them in Python floats.
     k = count.to(torch.float64)
@@ -143,11 +155,12 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
     # The chain's three passes after Adam's division (scale, decay, learning rate) fused into
     # two on the eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor
     # or the per-leaf path does not gain from it, so the chain runs as written.
-    def update(updates: PyTree, state: tuple, params: PyTree = None, *, _owned: bool = False):
+    def update(updates: PyTree, state: tuple, params: PyTree = None, *, donate_state: bool = False,
+               _owned: bool = False):
         gs, spec = _flat.flatten(updates)
         if (params is None or not _ops.use_foreach(gs) or not isinstance(state, tuple) or len(state) != 3
                 or not isinstance(state[0], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
-            return inner.update(updates, state, params, _owned=_owned)
+            return inner.update(updates, state, params, donate_state=donate_state, _owned=_owned)
         adam_s, lr_s = state[0], state[2]
         check_count("deepfn.optim.scale_by_adam", adam_s.count)
         check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
@@ -158,7 +171,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         check_specs(where, "updates", spec, p_spec, updates, params)
         flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
         count, mu, nu, out, scale = _adam_step(gs, mu, _flat.flatten(adam_s.nu)[0], adam_s.count,
-                                               _beta1(b1, adam_s.count), b2, eps, True)
+                                               _beta1(b1, adam_s.count), b2, eps, True, donate_state)
         rate = lr(lr_s.count) if callable(lr) else lr
         tensor_rate = isinstance(rate, torch.Tensor)  # a foreach ``alpha`` must be a Python number
         # Mixed dtypes take the per-leaf (new tensors) path: index the decayed leaves after it.
@@ -173,7 +186,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
                      ScaleByScheduleState(lr_s.count + 1))
         return _flat.unflatten(spec, out), new_state
 
-    return GradientTransformation(inner.init, mark(update, fresh=True, reuses=True))
+    return GradientTransformation(inner.init, mark(update, fresh=True, reuses=True, donates=True))
 
 
 def _check_common(name: str, lr, betas, eps, weight_decay) -> tuple[ScalarOrSchedule, float]:

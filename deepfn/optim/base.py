@@ -68,17 +68,18 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in transforms)
 
     def update(updates: PyTree, state: tuple[Any, ...], params: PyTree | None = None, *,
-               _owned: bool = False) -> tuple[PyTree, tuple]:
+               donate_state: bool = False, _owned: bool = False) -> tuple[PyTree, tuple]:
         if not isinstance(state, tuple) or len(state) != len(transforms):
             raise ValueError(f"deepfn.optim.chain: state must be a tuple of {len(transforms)} states (from init); "
                              f"got {type(state).__name__}")
         new_states = []
         owned = _owned
         for t, s in zip(transforms, state, strict=True):
+            kw = {"donate_state": True} if donate_state and getattr(t.update, "donates", False) else {}
             if owned and getattr(t.update, "reuses", False):
-                updates, s = t.update(updates, s, params, _owned=True)
+                updates, s = t.update(updates, s, params, _owned=True, **kw)
             else:
-                updates, s = t.update(updates, s, params)
+                updates, s = t.update(updates, s, params, **kw)
                 owned = getattr(t.update, "fresh", False)
             new_states.append(s)
         return updates, tuple(new_states)
@@ -86,7 +87,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     # The flags are static, so a chain's own are too: fresh if its output is owned when its
     # input is not; it takes ownership only if it then hands back an owned output.
     return GradientTransformation(init, mark(update, fresh=_owned_after(transforms, False),
-                                             reuses=_owned_after(transforms, True)))
+                                             reuses=_owned_after(transforms, True),
+                                             donates=any(getattr(t.update, "donates", False) for t in transforms)))
 
 
 def _owned_after(transforms: tuple[GradientTransformation, ...], owned: bool) -> bool:
@@ -96,7 +98,7 @@ def _owned_after(transforms: tuple[GradientTransformation, ...], owned: bool) ->
     return owned
 
 
-def mark(update: Callable, *, fresh: bool = False, reuses: bool = False) -> Callable:
+def mark(update: Callable, *, fresh: bool = False, reuses: bool = False, donates: bool = False) -> Callable:
     """Tag an update function for ``chain``'s buffer hand-off (eager speed only, same numbers).
 
     ``fresh``: its output leaves are new tensors that neither the caller nor the state holds.
@@ -105,25 +107,46 @@ def mark(update: Callable, *, fresh: bool = False, reuses: bool = False) -> Call
     transform, so no tensor the user or a state can see is ever written; pure functions
     stay pure, and each such write saves an allocation per leaf, which dominates eager
     optimizer time on CPU (page faults on fresh memory).
+    ``donates``: it takes ``donate_state=True`` (the caller gives up the old state, see
+    :func:`donate`), and may then write its new state into the old state's tensors.
     """
     update.fresh = fresh
     update.reuses = reuses
+    update.donates = donates
     return update
 
 
-def apply_updates(params: PyTree, updates: PyTree, *, donate_updates: bool = False) -> PyTree:
+def donates(opt: GradientTransformation) -> bool:
+    """Whether ``opt.update`` takes ``donate_state=True`` (deepfn's Adam, AdamW, SGD and their chains)."""
+    return bool(getattr(opt.update, "donates", False))
+
+
+def apply_updates(params: PyTree, updates: PyTree, *, donate_updates: bool = False,
+                  donate_params: bool = False) -> PyTree:
     """``params + updates`` leaf by leaf; each result keeps its parameter's dtype.
 
-    ``params`` are never written. With ``donate_updates=True`` the sums may be written into
-    the update leaves (eager foreach path, same dtypes), saving one allocation of the
-    model's size per step; pass it only for updates nobody else holds, such as the fresh
-    output of ``opt.update`` inside a training step (``make_train_step`` does). The numbers
-    are the same either way.
+    ``params`` are never written unless donated. The numbers are the same either way:
+
+    * ``donate_updates=True``: the sums may be written into the update leaves (eager foreach
+      path, same dtypes), saving one allocation of the model's size per step; pass it only
+      for updates nobody else holds, such as the fresh output of ``opt.update`` inside a
+      training step (``make_train_step`` does).
+    * ``donate_params=True``: the caller gives up ``params`` (JAX's buffer donation): the sums
+      are written into the parameter tensors (eager: ``_foreach_add_``; under
+      ``torch.compile``: ``copy_``, which Inductor fuses into the addition) and returned in a
+      new tree. Ignored under ``torch.func`` transforms. Do not read the old ``params``
+      afterwards: they hold the new values.
     """
     p_leaves, p_spec = _flat.flatten(params)
     u_leaves, u_spec = _flat.flatten(updates)
     check_specs("deepfn.optim.apply_updates", "updates", u_spec, p_spec, updates, params)
     fe = _ops.use_foreach(p_leaves)
+    if donate_params:
+        u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
+        if fe:
+            torch._foreach_add_(p_leaves, u_leaves)
+            return _flat.unflatten(p_spec, list(p_leaves))
+        return _flat.unflatten(p_spec, _ops.write_back(p_leaves, _ops.add(p_leaves, u_leaves, fe)))
     if donate_updates and fe and all(u.dtype == p.dtype and u.shape == p.shape
                                      for u, p in zip(u_leaves, p_leaves, strict=True)):
         torch._foreach_add_(u_leaves, p_leaves)   # u + p == p + u exactly (addition commutes)

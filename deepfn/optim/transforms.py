@@ -126,14 +126,15 @@ def trace(decay: ScalarOrSchedule, dampening: float = 0.0, nesterov: bool = Fals
     def init(params: PyTree) -> TraceState:
         return TraceState(count=zero_count(params), trace=tree.zeros_like(params))
 
-    def update(updates: PyTree, state: TraceState, params: PyTree = None):
+    def update(updates: PyTree, state: TraceState, params: PyTree = None, *, donate_state: bool = False):
         check_count(where, state.count)
         gs, spec = _flat.flatten(updates)
         bufs, b_spec = _flat.flatten(state.trace)
         check_specs(where, "updates", spec, b_spec, updates, state.trace, "the momentum buffers")
         fe = _ops.use_foreach(gs)
         m = _value(decay, state.count)
-        kept = _ops.mul(bufs, m, fe)
+        # Donated, the buffers are scaled in place (the same kernels, so the same numbers).
+        kept = _ops.mul(bufs, m, fe, inplace=donate_state)
         if dampening == 0.0:
             # The buffer starts at zero, so the first step gives 0 * decay + g == g exactly.
             new = _ops.add(kept, gs, fe, inplace=True)
@@ -148,7 +149,10 @@ def trace(decay: ScalarOrSchedule, dampening: float = 0.0, nesterov: bool = Fals
             out = _ops.add(gs, _ops.mul(new, m, fe), fe)
         else:
             out = _ops.add(gs, new, fe, alpha=m)
+        if donate_state and not fe:
+            new = _ops.write_back(bufs, new)
+            out = new if not nesterov else out
         return _flat.unflatten(spec, out), TraceState(state.count + 1, _flat.unflatten(spec, new))
 
     # Without nesterov the output is the new buffer, which the state holds too: not fresh.
-    return GradientTransformation(init, mark(update, fresh=nesterov))
+    return GradientTransformation(init, mark(update, fresh=nesterov, donates=True))

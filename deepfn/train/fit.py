@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .. import distributed as dist
-from .. import random
+from .. import random, tree
 from .._checks import describe
 from ..checkpoint import CheckpointManager
 from ..typing import Key
@@ -174,7 +174,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
 
     Args:
         train_step: ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``, e.g.
-            :func:`~deepfn.train.make_train_step` (or an ensemble step with ``step_key``).
+            :func:`~deepfn.train.make_train_step` (or an ensemble step with ``step_key``). A step
+            made with ``donate=True`` (attribute ``donates``) writes into the states it gets:
+            ``fit`` then keeps the best state as a copy, and ``train_state`` itself is used up.
         train_state: the state to start from (ignored when ``resume`` finds a checkpoint).
         train_data, val_data: tuples of tensors with a common leading size ``n``, by default
             ``(inputs, labels)``.
@@ -264,7 +266,11 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             late = bool(dist.broadcast(torch.tensor([int(late)], device=key.device))[0])
         return late
 
-    history, epoch, skip, wait, best_state = History(), 0, 0, 0, train_state
+    # A donating step writes into the state it is given: the best state is kept as a copy.
+    donating = bool(getattr(train_step, "donates", False))
+    keep = (lambda ts: tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, ts)) if donating else (
+        lambda ts: ts)
+    history, epoch, skip, wait, best_state = History(), 0, 0, 0, keep(train_state)
     if resume and world > 1:
         dist.barrier()   # rank 0's files are complete before anyone reads them
     if resume and manager.latest_step() is not None:
@@ -274,7 +280,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         history = History(meta["history"], loop["best_epoch"], loop["best_value"], loop["stopped_early"])
         epoch, skip, wait = loop["epoch"], loop["batch"], loop["wait"]
         best = manager.best_step()
-        best_state = manager.restore(best, device=key.device) if best is not None else train_state
+        best_state = manager.restore(best, device=key.device) if best is not None else keep(train_state)
     step0 = int(train_state.step.reshape(-1)[0])
     step, bar, start = step0, None, time.perf_counter()
     show = progress and main and sys.stderr.isatty()
@@ -346,7 +352,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             value = float(dist.broadcast(torch.tensor([math.nan if value is None else value], dtype=torch.float64,
                                                       device=key.device))[0])
         if _improved(value, history.best_value, mode, min_delta):
-            history.best_value, history.best_epoch, best_state, wait = value, epoch + 1, train_state, 0
+            history.best_value, history.best_epoch, best_state, wait = value, epoch + 1, keep(train_state), 0
         elif not partial:
             wait += 1
         history.stopped_early = patience is not None and wait >= patience

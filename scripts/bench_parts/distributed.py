@@ -3,7 +3,8 @@
 ``run()`` launches two CPU processes with torchrun on 127.0.0.1 (this file, ``--worker``).
 Rows:
 - ``train_step``: one AdamW update of ``MLP(784, [1024, 1024], 10)`` on a global batch of
-  256 (128 per rank): deepfn's ``make_train_step(all_reduce=all_reduce_mean, compile=False)``
+  256 (128 per rank): deepfn's ``make_train_step(all_reduce=all_reduce_mean, compile=False,
+  donate=True)``
   vs a DDP-wrapped ``nn.Sequential`` twin (``zero_grad``, forward, ``backward``, ``step``).
 - ``train_step without all-reduce``: the same two steps with no communication (each rank
   alone, both ranks busy), to separate the step's own cost from the communication's.
@@ -58,7 +59,9 @@ def _worker(quick: bool, out_dir: Path) -> None:
     model = models.MLP(784, hidden, 10)
     opt = optim.adamw(1e-3)
     ts = distributed.broadcast(TrainState.create(model, opt, random.key(0)))
-    step = make_train_step(model, losses.cross_entropy, opt, all_reduce=distributed.all_reduce_mean, compile=False)
+    # donate=True: params and moments updated in place, as torch.optim does for the twin.
+    step = make_train_step(model, losses.cross_entropy, opt, all_reduce=distributed.all_reduce_mean, compile=False,
+                           donate=True)
     k_x, k_y = random.split(random.fold_in(random.key(1), r))
     x, y = random.normal(k_x, (local, 784)), random.randint(k_y, (local,), 0, 10)
     box = {"ts": ts}
@@ -85,7 +88,7 @@ def _worker(quick: bool, out_dir: Path) -> None:
                      deepfn_s=t_ours, baseline="torch DDP + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
                      note=f"{params / 1e6:.2f}M params, eager"))
     # The same step without communication on either side: how much of the gap is the step itself.
-    local_step = make_train_step(model, losses.cross_entropy, opt, compile=False)
+    local_step = make_train_step(model, losses.cross_entropy, opt, compile=False, donate=True)
     plain, plain_opt = twin.module, torch.optim.AdamW(twin.module.parameters(), lr=1e-3)
 
     def ours_local():

@@ -1,7 +1,10 @@
 """Benchmark: one AdamW update, deepfn (out of place) vs ``torch.optim.AdamW(foreach=True).step()``.
 
-Rows: eager and compiled, 10M parameters in 100 tensors (quick: 1M). deepfn's time covers
-``opt.update`` + ``apply_updates``; torch's covers ``step()`` on gradients already in place.
+Rows: eager and compiled, pure and donated, 10M parameters in 100 tensors (quick: 1M).
+deepfn's time covers ``opt.update`` + ``apply_updates``; torch's covers ``step()`` on
+gradients already in place. Pure rows write new params and moments (the caller may keep the
+old ones); donated rows (``donate_state=True``, ``donate_params=True``, what
+``make_train_step(donate=True)`` does) write them into the old tensors, as torch does.
 Compiled rows compare ``torch.compile`` of deepfn's pure step with ``torch.compile`` of
 torch's ``step`` (the pattern the torch.compile optimizer tutorial uses).
 Targets: ratio <= 1.2 eager, <= 1.0 compiled.
@@ -57,12 +60,15 @@ def _trees(total: int, n_tensors: int, device: str):
     return params, grads
 
 
-def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str) -> dict:
+def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str, donate: bool) -> dict:
     params, grads = _trees(total, n_tensors, device)
     opt = optim.adamw(**HYPER)
     box = {"p": params, "s": opt.init(params)}
 
     def step(p, s, g):
+        if donate:   # as make_train_step(donate=True): new state written into the old buffers
+            u, s = opt.update(g, s, p, donate_state=True)
+            return optim.apply_updates(p, u, donate_params=True), s
         u, s = opt.update(g, s, p)
         return optim.apply_updates(p, u, donate_updates=True), s   # as make_train_step applies them
 
@@ -83,7 +89,7 @@ def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str
 
     warmup = 3 if compiled else 2
     ours_s, theirs_s = _median_times([ours, theirs], repeats, warmup)
-    mode = "compiled" if compiled else "eager"
+    mode = ("compiled" if compiled else "eager") + ("_donated" if donate else "")
     return dict(group="optim", name=f"adamw_update_{mode}_{total // 10**6}M_{n_tensors}t", deepfn_s=ours_s,
                 baseline=f"torch.optim.AdamW(foreach=True).step(){' compiled' if compiled else ''}",
                 baseline_s=theirs_s, ratio=ours_s / theirs_s,
@@ -94,7 +100,8 @@ def run(quick: bool = False) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     total = 10**6 if quick else 10**7
     repeats = 10 if quick else 20
-    return [_bench(total, 100, compiled, repeats, device) for compiled in (False, True)]
+    return [_bench(total, 100, compiled, repeats, device, donate) for compiled in (False, True)
+            for donate in (False, True)]
 
 
 if __name__ == "__main__":

@@ -78,6 +78,17 @@ def test_plan_buckets_respects_size_dtype_and_order():
     assert plan_buckets(leaves, 64) == [[0], [1], [2], [3, 6]]
     assert plan_buckets(leaves, 10**6) == [[0, 2, 3, 6], [1]]
     assert plan_buckets(leaves, 64, floating_only=False) == [[0], [1], [2], [3, 6], [4]]
+    # DDP's small first bucket: only the first bucket of each dtype is capped lower.
+    assert plan_buckets(leaves, 10**6, first_bucket_bytes=30) == [[0], [1], [2, 3, 6]]
+    assert plan_buckets(leaves, 10**6, first_bucket_bytes=60) == [[0], [1], [2, 3, 6]]
+    assert plan_buckets(leaves, 10**6, first_bucket_bytes=200) == [[0, 2, 3], [1], [6]]
+
+
+@pytest.mark.parametrize("first_bucket_mb", [0, -1.0, "1"])
+def test_bad_first_bucket_size_raises(first_bucket_mb):
+    from deepfn.distributed import grad_and_all_reduce_mean
+    with pytest.raises(ValueError, match=r"first_bucket_mb must be a positive number; got"):
+        grad_and_all_reduce_mean(lambda p: (p["w"].sum(), None), {"w": torch.ones(2)}, first_bucket_mb=first_bucket_mb)
 
 
 def test_pack_then_unpack_restores_every_leaf():

@@ -1,0 +1,101 @@
+"""make_train_step(donate=True): the pure step's numbers, written into the given state's tensors."""
+
+import pytest
+import torch
+
+from deepfn import amp, losses, optim, random, tree
+from deepfn.models import MLP
+from deepfn.train import TrainState, fit, make_eval_step, make_train_step
+
+MODEL = MLP(6, (16, 8), 3, batch_norm=True, dropout_rate=0.1)
+
+
+def _data(seed, n=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+
+
+def _clone(ts):
+    return tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, ts)
+
+
+def _train(donate, compile, opt, batches, **kw):
+    ts = TrainState.create(MODEL, opt, random.key(0), **kw)
+    first = ts
+    step = make_train_step(MODEL, losses.cross_entropy, opt, clip_norm=1.0, compile=compile, donate=donate)
+    assert step.donates is donate
+    history = []
+    for i, batch in enumerate(batches):
+        ts, m = step(ts, batch, random.key(i))
+        history.append(_clone((ts, m)))
+    return first, ts, history
+
+
+def _assert_same(a, b):
+    """Bit for bit, NaN metrics of skipped steps included."""
+    assert tree.structure(a) == tree.structure(b)
+    for x, y in zip(tree.leaves(a), tree.leaves(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+def _poison(batch):
+    x, y = batch
+    return x * torch.nan, y
+
+
+@pytest.mark.parametrize("opt", [optim.adamw(1e-2, weight_decay=0.1), optim.sgd(0.1, momentum=0.9)],
+                         ids=["adamw", "sgd"])
+def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
+    batches = [_data(0), _data(1), _poison(_data(2)), _data(3)]
+    _, _, pure = _train(False, False, opt, batches)
+    first, last, donated = _train(True, False, opt, batches)
+    for a, b in zip(donated, pure, strict=True):
+        _assert_same(a, b)
+    assert bool(donated[2][1]["nonfinite"]) and tree.all_equal(donated[2][0].params, donated[1][0].params)
+    # The first state's parameter and moment tensors are the ones the last state holds.
+    assert all(a is b for a, b in zip(tree.leaves(last.params), tree.leaves(first.params), strict=True))
+    moments = [(a, b) for a, b in zip(tree.leaves(last.opt_state), tree.leaves(first.opt_state), strict=True)
+               if a.ndim > 0]
+    assert moments and all(a is b for a, b in moments)
+
+
+def test_compiled_donated_steps_equal_pure_steps_and_write_in_place():
+    opt = optim.adamw(1e-2, weight_decay=0.1)
+    batches = [_data(0), _poison(_data(1)), _data(2)]
+    _, _, pure = _train(False, True, opt, batches)
+    first, last, donated = _train(True, True, opt, batches)
+    for (ts_d, m_d), (ts_p, m_p) in zip(donated, pure, strict=True):
+        torch.testing.assert_close(tree.leaves(ts_d), tree.leaves(ts_p), rtol=1e-6, atol=1e-7, equal_nan=True)
+        assert bool(m_d["nonfinite"]) == bool(m_p["nonfinite"])
+    assert bool(donated[1][1]["nonfinite"])
+    assert all(a is b for a, b in zip(tree.leaves(last.params), tree.leaves(first.params), strict=True))
+
+
+def test_donated_loss_scaled_overflow_keeps_params_and_halves_the_scale():
+    opt = optim.adam(1e-2)
+    scale = amp.DynamicLossScale(init_scale=2.0 ** 10, growth_interval=2)
+    batches = [_data(0), _poison(_data(1)), _data(2)]
+    _, _, pure = _train(False, False, opt, batches, loss_scale=scale)
+    _, _, donated = _train(True, False, opt, batches, loss_scale=scale)
+    for a, b in zip(donated, pure, strict=True):
+        _assert_same(a, b)
+    assert [float(h[0].loss_scale.loss_scale) for h in donated] == [1024.0, 512.0, 512.0]
+
+
+def test_fit_keeps_a_copy_of_the_best_state_when_the_step_donates():
+    opt = optim.adam(0.05)
+    results = []
+    for donate in (False, True):
+        ts = TrainState.create(MODEL, opt, random.key(1))
+        step = make_train_step(MODEL, losses.cross_entropy, opt, compile=False, donate=donate)
+        # An eval loss that is best at epoch 2 of 4: the returned state is epoch 2's.
+        losses_by_epoch = iter([3.0, 1.0, 2.0, 2.5])
+        best, history = fit(step, ts, _data(0, 40), epochs=4, batch_size=8, key=random.key(7),
+                            eval_step=lambda p, s, b: {"loss": torch.tensor(next(losses_by_epoch))},
+                            val_data=_data(1, 8), progress=False)
+        assert history.best_epoch == 2
+        results.append(best)
+    assert tree.all_equal(results[1], results[0])
+    ev = make_eval_step(MODEL, losses.cross_entropy, compile=False)
+    assert ev(results[1].params, results[1].state, _data(1))["loss"].isfinite()
