@@ -19,6 +19,7 @@ import argparse
 import os
 
 import _common
+import torch
 
 from deepfn import checkpoint, data, losses, optim, random
 from deepfn.models import MLP, AdvancedCNN
@@ -45,10 +46,27 @@ def build_parser():
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher (soft) term")
     p.add_argument("--student-seeds", type=int, default=5,
                    help="students trained per arm (alone / distilled), paired by seed")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random 1-pixel shifts of the training images in both arms; the teacher then "
+                        "runs on each shifted batch (function matching) instead of once")
     return p
 
 
-def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=None):
+def _shifting(inner, teacher=None):
+    """A train step on image batches: shift them at random (the step key's first half), run the
+    frozen teacher on the shifted images when given, flatten them for the MLP student."""
+    def step(ts, batch, key):
+        images, labels = batch
+        k_shift, k_step = random.split(key)
+        images = data.random_crop(k_shift, images, 1)
+        targets = labels if teacher is None else (labels, teacher(images))
+        return inner(ts, (images.flatten(1), targets), k_step)
+
+    step.donates = inner.donates
+    return step
+
+
+def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=None, wrap=None):
     """Fit ``model`` with AdamW + cosine decay; the run's files go to ``--out/name``."""
     steps = max(epochs * (train[0].shape[0] // args.batch_size), 1)
     schedule = optim.cosine_decay(args.lr, steps, alpha=0.05)
@@ -57,7 +75,9 @@ def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=No
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]),
                                              run["device"]))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule)
+                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule,
+                           donate=True)
+    step = wrap(step) if wrap is not None else step
     eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
     sub = argparse.Namespace(**{**vars(args), "out": os.path.join(args.out, name), "epochs": epochs})
     paths = {k: os.path.join(sub.out, os.path.basename(v)) for k, v in run.items() if k in ("checkpoints", "history", "plot")}
@@ -90,17 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
     student = MLP(64, tuple(args.student_hidden), 10)
     flat = (x_tr.flatten(1), y_tr), (x_va.flatten(1), y_va)
     test = (x_te.flatten(1), y_te)
-    # The teacher runs once, in eval mode without gradients; its logits are data for the student.
-    soft = teacher_logits(teacher, t_ts.params, t_ts.state, x_tr)
+    distill = distillation_loss(args.temperature, args.alpha)
+    if args.augment:
+        def frozen_teacher(images):
+            with torch.no_grad():
+                return teacher.apply(t_ts.params, t_ts.state, images, train=False)[0]
+        arms = {"student": dict(train=(x_tr, y_tr), wrap=_shifting),
+                "distilled": dict(train=(x_tr, y_tr), wrap=lambda step: _shifting(step, frozen_teacher))}
+    else:
+        # The teacher runs once, in eval mode without gradients; its logits are data for the student.
+        soft = teacher_logits(teacher, t_ts.params, t_ts.state, x_tr)
+        arms = {"student": dict(train=flat[0]),
+                "distilled": dict(train=(x_tr.flatten(1), y_tr, soft),
+                                  batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))}
     alone, distilled = [], []
     for i in range(args.student_seeds):
         key = random.fold_in(k_student, i)   # one key per pair: same init and batch order in both arms
         suffix = "" if args.student_seeds == 1 else f"_seed{i}"
-        s_ts, s_eval = _train(args, run, "student" + suffix, student, losses.cross_entropy, *flat, args.epochs, key)
+        s_arm, d_arm = arms["student"], arms["distilled"]
+        s_ts, s_eval = _train(args, run, "student" + suffix, student, losses.cross_entropy, s_arm["train"], flat[1],
+                              args.epochs, key, wrap=s_arm.get("wrap"))
         alone.append(evaluate(s_eval, s_ts.params, s_ts.state, test, 500, distributed=args.distributed))
-        d_ts, d_eval = _train(args, run, "distilled" + suffix, student, distillation_loss(args.temperature, args.alpha),
-                              (x_tr.flatten(1), y_tr, soft), flat[1], args.epochs, key,
-                              batch_fn=lambda x, y, t=None: (x, y) if t is None else (x, (y, t)))
+        d_ts, d_eval = _train(args, run, "distilled" + suffix, student, distill, d_arm["train"], flat[1], args.epochs,
+                              key, batch_fn=d_arm.get("batch_fn"), wrap=d_arm.get("wrap"))
         distilled.append(evaluate(d_eval, d_ts.params, d_ts.state, test, 500, distributed=args.distributed))
         _common.log(f"seed {i}: student alone {alone[-1]['accuracy']:.4f}, distilled {distilled[-1]['accuracy']:.4f}")
     mean = lambda runs, k: sum(r[k] for r in runs) / len(runs)  # noqa: E731

@@ -156,6 +156,21 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
     return step
 
 
+def _check_unaliased(where: str, ts: TrainState) -> None:
+    """Donated leaves are written in place: two leaves sharing memory would be updated twice."""
+    both = {"params": ts.params, "opt_state": ts.opt_state}
+    names, leaves = optim._flat.paths(both), optim._flat.flatten(both)[0]
+    seen: dict[int, str] = {}
+    for name, x in zip(names, leaves, strict=True):
+        if isinstance(x, torch.Tensor) and x.numel():
+            ptr = x.untyped_storage().data_ptr()
+            if ptr in seen:
+                raise ValueError(f"{where}: the leaves {seen[ptr]!r} and {name!r} of the train state share memory, so "
+                                 f"updating them in place would apply two updates to one tensor; give each leaf its "
+                                 f"own tensor (e.g. tree.map(torch.clone, train_state)) or use donate=False")
+            seen[ptr] = name
+
+
 def _write_into(old: PyTree, new: PyTree) -> PyTree:
     """``new``'s values written into ``old``'s tensors (compiled code only); the tree like ``new``."""
     return tree.map(lambda o, n: o.copy_(n) if isinstance(o, torch.Tensor) and o is not n else n, old, new)
@@ -291,6 +306,8 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         _check_batch(f"{fn}: step", batch, accumulation_steps)
         if train_state.loss_scale is None and loss_scale is not None:
             train_state = train_state.replace(loss_scale=loss_scale)
+        if donate:
+            _check_unaliased(f"{fn}: step (donate=True)", train_state)
         return _surface_model_errors(run, diagnose, compile, train_state, tuple(batch), key)
 
     step.donates = bool(donate)

@@ -96,9 +96,10 @@ def test_train_ensemble(tmp_path):
     assert "val_member_accuracy" in rows[0]
 
 
-def test_distill(tmp_path):
+@pytest.mark.parametrize("augment", ["--no-augment", "--augment"])
+def test_distill(tmp_path, augment):
     out = str(tmp_path / "distill")
-    result = _script("distill").main([*TINY, "--out", out, "--max-steps", "2", "--teacher-epochs", "1",
+    result = _script("distill").main([*TINY, "--out", out, "--max-steps", "2", "--teacher-epochs", "1", augment,
                                       "--teacher-base-channels", "4", "--student-hidden", "8", "--student-seeds", "2"])
     for part in ("teacher", "student_seed0", "distilled_seed0", "student_seed1", "distilled_seed1"):
         rows, ckpts = _outputs(os.path.join(out, part), config=False)
@@ -106,6 +107,26 @@ def test_distill(tmp_path):
     assert {"teacher_acc", "student_acc", "distilled_acc", "student_test_loss", "distilled_test_loss"} <= set(result)
     assert result["student_params"] < result["teacher_params"]
     assert result["wins"].endswith("/2")
+
+
+def test_distill_shifting_step_feeds_teacher_and_student_the_same_shifted_images():
+    import torch
+
+    from deepfn import random
+    seen = {}
+
+    def inner(ts, batch, key):
+        seen["student"], seen["targets"] = batch
+        return ts, {}
+
+    inner.donates = True
+    step = _script("distill")._shifting(inner, teacher=lambda images: seen.setdefault("teacher", images).sum((1, 2, 3)))
+    images, labels = torch.rand(6, 1, 8, 8), torch.arange(6)
+    step(None, (images, labels), random.key(3))
+    assert step.donates
+    assert torch.equal(seen["student"], seen["teacher"].flatten(1))
+    assert not torch.equal(seen["teacher"], images)               # shifted (some image moved)
+    assert torch.equal(seen["targets"][0], labels) and seen["targets"][1].shape == (6,)
 
 
 def test_train_transformer_and_resume(tmp_path):

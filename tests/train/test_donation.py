@@ -92,10 +92,21 @@ def test_fit_keeps_a_copy_of_the_best_state_when_the_step_donates():
         # An eval loss that is best at epoch 2 of 4: the returned state is epoch 2's.
         losses_by_epoch = iter([3.0, 1.0, 2.0, 2.5])
         best, history = fit(step, ts, _data(0, 40), epochs=4, batch_size=8, key=random.key(7),
-                            eval_step=lambda p, s, b: {"loss": torch.tensor(next(losses_by_epoch))},
+                            eval_step=lambda p, s, b, it=losses_by_epoch: {"loss": torch.tensor(next(it))},
                             val_data=_data(1, 8), progress=False)
         assert history.best_epoch == 2
         results.append(best)
     assert tree.all_equal(results[1], results[0])
     ev = make_eval_step(MODEL, losses.cross_entropy, compile=False)
     assert ev(results[1].params, results[1].state, _data(1))["loss"].isfinite()
+
+
+def test_donation_rejects_leaves_that_share_memory():
+    opt = optim.adam(1e-2)
+    ts = TrainState.create(MODEL, opt, random.key(0))
+    w = ts.params["network"]["0"]["weight"]
+    aliased = ts.replace(opt_state=tree.map(lambda x: w if x.shape == w.shape and x.ndim == 2 else x, ts.opt_state))
+    step = make_train_step(MODEL, losses.cross_entropy, opt, compile=False, donate=True)
+    with pytest.raises(ValueError, match=r"'params.network.0.weight' and 'opt_state.+mu.network.0.weight' .*share memory"):
+        step(aliased, _data(0), random.key(0))
+    make_train_step(MODEL, losses.cross_entropy, opt, compile=False)(aliased, _data(0), random.key(0))  # pure: fine
