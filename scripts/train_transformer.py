@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         schedule = optim.one_cycle(args.lr, max(args.epochs * per_epoch, 1))
     opt = optim.adam(schedule, betas=(0.9, 0.98), eps=1e-9)
     loss_fn = lambda logits, labels: losses.cross_entropy(logits, labels, label_smoothing=0.1,  # noqa: E731
-                                                          ignore_index=PAD, donate=True)
+                                                          ignore_index=PAD)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],

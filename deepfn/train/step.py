@@ -18,6 +18,7 @@ from .._checks import describe
 from .._eager import plain_eager
 from ..amp import NoOpLossScale, Policy, all_finite
 from ..typing import Block, Key, Params, PyTree, State, Tensor
+from .eager_grad import autograd_grad_and_value
 from .state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "build_train_step"]
@@ -81,6 +82,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         scaler = ts.loss_scale if scaling else NoOpLossScale()
         state, grads, losses, accs = ts.state, None, [], []
         overlap = all_reduce is not None and overlapping(ts.params)
+        plain = plain_eager(x for x in tree.leaves(ts.params) if isinstance(x, torch.Tensor))
         # A Python loop over static slices: the compiled graph holds all k micro-batches,
         # and each one's activations are freed before the next forward.
         for i in range(k):
@@ -90,7 +92,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
                 grads, (_, (loss, logits, state)) = distributed.grad_and_all_reduce_mean(
                     objective, ts.params, *args, accumulated=grads, divide_by=k)
             else:
-                g, (_, (loss, logits, state)) = grad_fn(ts.params, *args)
+                g, (_, (loss, logits, state)) = (autograd_grad_and_value(objective, ts.params, *args) if plain
+                                                 else grad_fn(ts.params, *args))
                 grads = g if grads is None else tree.map(torch.add, grads, g)
             losses.append(loss)
             accs.append(_accuracy(logits, _micro(labels, k, i), ignore_index))
@@ -157,18 +160,23 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
 
 
 def _check_unaliased(where: str, ts: TrainState) -> None:
-    """Donated leaves are written in place: two leaves sharing memory would be updated twice."""
+    """Donated leaves are written in place: two leaves overlapping in memory would be updated twice.
+
+    Views of one buffer that do not overlap (``distributed.broadcast`` returns such) are fine.
+    A strided leaf counts as its whole span, so interleaved strided views are refused too.
+    """
     both = {"params": ts.params, "opt_state": ts.opt_state}
-    names, leaves = optim._flat.paths(both), optim._flat.flatten(both)[0]
-    seen: dict[int, str] = {}
-    for name, x in zip(names, leaves, strict=True):
+    spans = []
+    for name, x in zip(optim._flat.paths(both), optim._flat.flatten(both)[0], strict=True):
         if isinstance(x, torch.Tensor) and x.numel():
-            ptr = x.untyped_storage().data_ptr()
-            if ptr in seen:
-                raise ValueError(f"{where}: the leaves {seen[ptr]!r} and {name!r} of the train state share memory, so "
-                                 f"updating them in place would apply two updates to one tensor; give each leaf its "
-                                 f"own tensor (e.g. tree.map(torch.clone, train_state)) or use donate=False")
-            seen[ptr] = name
+            extent = 1 + sum((n - 1) * abs(st) for n, st in zip(x.shape, x.stride(), strict=True))
+            spans.append((x.data_ptr(), x.data_ptr() + extent * x.element_size(), name))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+        if begin < end:
+            raise ValueError(f"{where}: the leaves {first!r} and {second!r} of the train state overlap in memory, so "
+                             f"updating them in place would apply two updates to one tensor; give each leaf its "
+                             f"own tensor (e.g. tree.map(torch.clone, train_state)) or use donate=False")
 
 
 def _write_into(old: PyTree, new: PyTree) -> PyTree:
