@@ -3,7 +3,7 @@
 import torch
 
 from deepfn import losses, random, tree
-from deepfn.models import AdvancedCNN, MLP
+from deepfn.models import MLP, AdvancedCNN
 from deepfn.train.eager_grad import autograd_grad_and_value
 
 
