@@ -145,8 +145,9 @@ def _remat(repeats: int) -> dict:
                 "(saved-tensor hooks; under torch.compile the partitioner decides, measure there)")
 
 
-# One grad_and_value step of a Transformer in a fresh process: peak RSS (ru_maxrss) is only
-# honest per process, since the allocator never returns freed pages to a shared baseline.
+# One eager gradient step of a Transformer in a fresh process (the train step's eager
+# autograd path): peak RSS (ru_maxrss) is only honest per process, since the allocator never
+# returns freed pages to a shared baseline.
 _STEP_CHILD = """
 import json, resource, statistics, sys, time
 import torch
@@ -160,7 +161,8 @@ tgt = random.randint(random.key(2), (batch, length), 1, cfg["vocab_size"])
 def loss(p, key):
     logits, _ = model.apply(p, {}, src, tgt, key=key, train=True)
     return losses.cross_entropy(logits.flatten(0, 1), tgt.flatten())
-step = torch.func.grad_and_value(loss)
+from deepfn.train.eager_grad import autograd_grad_and_value   # what make_train_step(compile=False) runs
+step = lambda p, key: autograd_grad_and_value(lambda q: (loss(q, key), None), p)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for i in range(repeats + 1):
@@ -195,7 +197,7 @@ def _transformer_remat(quick: bool, batch: int = 16, length: int = 32) -> dict:
     mib = lambda r, k: r[k] / 1024  # noqa: E731  (ru_maxrss is in KiB on Linux)
     note = (f"peak RSS {mib(rem, 'peak_kib'):.0f} MiB (remat) vs {mib(plain, 'peak_kib'):.0f} MiB (plain); "
             f"step's rise over the post-init peak {mib(rem, 'peak_kib') - mib(rem, 'before_kib'):.0f} vs "
-            f"{mib(plain, 'peak_kib') - mib(plain, 'before_kib'):.0f} MiB (one subprocess each, eager grad_and_value)")
+            f"{mib(plain, 'peak_kib') - mib(plain, 'before_kib'):.0f} MiB (one subprocess each, the eager step's gradient)")
     name = (f"Transformer d={cfg['d_model']} L={cfg['n_layers']}+{cfg['n_layers']} b={batch} t={length} "
             "train step, remat=True")
     return _row("train", name, rem["time"], "remat=False", plain["time"], note)
