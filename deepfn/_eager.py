@@ -14,8 +14,14 @@ import torch
 
 
 def plain_eager(tensors: Iterable[torch.Tensor]) -> bool:
-    """True when not compiling and none of ``tensors`` is functorch-wrapped (False for none)."""
-    if torch.compiler.is_compiling():
+    """True when not compiling or tracing and none of ``tensors`` is functorch-wrapped (False for none)."""
+    if torch.compiler.is_compiling() or _tracing():
         return False
     tensors = list(tensors)
     return bool(tensors) and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _tracing() -> bool:
+    """A ``make_fx`` trace (``torch.compiler.precompile``, ``torch.export``): tensors hold no values."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+    return get_proxy_mode() is not None
