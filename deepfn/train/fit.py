@@ -150,6 +150,10 @@ def _reordered(batch_order: Callable, key: Key, order: torch.Tensor) -> torch.Te
     return new.to(order.device)
 
 
+#: Seconds between two redraws of the learning curves during training.
+PLOT_EVERY_S = 30.0
+
+
 def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epochs: int, batch_size: int,
         key: Key, eval_step: Callable | None = None, val_data: tuple | None = None,
         eval_batch_size: int | None = None, patience: int | None = None, monitor: str | None = None,
@@ -192,7 +196,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         checkpoint_dir: write ``ckpt_<step>.safetensors`` here after every epoch (keeping the
             last ``keep_last`` and the best); required by ``resume``.
         resume: continue from the latest checkpoint in ``checkpoint_dir`` (if there is one).
-        history_path, plot_path: JSON-lines history and learning-curve PNG, rewritten each epoch.
+        history_path, plot_path: JSON-lines history (rewritten each epoch) and learning-curve PNG
+            (drawn after the first epoch, then at most every ``PLOT_EVERY_S`` seconds, and at the end:
+            matplotlib costs ~0.1 s a figure, more than a whole epoch of a small model).
         batch_fn: ``batch_fn(*tensors) -> (inputs, labels)`` for data that is not an
             ``(inputs, labels)`` pair (teacher logits, shifted targets); used for evaluation too.
         augment: ``augment(key, inputs) -> inputs`` applied to training inputs (outside the step).
@@ -271,6 +277,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     keep = (lambda ts: tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, ts)) if donating else (
         lambda ts: ts)
     history, epoch, skip, wait, best_state = History(), 0, 0, 0, keep(train_state)
+    plotted = [0, -math.inf]   # rows in the PNG, when it was drawn
     if resume and world > 1:
         dist.barrier()   # rank 0's files are complete before anyone reads them
     if resume and manager.latest_step() is not None:
@@ -367,8 +374,11 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
                          metadata={**(metadata or {}), "loop": loop, "history": history.rows})
         if history_path is not None and main:
             write_history(history_path, history.rows)
-        if plot_path is not None and main:
+        if plot_path is not None and main and time.perf_counter() - plotted[1] >= PLOT_EVERY_S:
             plot_history(history.rows, plot_path)
+            plotted[:] = [len(history.rows), time.perf_counter()]
+    if plot_path is not None and main and history.rows and plotted[0] != len(history.rows):
+        plot_history(history.rows, plot_path)
     return (best_state if restore_best else train_state), history
 
 

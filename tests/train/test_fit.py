@@ -226,3 +226,16 @@ def test_batch_order_is_applied_and_checked():
     with pytest.raises(ValueError, match="must return the same 40 row indices"):
         fit(recording_step, ts, (x, y), epochs=1, batch_size=8, key=random.key(0), progress=False,
             batch_order=lambda key, rows: rows[:-1])
+
+
+def test_curves_drawn_after_the_first_epoch_and_at_the_end_not_every_epoch(tmp_path, monkeypatch):
+    import sys
+    fit_module = sys.modules["deepfn.train.fit"]   # the module (deepfn.train.fit is the function)
+    drawn = []
+    monkeypatch.setattr(fit_module, "plot_history", lambda rows, path: drawn.append(len(rows)))
+    _run(tmp_path, epochs=5, plot_path=str(tmp_path / "curves.png"))
+    assert drawn == [1, 5]
+    monkeypatch.setattr(fit_module, "PLOT_EVERY_S", 0.0)
+    drawn.clear()
+    _run(tmp_path, epochs=3, plot_path=str(tmp_path / "curves.png"))
+    assert drawn == [1, 2, 3]
