@@ -1,6 +1,6 @@
 """Knowledge distillation on 8x8 digits: a CNN teacher distilled into a small MLP student.
 
-    python scripts/distill.py --out runs/distill       # a few minutes on 2 CPU cores
+    python scripts/distill.py --out runs/distill       # about 15 minutes on 2 CPU cores
     torchrun --nproc_per_node 2 scripts/distill.py --distributed --out runs/distill_ddp
 
 Runs, each in its own sub-folder of --out (history, curves, checkpoints): the teacher
@@ -35,15 +35,15 @@ from deepfn.train import (
 
 
 def build_parser():
-    p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=3e-3, out="runs/distill")
+    p = _common.parser(__doc__.splitlines()[0], epochs=300, batch_size=64, lr=3e-3, out="runs/distill")
     p.add_argument("--teacher-epochs", type=int, default=15)
     p.add_argument("--teacher-checkpoint", default=None,
                    help="a TrainState checkpoint of the teacher (e.g. from train_cnn.py with the same "
                         "--teacher-base-channels); skips teacher training")
     p.add_argument("--teacher-base-channels", type=int, default=16)
     p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="student MLP widths")
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher (soft) term")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher (soft) term")
     p.add_argument("--student-seeds", type=int, default=5,
                    help="students trained per arm (alone / distilled), paired by seed")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,

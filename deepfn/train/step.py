@@ -58,10 +58,16 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
                      policy: Policy | None = None, accumulation_steps: int = 1,
                      clip_norm: float | None = None,
                      all_reduce: Callable[[PyTree], PyTree] | None = None, lr: Any = None,
-                     ignore_index: int | None = None, donate: bool = False) -> Callable:
-    """The uncompiled step behind :func:`make_train_step` (for ``vmap``: ensembles); pure unless ``donate``."""
+                     ignore_index: int | None = None, donate: bool = False, split_compile: bool = False) -> Callable:
+    """The uncompiled step behind :func:`make_train_step` (for ``vmap``: ensembles); pure unless ``donate``.
+
+    ``split_compile``: the forward pass and the update are compiled apart (see
+    ``make_train_step(compile="split")``); the step itself then runs eagerly.
+    """
     k = accumulation_steps
     donate_kw = {"donate_state": True} if donate and optim.donates(optimizer) else {}
+    # The gradients are this step's own tensors unless a user's all_reduce returned others.
+    owned = all_reduce is None or all_reduce is distributed.all_reduce_mean
 
     def objective(params, state, inputs, labels, key, scaler):
         logits, new_state = _forward(model, policy, params, state, inputs, key, True)
@@ -69,6 +75,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         return scaler.scale(loss), (loss, logits, new_state)
 
     grad_fn = torch.func.grad_and_value(objective, has_aux=True)
+    # Split: AOTAutograd compiles the forward and its backward (torch.compile(nn.Module)'s way).
+    eager_objective = torch.compile(objective, fullgraph=True) if split_compile else objective
 
     def overlapping(params: Params) -> bool:
         # all_reduce_mean itself, eager, on plain tensors, with peers: all-reduce each bucket
@@ -76,10 +84,9 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         return (all_reduce is distributed.all_reduce_mean and distributed.world_size() > 1
                 and plain_eager(x for x in tree.leaves(params) if isinstance(x, torch.Tensor)))
 
-    def step(ts: TrainState, batch: tuple[Any, Any], key: Key | None):
+    def gradients(ts: TrainState, batch: tuple[Any, Any], key: Key | None, scaler: Any):
+        """The (all-reduced) mean gradient over the k micro-batches, their losses and accuracies, the new state."""
         inputs, labels = batch
-        scaling = ts.loss_scale is not None
-        scaler = ts.loss_scale if scaling else NoOpLossScale()
         state, grads, losses, accs = ts.state, None, [], []
         overlap = all_reduce is not None and overlapping(ts.params)
         plain = plain_eager(x for x in tree.leaves(ts.params) if isinstance(x, torch.Tensor))
@@ -90,9 +97,9 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             args = (state, _micro(inputs, k, i), _micro(labels, k, i), k_i, scaler)
             if overlap and i == k - 1:   # the last micro-batch's backward carries the all-reduce
                 grads, (_, (loss, logits, state)) = distributed.grad_and_all_reduce_mean(
-                    objective, ts.params, *args, accumulated=grads, divide_by=k)
+                    eager_objective, ts.params, *args, accumulated=grads, divide_by=k)
             else:
-                g, (_, (loss, logits, state)) = (autograd_grad_and_value(objective, ts.params, *args) if plain
+                g, (_, (loss, logits, state)) = (autograd_grad_and_value(eager_objective, ts.params, *args) if plain
                                                  else grad_fn(ts.params, *args))
                 grads = g if grads is None else tree.map(torch.add, grads, g)
             losses.append(loss)
@@ -101,15 +108,19 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             grads = tree.map(lambda g: g / k, grads)   # mean losses: the full batch's gradient
         if all_reduce is not None and not overlap:
             grads = all_reduce(grads)
-        # The gradients are this step's own tensors unless a user's all_reduce returned others.
-        owned = all_reduce is None or all_reduce is distributed.all_reduce_mean
+        return grads, state, torch.stack(losses), (torch.stack(accs) if accs[0] is not None else None)
+
+    def update(ts: TrainState, grads: PyTree, state: State, losses: Tensor, accs: Tensor | None):
+        """Unscale, check, clip, update (or skip) and the metrics: the step after its gradients."""
+        scaling = ts.loss_scale is not None
+        scaler = ts.loss_scale if scaling else NoOpLossScale()
         grads, grads_ok = _unscale_and_check(scaler, grads, owned)
         grad_norm = tree.global_norm(grads)
         if clip_norm is not None:
             # optim.clip_by_global_norm / clip_grad_norm_: multiply by min(1, max / (norm + 1e-6)).
             factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)
             grads = tree.map(lambda g: g * factor.to(g.dtype), grads)
-        metrics = {"loss": torch.stack(losses).mean(), "grad_norm": grad_norm}
+        metrics = {"loss": losses.mean(), "grad_norm": grad_norm}
         # Skip (GradScaler's, and without a loss scale too): a step whose loss or
         # unscaled gradients are not finite keeps params and optimizer state, so a bad batch
         # never turns the parameters into NaN silently; metrics["nonfinite"] flags it.
@@ -128,8 +139,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
             # The optimizer's fresh updates belong to this step alone: the new params may reuse them.
             params = optim.apply_updates(ts.params, updates, donate_updates=getattr(optimizer.update, "fresh", False))
-        if accs[0] is not None:
-            metrics["accuracy"] = torch.stack(accs).mean()
+        if accs is not None:
+            metrics["accuracy"] = accs.mean()
         if lr is not None:
             rate = lr(ts.step) if callable(lr) else lr
             metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
@@ -153,8 +164,13 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
             # Without a scale a non-finite step means bad data or divergence: keep the
             # batch-norm statistics too (with a scale, overflow is routine and they update).
             state = tree.map(keep, state, ts.state)
-        new_ts = TrainState(params, state, opt_state, ts.step + 1, scaler if scaling else None)
-        return new_ts, metrics
+        return TrainState(params, state, opt_state, ts.step + 1, scaler if scaling else None), metrics
+
+    finish = torch.compile(update, fullgraph=True) if split_compile else update
+
+    def step(ts: TrainState, batch: tuple[Any, Any], key: Key | None):
+        scaler = ts.loss_scale if ts.loss_scale is not None else NoOpLossScale()
+        return finish(ts, *gradients(ts, batch, key, scaler))
 
     return step
 
@@ -230,7 +246,7 @@ def _check_batch(fn: str, batch: Any, k: int) -> None:
 def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any, *,
                     policy: Policy | None = None, loss_scale: Any = None, accumulation_steps: int = 1,
                     clip_norm: float | None = None, all_reduce: Callable[[PyTree], PyTree] | None = None,
-                    compile: bool = True, lr: Any = None, ignore_index: int | None = None,
+                    compile: bool | str = True, lr: Any = None, ignore_index: int | None = None,
                     donate: bool = False) -> Callable[[TrainState, tuple[Any, Any], Key | None],
                                                       tuple[TrainState, dict[str, Tensor]]]:
     """Build ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``: one update.
@@ -257,7 +273,15 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             eager step with more than one rank, runs during the last backward pass instead
             (:func:`deepfn.distributed.grad_and_all_reduce_mean`: each bucket is all-reduced as
             soon as its gradients exist, as DDP does); the result is the same.
-        compile: wrap the pure step in ``torch.compile(fullgraph=True)``.
+        compile: ``True`` (or ``"whole"``): the whole step is one ``torch.compile(fullgraph=True)``
+            graph (forward, the ``grad`` transform, clipping, the finite check, the optimizer).
+            ``"split"``: the forward pass is compiled on its own and AOTAutograd derives its
+            backward graph (``torch.compile(nn.Module)``'s way; the gradient is taken with
+            ``torch.autograd`` on the compiled forward), and the update after the gradients is a
+            second compiled graph; the Python between them runs eagerly. ``False``: eager.
+            The numbers are the same up to float rounding in every mode; the whole graph has the
+            least per-call overhead (small models), the split one compiles faster and lets
+            Inductor see the ATen backward ops (``convolution_backward``, batch norm's).
         lr: the optimizer's learning rate (a float or a schedule ``step -> lr``), only to
             report ``metrics["lr"]`` (``lr(train_state.step)``); optimizer states hold no rate.
         ignore_index: labels with this value (padding) are left out of ``metrics["accuracy"]``,
@@ -300,10 +324,15 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"{fn}: optimizer must be a GradientTransformation (init, update); "
                         f"got {type(optimizer).__name__}")
+    if compile not in (True, False, "whole", "split"):
+        raise ValueError(f"{fn}: compile must be True/'whole' (one graph), 'split' (forward+backward and the "
+                         f"update compiled apart) or False; got {compile!r}")
+    split = compile == "split"
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
                             clip_norm=clip_norm, all_reduce=all_reduce, lr=lr, ignore_index=ignore_index,
-                            donate=donate)
-    run = torch.compile(pure, fullgraph=True) if compile else pure
+                            donate=donate, split_compile=split)
+    run = torch.compile(pure, fullgraph=True) if compile and not split else pure
+    compile = bool(compile)
 
     def diagnose(ts: TrainState, batch: tuple[Any, Any], key: Key | None) -> None:
         _forward(model, policy, ts.params, ts.state, _micro(batch[0], accumulation_steps, 0), key, True)
