@@ -175,44 +175,37 @@ def test_metrics():
     assert float(m["lr"]) == pytest.approx(float(optim.linear_warmup(0.1, 10)(0)))
 
 
-def test_compiled_step_equals_eager_and_does_not_recompile():
-    model, opt = MLP(4, (8,), 3, dropout_rate=0.25), optim.adamw(lr=1e-2)
-    ts = _state(model, opt, loss_scale=amp.DynamicLossScale())
-    kw = dict(accumulation_steps=2, clip_norm=1.0)
-    compiled = make_train_step(model, losses.cross_entropy, opt, **kw)
-    eager = make_train_step(model, losses.cross_entropy, opt, compile=False, **kw)
+def _two_steps_against_eager(model, opt, mode, **kw):
+    """Two steps of ``make_train_step(compile=mode)`` and of the eager step from the same state;
+    the second compiled call must not recompile. Returns both states after each step."""
+    kw = dict(accumulation_steps=2, clip_norm=1.0, **kw)
+    compiled = make_train_step(model, losses.cross_entropy, opt, compile=mode, **kw)
+    eager = make_train_step(model, losses.cross_entropy, opt, compile=False, accumulation_steps=2, clip_norm=1.0)
     x, y = _data(d=4)
-    c1, mc = compiled(ts, (x, y), random.key(1))
-    e1, me = eager(ts, (x, y), random.key(1))
+    fresh = lambda: _state(model, opt, loss_scale=amp.DynamicLossScale())  # noqa: E731 (donation may use one up)
+    c1, mc = compiled(fresh(), (x, y), random.key(1))
+    e1, me = eager(fresh(), (x, y), random.key(1))
     assert_leaves_close(c1, e1, rtol=1e-5, atol=1e-6)
     assert_leaves_close(mc, me, rtol=1e-5, atol=1e-6)
+    c1_leaves = tree.leaves(c1.params)
     with torch.compiler.set_stance("fail_on_recompile"):
         c2, _ = compiled(c1, (x + 1, y), random.key(2))
     e2, _ = eager(e1, (x + 1, y), random.key(2))
     assert_trees_close(c2.params, e2.params, rtol=1e-5, atol=1e-6)
+    return c1_leaves, c2
+
+
+def test_compiled_step_equals_eager_and_does_not_recompile():
+    _two_steps_against_eager(MLP(4, (8,), 3, dropout_rate=0.25), optim.adamw(lr=1e-2), True)
 
 
 def test_split_compiled_step_equals_eager_donates_and_does_not_recompile():
     # SGD: Adam's normalisation turns float-rounding differences of near-zero gradients into
     # visible update differences, which says nothing about the step.
     model, opt = MLP(4, (8,), 3, dropout_rate=0.25, batch_norm=True), optim.sgd(lr=0.1, momentum=0.9)
-    kw = dict(accumulation_steps=2, clip_norm=1.0)
-    split = make_train_step(model, losses.cross_entropy, opt, compile="split", donate=True, **kw)
-    eager = make_train_step(model, losses.cross_entropy, opt, compile=False, **kw)
-    x, y = _data(d=4)
-    ts = _state(model, opt, loss_scale=amp.DynamicLossScale())
-    first_params = tree.leaves(ts.params)
-    e1, me = eager(ts, (x, y), random.key(1))
-    s1, ms = split(_state(model, opt, loss_scale=amp.DynamicLossScale()), (x, y), random.key(1))
-    assert_leaves_close(s1, e1, rtol=1e-5, atol=1e-6)
-    assert_leaves_close(ms, me, rtol=1e-5, atol=1e-6)
-    with torch.compiler.set_stance("fail_on_recompile"):
-        s2, _ = split(s1, (x + 1, y), random.key(2))
-    e2, _ = eager(e1, (x + 1, y), random.key(2))
-    assert_trees_close(s2.params, e2.params, rtol=1e-5, atol=1e-6)
+    given, c2 = _two_steps_against_eager(model, opt, "split", donate=True)
     # Donated: the update graph wrote the new values into the tensors it was given.
-    assert all(a is b for a, b in zip(tree.leaves(s2.params), tree.leaves(s1.params), strict=True))
-    assert not any(a is b for a, b in zip(tree.leaves(e1.params), first_params, strict=True))
+    assert all(a is b for a, b in zip(tree.leaves(c2.params), given, strict=True))
 
 
 def test_rejects_bad_compile_mode():
