@@ -78,18 +78,14 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
     # Split: AOTAutograd compiles the forward and its backward (torch.compile(nn.Module)'s way).
     eager_objective = torch.compile(objective, fullgraph=True) if split_compile else objective
 
-    def overlapping(params: Params) -> bool:
-        # all_reduce_mean itself, eager, on plain tensors, with peers: all-reduce each bucket
-        # during backward (DDP's overlap). Compiled or under vmap: after backward.
-        return (all_reduce is distributed.all_reduce_mean and distributed.world_size() > 1
-                and plain_eager(x for x in tree.leaves(params) if isinstance(x, torch.Tensor)))
-
     def gradients(ts: TrainState, batch: tuple[Any, Any], key: Key | None, scaler: Any):
         """The (all-reduced) mean gradient over the k micro-batches, their losses and accuracies, the new state."""
         inputs, labels = batch
         state, grads, losses, accs = ts.state, None, [], []
-        overlap = all_reduce is not None and overlapping(ts.params)
         plain = plain_eager(x for x in tree.leaves(ts.params) if isinstance(x, torch.Tensor))
+        # all_reduce_mean itself, eager, on plain tensors, with peers: all-reduce each bucket
+        # during backward (DDP's overlap). Compiled or under vmap: after backward.
+        overlap = plain and all_reduce is distributed.all_reduce_mean and distributed.world_size() > 1
         # A Python loop over static slices: the compiled graph holds all k micro-batches,
         # and each one's activations are freed before the next forward.
         for i in range(k):
