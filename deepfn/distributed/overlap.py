@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import tree
+from .._autograd import detach_tree, detached_aliases
 from ..typing import PyTree
 from .collectives import _bucket_bytes, _raise_collective, plan_buckets, unpack
 from .process import world_size
@@ -65,10 +66,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
     n = world_size()
     leaves, spec = tree.leaves(params), tree.structure(params)
     extra = tree.leaves(accumulated) if accumulated is not None else None
-    diff = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    inputs = list(leaves)
-    for i in diff:
-        inputs[i] = leaves[i].detach().requires_grad_()
+    inputs, diff = detached_aliases(leaves)
     # Backward produces the last layers' gradients first: bucket from the end, like DDP.
     last = len(leaves) - 1
     buckets = [[last - j for j in b] for b in plan_buckets(leaves[::-1], size_bytes, first_bucket_bytes=first_bytes)]
@@ -114,7 +112,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
     out = list(leaves)
     for flat, bucket in zip(flats, buckets, strict=True):
         unpack(flat, leaves, bucket, out)
-    return tree.unflatten_leaves(spec, out), (value.detach(), tree.map(_detach, aux))
+    return tree.unflatten_leaves(spec, out), (value.detach(), detach_tree(aux))
 
 
 def _local(g: torch.Tensor, extra: torch.Tensor | None, divide_by: int) -> torch.Tensor:
@@ -122,6 +120,3 @@ def _local(g: torch.Tensor, extra: torch.Tensor | None, divide_by: int) -> torch
         g = extra + g
     return g / divide_by if divide_by != 1 else g
 
-
-def _detach(x: Any) -> Any:
-    return x.detach() if isinstance(x, torch.Tensor) else x

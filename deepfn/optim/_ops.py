@@ -121,15 +121,20 @@ def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Te
     return list(torch._foreach_div(xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
 
 
-def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool) -> list[Tensor]:
+def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
     """``x + weight * (y - x)``, the exact kernel of ``exp_avg.lerp_(grad, 1 - beta1)``.
 
     A 0-d tensor ``weight`` (a scheduled beta1) takes the per-leaf path: the foreach kernel
     wants a Python number, and reading one would sync with the device.
     """
     if fe and not isinstance(weight, torch.Tensor):
+        if inplace:
+            torch._foreach_lerp_(xs, ys, weight)
+            return list(xs)
         return list(torch._foreach_lerp(xs, ys, weight))
     weight = hoist(weight)
+    if fe and inplace:
+        return [x.lerp_(y, _cast(x, weight)) for x, y in zip(xs, ys, strict=True)]
     return [torch.lerp(x, y, _cast(x, weight)) for x, y in zip(xs, ys, strict=True)]
 
 

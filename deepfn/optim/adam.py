@@ -93,17 +93,11 @@ def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, 
     ``b1`` is a float or a float64 0-d tensor (a scheduled beta1). ``donate``: the new moments
     may be written into ``mu`` and ``nu`` (the same kernels in place, so the same numbers).
     """
-    if donate and fe:
-        if isinstance(b1, torch.Tensor):
-            for m, g in zip(mu, gs, strict=True):
-                m.lerp_(g, (1.0 - b1).to(m.dtype))
-        else:
-            torch._foreach_lerp_(mu, gs, 1.0 - b1)
-        nu = _ops.addcmul(_ops.mul(nu, b2, fe, inplace=True), gs, gs, 1.0 - b2, fe, inplace=True)
-    else:
-        new_mu = _ops.lerp(mu, gs, 1.0 - b1, fe)
-        new_nu = _ops.addcmul(_ops.mul(nu, b2, fe), gs, gs, 1.0 - b2, fe, inplace=True)
-        mu, nu = (_ops.write_back(mu, new_mu), _ops.write_back(nu, new_nu)) if donate else (new_mu, new_nu)
+    in_place = donate and fe
+    new_mu = _ops.lerp(mu, gs, 1.0 - b1, fe, inplace=in_place)
+    new_nu = _ops.addcmul(_ops.mul(nu, b2, fe, inplace=in_place), gs, gs, 1.0 - b2, fe, inplace=True)
+    # Donated but not eager (compiled): the new values are copied into the old tensors.
+    mu, nu = (_ops.write_back(mu, new_mu), _ops.write_back(nu, new_nu)) if donate and not fe else (new_mu, new_nu)
     count = count + 1
     # Bias corrections in float64, as torch computes them in Python floats.
     k = count.to(torch.float64)

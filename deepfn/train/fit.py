@@ -274,9 +274,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
 
     # A donating step writes into the state it is given: the best state is kept as a copy.
     donating = bool(getattr(train_step, "donates", False))
-    keep = (lambda ts: tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, ts)) if donating else (
-        lambda ts: ts)
-    history, epoch, skip, wait, best_state = History(), 0, 0, 0, keep(train_state)
+    keep = (lambda ts: tree.map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, ts)) if (
+        donating and restore_best) else (lambda ts: ts)
+    history, epoch, skip, wait, best_state = History(), 0, 0, 0, None
     plotted = [0, -math.inf]   # rows in the PNG, when it was drawn
     if resume and world > 1:
         dist.barrier()   # rank 0's files are complete before anyone reads them
@@ -287,7 +287,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         history = History(meta["history"], loop["best_epoch"], loop["best_value"], loop["stopped_early"])
         epoch, skip, wait = loop["epoch"], loop["batch"], loop["wait"]
         best = manager.best_step()
-        best_state = manager.restore(best, device=key.device) if best is not None else keep(train_state)
+        best_state = manager.restore(best, device=key.device) if best is not None else None
+    if best_state is None:
+        best_state = keep(train_state)
     step0 = int(train_state.step.reshape(-1)[0])
     step, bar, start = step0, None, time.perf_counter()
     show = progress and main and sys.stderr.isatty()
