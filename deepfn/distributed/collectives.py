@@ -36,17 +36,19 @@ def plan_buckets(leaves: list[Any], bucket_bytes: int, *, floating_only: bool = 
     bucket, so that communication starts early in backward).
     """
     buckets: list[Bucket] = []
-    open_: dict[tuple[torch.dtype, torch.device], tuple[Bucket, list[Any]]] = {}
+    open_: dict[tuple[torch.dtype, torch.device], tuple[Bucket, list[int]]] = {}
+    past_first: set[tuple[torch.dtype, torch.device]] = set()
     for i, x in enumerate(leaves):
         if not isinstance(x, torch.Tensor) or (floating_only and not x.is_floating_point()):
             continue
         slot = (x.dtype, x.device)
         nbytes = x.numel() * x.element_size()
         current = open_.get(slot)
-        first = current is not None and current[1][1]
-        cap = first_bucket_bytes if first and first_bucket_bytes is not None else bucket_bytes
+        cap = bucket_bytes if first_bucket_bytes is None or slot in past_first else first_bucket_bytes
         if current is None or (current[1][0] + nbytes > cap and current[0]):
-            current = ([], [0, current is None])   # [bytes so far, is the dtype's first bucket]
+            if current is not None:
+                past_first.add(slot)
+            current = ([], [0])
             open_[slot] = current
             buckets.append(current[0])
         current[0].append(i)

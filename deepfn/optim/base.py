@@ -64,6 +64,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         if not isinstance(t, GradientTransformation):
             raise TypeError(f"deepfn.optim.chain: argument {i} must be a GradientTransformation; got {type(t).__name__}")
 
+    donating = [donates(t) for t in transforms]
+
     def init(params: PyTree) -> tuple[Any, ...]:
         return tuple(t.init(params) for t in transforms)
 
@@ -74,8 +76,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                              f"got {type(state).__name__}")
         new_states = []
         owned = _owned
-        for t, s in zip(transforms, state, strict=True):
-            kw = {"donate_state": True} if donate_state and getattr(t.update, "donates", False) else {}
+        for t, s, d in zip(transforms, state, donating, strict=True):
+            kw = {"donate_state": True} if donate_state and d else {}
             if owned and getattr(t.update, "reuses", False):
                 updates, s = t.update(updates, s, params, _owned=True, **kw)
             else:
@@ -88,7 +90,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     # input is not; it takes ownership only if it then hands back an owned output.
     return GradientTransformation(init, mark(update, fresh=_owned_after(transforms, False),
                                              reuses=_owned_after(transforms, True),
-                                             donates=any(getattr(t.update, "donates", False) for t in transforms)))
+                                             donates=any(donating)))
 
 
 def _owned_after(transforms: tuple[GradientTransformation, ...], owned: bool) -> bool:
