@@ -143,18 +143,16 @@ def apply_updates(params: PyTree, updates: PyTree, *, donate_updates: bool = Fal
     u_leaves, u_spec = _flat.flatten(updates)
     check_specs("deepfn.optim.apply_updates", "updates", u_spec, p_spec, updates, params)
     fe = _ops.use_foreach(p_leaves)
-    if donate_params:
-        u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
-        if fe:
-            torch._foreach_add_(p_leaves, u_leaves)
-            return _flat.unflatten(p_spec, list(p_leaves))
-        return _flat.unflatten(p_spec, _ops.write_back(p_leaves, _ops.add(p_leaves, u_leaves, fe)))
-    if donate_updates and fe and all(u.dtype == p.dtype and u.shape == p.shape
-                                     for u, p in zip(u_leaves, p_leaves, strict=True)):
+    if donate_updates and not donate_params and fe and all(
+            u.dtype == p.dtype and u.shape == p.shape for u, p in zip(u_leaves, p_leaves, strict=True)):
         torch._foreach_add_(u_leaves, p_leaves)   # u + p == p + u exactly (addition commutes)
         return _flat.unflatten(p_spec, u_leaves)
     u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
-    return _flat.unflatten(p_spec, _ops.add(p_leaves, u_leaves, fe))
+    # Donated params: eagerly one in-place foreach add; elsewhere the sum is copied back.
+    new = _ops.add(p_leaves, u_leaves, fe, inplace=donate_params)
+    if donate_params and not fe:
+        new = _ops.write_back(p_leaves, new)
+    return _flat.unflatten(p_spec, new)
 
 
 def check_specs(where: str, name: str, spec: Any, ref_spec: Any, tree_: PyTree, ref: PyTree,
