@@ -8,14 +8,39 @@ Here a ``torch.autograd.Function`` saves only its inputs and its ``backward`` re
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+import torch.utils.checkpoint
 
-__all__ = ["remat"]
+__all__ = ["remat", "differentiated_outside"]
+
+# True only while a compiled function runs whose gradient torch.autograd takes from outside
+# (make_train_step(compile="split")); read by Dynamo when it traces, which guards on it.
+_OUTSIDE = {"active": False}
+
+
+@contextlib.contextmanager
+def differentiated_outside() -> Iterator[None]:
+    """Within: ``torch.compile`` traces remat regions as ``torch.utils.checkpoint`` regions.
+
+    For a compiled function that ``torch.autograd`` differentiates from outside (AOTAutograd
+    derives its backward graph), as ``make_train_step(compile="split")`` does: there the
+    checkpoint is tagged in the graph and the partitioner recomputes the region in the
+    backward graph instead of saving its activations. Not valid when the compiled function
+    runs ``torch.func.grad`` itself (torch 2.14: "don't yet support saved tensor hooks").
+    Results are the same either way; only what the backward pass keeps changes.
+    """
+    before = _OUTSIDE["active"]
+    _OUTSIDE["active"] = True
+    try:
+        yield
+    finally:
+        _OUTSIDE["active"] = before
 
 
 class _Recompute(torch.autograd.Function):
@@ -83,12 +108,15 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     A remat inside another remat's ``fn`` is not supported (torch 2.14's functorch levels
     escape when a custom backward recomputes another custom function).
 
-    Under ``torch.compile`` ``fn`` is traced as is and the compiler decides what to keep:
-    AOTAutograd's partitioner recomputes cheap ops when the compiled graph is differentiated
-    (``torch._functorch.config.activation_memory_budget``). Dynamo in torch 2.14 cannot trace
-    this Function inside ``torch.func.grad`` once its inputs are intermediates (an assertion
-    on un-faked ``GradTrackingTensor`` inputs), which every layer of a model is; values and
-    gradients are the same either way. Measure before relying on savings there.
+    Under ``torch.compile``: where ``torch.autograd`` differentiates the compiled function from
+    outside (inside :func:`differentiated_outside`, as in ``make_train_step(compile="split")``),
+    ``fn`` runs as a ``torch.utils.checkpoint`` region, which AOTAutograd's partitioner
+    recomputes in the backward graph: the same memory saving as eagerly. In a graph that takes
+    the gradient itself (``torch.compile(torch.func.grad(...))``, ``compile=True``) ``fn`` is
+    traced as is and the compiler decides what to keep: Dynamo in torch 2.14 can trace neither
+    this Function inside ``torch.func.grad`` once its inputs are intermediates (an assertion on
+    un-faked ``GradTrackingTensor`` inputs) nor a checkpoint there (saved-tensor hooks); values
+    and gradients are the same either way.
 
     Example:
         >>> import torch, deepfn
@@ -99,8 +127,10 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     @functools.wraps(fn)
     def wrapped(params: Any, *inputs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            return fn(params, *inputs)     # see the docstring: the compiler owns memory there
+        if torch.compiler.is_compiling():   # see the docstring
+            if _OUTSIDE["active"]:
+                return torch.utils.checkpoint.checkpoint(fn, params, *inputs, use_reentrant=False)
+            return fn(params, *inputs)
         leaves, in_spec = pytree.tree_flatten((params, inputs))
         # Every tensor leaf enters the Function (integer keys and bool masks too): a tensor
         # captured by closure instead trips functorch's level checks under vmap(grad(...)).

@@ -204,7 +204,7 @@ def test_split_compiled_step_equals_eager_donates_and_does_not_recompile():
     # visible update differences, which says nothing about the step.
     model, opt = MLP(4, (8,), 3, dropout_rate=0.25, batch_norm=True), optim.sgd(lr=0.1, momentum=0.9)
     given, c2 = _two_steps_against_eager(model, opt, "split", donate=True)
-    # Donated: the update graph wrote the new values into the tensors it was given.
+    # Donated: the eager update wrote the new values into the tensors it was given.
     assert all(a is b for a, b in zip(tree.leaves(c2.params), given, strict=True))
 
 
