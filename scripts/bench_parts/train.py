@@ -1,6 +1,7 @@
 """Training-engine benchmarks: per-example grads (vmap) vs a loop and vs Opacus (optional
-``bench`` extra), an 8-member vmapped ensemble step vs 8 separate steps, remat's effect on saved activations, and the peak memory
-of a Transformer training step with and without ``remat`` (each in its own subprocess)."""
+``bench`` extra), an 8-member vmapped ensemble step vs 8 separate steps, remat's effect on saved activations, the peak memory
+of a Transformer training step with and without ``remat`` (each in its own subprocess), and what a
+``compile="split"`` Transformer step saves for its backward pass with and without ``remat``."""
 
 from __future__ import annotations
 
@@ -203,6 +204,44 @@ def _transformer_remat(quick: bool, batch: int = 16, length: int = 32) -> dict:
     return _row("train", name, rem["time"], "remat=False", plain["time"], note)
 
 
+def _transformer_remat_split(quick: bool) -> dict:
+    """Bytes a ``make_train_step(compile="split")`` step saves for its backward pass, with and
+    without ``remat``: there the compiled forward's remat regions are checkpoint regions that
+    AOTAutograd recomputes. Dropout 0 halves the compile (see the README's compile times)."""
+    from deepfn.models import Transformer
+    if quick:
+        cfg, batch, length, repeats = dict(vocab_size=500, d_model=32, n_heads=2, n_layers=2, d_ff=64), 4, 8, 2
+    else:
+        cfg, batch, length, repeats = dict(vocab_size=8000, d_model=256, n_heads=4, n_layers=3, d_ff=1024), 32, 64, 3
+    src = random.randint(random.key(1), (batch, length), 1, cfg["vocab_size"])
+    tgt = random.randint(random.key(2), (batch, length), 1, cfg["vocab_size"])
+    figures = {}
+    for remat_on in (False, True):
+        model = Transformer(**cfg, dropout=0.0, remat=remat_on)
+        opt = optim.adam(lr=1e-4)
+        step = make_train_step(model, losses.cross_entropy, opt, compile="split", donate=True)
+        carry = [TrainState.create(model, opt, random.key(0))]
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        def one(step=step, carry=carry):
+            carry[0], metrics = step(carry[0], ((src, tgt), tgt), None)
+            return metrics
+        one()   # compile
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            one()
+        figures[remat_on] = (_median_time(one, repeats), saved[0])
+    (plain_t, plain_b), (remat_t, remat_b) = figures[False], figures[True]
+    name = (f"Transformer d={cfg['d_model']} L={cfg['n_layers']}+{cfg['n_layers']} b={batch} t={length} "
+            "train step compile='split', remat=True")
+    return _row("train", name, remat_t, "remat=False", plain_t,
+                f"saved for backward by the compiled forward: {remat_b / 2**20:.1f} MiB vs {plain_b / 2**20:.1f} MiB "
+                "(saved-tensor hooks on AOTAutograd's function; dropout 0)")
+
+
 def run(quick: bool = False) -> list[dict]:
     repeats = 3 if quick else 20
     rows = [_per_example(repeats), _per_example_vs_opacus(repeats), _ensemble(repeats, compile=False)]
@@ -210,6 +249,7 @@ def run(quick: bool = False) -> list[dict]:
         rows.append(_ensemble(repeats, compile=True))
     rows.append(_remat(repeats))
     rows.append(_transformer_remat(quick))
+    rows.append(_transformer_remat_split(quick))
     if not quick:
         rows.append(_transformer_remat(False, batch=32, length=64))
     return rows
