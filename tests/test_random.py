@@ -407,13 +407,14 @@ def test_operator_vmap_rule_equals_loop(in_dims):
 
 
 def test_compiled_operator_equals_eager_large_and_broadcast():
-    # Inductor lowers the operator to its own kernel: check it against the eager kernel.
+    # Compiled (on the CPU: an extern call of the C loop; without it, or on an accelerator, a
+    # fused kernel, see tests/test_threefry_native.py) against the eager kernel.
     k0, k1, x0, x1 = _words(0, (3, 1)), _words(1, (1,)), _words(2, (700,)), _words(3, (3, 700))
     compiled = torch.compile(_threefry2x32, fullgraph=True)(k0, k1, x0, x1)
     eager = _threefry2x32(k0, k1, x0, x1)
     assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
     from torch._inductor.lowering import lowerings
-    assert torch.ops.deepfn.threefry2x32.default in lowerings    # a fused kernel, not a fallback
+    assert torch.ops.deepfn.threefry2x32.default in lowerings    # deepfn's lowering, not a generic fallback
 
 
 def test_compiled_vmap_grad_with_dropout_equals_eager():

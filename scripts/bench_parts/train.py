@@ -223,7 +223,7 @@ def _transformer_remat_split(quick: bool) -> dict:
         carry = [TrainState.create(model, opt, random.key(0))]
         saved = [0]
 
-        def pack(t):
+        def pack(t, saved=saved):
             saved[0] += t.numel() * t.element_size()
             return t
 

@@ -1,0 +1,143 @@
+"""Threefry-2x32-20 as one compiled C loop for CPU tensors, built on first use.
+
+Why: as tensor code the cipher is ~140 elementwise passes over memory eagerly, and
+Inductor's C++ backend inlines those ~140 operations into every kernel that draws bits
+(about half of the generated code of a Transformer step with dropout, and of its compile
+time). One C loop is a single pass eagerly and a single extern call in a compiled graph.
+
+The shared library is built with the C compiler that Inductor needs anyway (``$CC``, else
+``cc``), once per source version, into ``$DEEPFN_CACHE_DIR`` (default
+``~/.cache/deepfn``), written atomically so that parallel processes can race. Without a
+compiler, or if the build fails, :func:`native` returns ``None`` and callers use the tensor
+code: the bits are the same (both are exact integer arithmetic; tests compare them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <stdint.h>
+
+static inline uint32_t rotl(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+#define ROUND(r) a += b; b = rotl(b, r) ^ a;
+#define INJECT(s0, s1, g) a += s0; b += s1 + (uint32_t)(g);
+
+static inline void block(uint32_t ks0, uint32_t ks1, uint32_t a, uint32_t b, int64_t *y0, int64_t *y1) {
+    uint32_t ks2 = ks0 ^ ks1 ^ 0x1BD11BDAu;
+    a += ks0; b += ks1;
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)  INJECT(ks1, ks2, 1)
+    ROUND(17) ROUND(29) ROUND(16) ROUND(24) INJECT(ks2, ks0, 2)
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)  INJECT(ks0, ks1, 3)
+    ROUND(17) ROUND(29) ROUND(16) ROUND(24) INJECT(ks1, ks2, 4)
+    ROUND(13) ROUND(15) ROUND(26) ROUND(6)  INJECT(ks2, ks0, 5)
+    *y0 = (int64_t)a;
+    *y1 = (int64_t)b;
+}
+
+/* Each input is read at i * step: step 1 for a contiguous array, 0 for one broadcast word.
+   One key for many counters (how bits are drawn) gets its own loop, which compilers vectorize. */
+void deepfn_threefry2x32(const int64_t *restrict k0, int64_t s_k0, const int64_t *restrict k1, int64_t s_k1,
+                         const int64_t *restrict x0, int64_t s_x0, const int64_t *restrict x1, int64_t s_x1,
+                         int64_t *restrict y0, int64_t *restrict y1, int64_t n) {
+    if (s_k0 == 0 && s_k1 == 0 && s_x0 == 1 && s_x1 == 1) {
+        const uint32_t ks0 = (uint32_t)k0[0], ks1 = (uint32_t)k1[0];
+        for (int64_t i = 0; i < n; i++)
+            block(ks0, ks1, (uint32_t)x0[i], (uint32_t)x1[i], y0 + i, y1 + i);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        block((uint32_t)k0[i * s_k0], (uint32_t)k1[i * s_k1], (uint32_t)x0[i * s_x0], (uint32_t)x1[i * s_x1],
+              y0 + i, y1 + i);
+}
+"""
+
+# Below this many words the call overhead of splitting work across threads is not worth it.
+_PARALLEL_MIN = 1 << 16
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DEEPFN_CACHE_DIR") or Path.home() / ".cache" / "deepfn")
+
+
+def _build(target: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise OSError("no C compiler ($CC, cc or gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, lib = Path(tmp) / "threefry.c", Path(tmp) / target.name
+        src.write_text(_SOURCE)
+        subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                       check=True, capture_output=True, timeout=120)
+        os.replace(lib, target)   # atomic: a racing process sees no library or a whole one
+
+
+@functools.cache
+def native() -> ctypes.CDLL | None:
+    """The loaded library (``deepfn_threefry2x32``), or ``None`` where it cannot be built."""
+    if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
+        return None
+    digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"threefry2x32-{digest}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fn = lib.deepfn_threefry2x32
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    return lib
+
+
+def _word(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
+    """``x`` as a flat array read with step 1, or as one word read with step 0."""
+    if x.numel() == 1:
+        return x.reshape(1), 0
+    return x.expand(shape).contiguous().reshape(-1), 1
+
+
+def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
+                 x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cipher on CPU ``int64`` words by the C loop: ``(y0, y1)``, or ``None`` without it.
+
+    Large arrays are cut into one slice per intra-op thread (``torch.get_num_threads()``);
+    ctypes releases the GIL during each call, so the slices run in parallel.
+    """
+    lib = native()
+    if lib is None:
+        return None
+    shape = torch.broadcast_shapes(k0.shape, k1.shape, x0.shape, x1.shape)
+    words = [_word(w, shape) for w in (k0, k1, x0, x1)]
+    n = shape.numel()
+    y0 = torch.empty(shape, dtype=torch.int64)
+    y1 = torch.empty(shape, dtype=torch.int64)
+    threads = max(1, min(torch.get_num_threads(), n // _PARALLEL_MIN))
+    bounds = [n * t // threads for t in range(threads + 1)]
+
+    def run(lo: int, hi: int) -> None:
+        args = []
+        for w, step in words:
+            args += [w.data_ptr() + lo * step * 8, step]
+        lib.deepfn_threefry2x32(*args, y0.data_ptr() + lo * 8, y1.data_ptr() + lo * 8, hi - lo)
+
+    if threads == 1:
+        run(0, n)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, bounds[:-1], bounds[1:]))
+    return y0, y1
