@@ -5,11 +5,11 @@ Inductor's C++ backend inlines those ~140 operations into every kernel that draw
 (about half of the generated code of a Transformer step with dropout, and of its compile
 time). One C loop is a single pass eagerly and a single extern call in a compiled graph.
 
-The shared library is built with the C compiler that Inductor needs anyway (``$CC``, else
-``cc``), once per source version, into ``$DEEPFN_CACHE_DIR`` (default
+The shared library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``),
+once per source version, compiler and architecture, into ``$DEEPFN_CACHE_DIR`` (default
 ``~/.cache/deepfn``), written atomically so that parallel processes can race. Without a
-compiler, or if the build fails, :func:`native` returns ``None`` and callers use the tensor
-code: the bits are the same (both are exact integer arithmetic; tests compare them).
+compiler, or if the build fails (a warning says why), :func:`native` returns ``None`` and
+callers use the tensor code: the bits are the same (both are exact integer arithmetic; tests compare them).
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,40 +70,77 @@ void deepfn_threefry2x32(const int64_t *restrict k0, int64_t s_k0, const int64_t
 _PARALLEL_MIN = 1 << 16
 
 
+_FLAGS = ("-O3", "-shared", "-fPIC")
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get("DEEPFN_CACHE_DIR") or Path.home() / ".cache" / "deepfn")
+    if os.environ.get("DEEPFN_CACHE_DIR"):
+        return Path(os.environ["DEEPFN_CACHE_DIR"])
+    try:
+        return Path.home() / ".cache" / "deepfn"
+    except RuntimeError:   # no $HOME and no passwd entry (containers run as an arbitrary user)
+        return Path(tempfile.gettempdir()) / f"deepfn-cache-{os.getuid()}"
 
 
-def _build(target: Path) -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise OSError("no C compiler ($CC, cc or gcc)")
+def _compiler() -> list[str]:
+    """The compiler's command line: ``$CC`` split like a shell would ("ccache gcc"), else cc or gcc."""
+    cc = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
+    if not cc:
+        raise OSError("no C compiler found ($CC, cc or gcc)")
+    return cc
+
+
+def _build(compiler: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, lib = Path(tmp) / "threefry.c", Path(tmp) / target.name
         src.write_text(_SOURCE)
-        subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(lib), str(src)],
-                       check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*compiler, *_FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(compiler)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
         os.replace(lib, target)   # atomic: a racing process sees no library or a whole one
 
 
-@functools.cache
-def native() -> ctypes.CDLL | None:
-    """The loaded library (``deepfn_threefry2x32``), or ``None`` where it cannot be built."""
-    if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
-        return None
-    digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"threefry2x32-{digest}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _load(target: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(target))
     fn = lib.deepfn_threefry2x32
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     return lib
+
+
+def _target(compiler: list[str]) -> Path:
+    recipe = "\0".join([_SOURCE, *compiler, *_FLAGS, platform.machine()])
+    return _cache_dir() / f"threefry2x32-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
+
+
+@functools.cache
+def native() -> ctypes.CDLL | None:
+    """The loaded library (``deepfn_threefry2x32``), or ``None`` where it cannot be built.
+
+    The cached file is named by a digest of the source, the compiler, its flags and the
+    architecture (a home folder shared by x86 and ARM machines holds one of each); a cached
+    file that does not load is rebuilt once. A failed build warns once per process, with the
+    compiler's message, and the tensor code is used.
+    """
+    if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
+        return None
+    try:
+        compiler = _compiler()
+        target = _target(compiler)
+        if not target.exists():
+            _build(compiler, target)
+        try:
+            return _load(target)
+        except OSError:   # truncated or foreign file: build again over it (atomically)
+            _build(compiler, target)
+            return _load(target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"deepfn: the C Threefry loop could not be built ({exc}); random bits on the CPU use "
+                      "the (slower) tensor code instead, with the same values. Set DEEPFN_NO_NATIVE=1 to "
+                      "silence this.", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _word(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
@@ -112,19 +152,23 @@ def _word(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
 
 def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
                  x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cipher on CPU ``int64`` words by the C loop: ``(y0, y1)``, or ``None`` without it.
+    """The cipher on CPU ``int64`` words by the C loop: ``(y0, y1)``, or ``None`` without it (no
+    library, or inputs that are not CPU ``int64`` tensors: the tensor code handles those).
 
     Large arrays are cut into one slice per intra-op thread (``torch.get_num_threads()``);
     ctypes releases the GIL during each call, so the slices run in parallel.
     """
+    words4 = (k0, k1, x0, x1)
+    if any(w.dtype != torch.int64 or w.device.type != "cpu" for w in words4):
+        return None   # the C loop reads 8-byte words from CPU memory only
     lib = native()
     if lib is None:
         return None
     shape = torch.broadcast_shapes(k0.shape, k1.shape, x0.shape, x1.shape)
-    words = [_word(w, shape) for w in (k0, k1, x0, x1)]
+    words = [_word(w, shape) for w in words4]
     n = shape.numel()
-    y0 = torch.empty(shape, dtype=torch.int64)
-    y1 = torch.empty(shape, dtype=torch.int64)
+    y0 = torch.empty(shape, dtype=torch.int64, device="cpu")
+    y1 = torch.empty(shape, dtype=torch.int64, device="cpu")
     threads = max(1, min(torch.get_num_threads(), n // _PARALLEL_MIN))
     bounds = [n * t // threads for t in range(threads + 1)]
 

@@ -34,6 +34,9 @@ def differentiated_outside() -> Iterator[None]:
     backward graph instead of saving its activations. Not valid when the compiled function
     runs ``torch.func.grad`` itself (torch 2.14: "don't yet support saved tensor hooks").
     Results are the same either way; only what the backward pass keeps changes.
+
+    The setting is process-wide (Dynamo guards on a module global), not per thread: do not
+    trace a ``compile=True`` step in one thread while another is inside this context.
     """
     before = _OUTSIDE["active"]
     _OUTSIDE["active"] = True

@@ -40,10 +40,20 @@ def available_groups() -> list[str]:
     return sorted(p.stem for p in (SCRIPTS / "bench_parts").glob("*.py") if not p.stem.startswith("_"))
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else None: results differ across machines."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -117,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these parts (default: all of {groups})")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"),
                         help="folder for the JSON and markdown results")
+    parser.add_argument("--label", help="file name of the results, without suffix (default: the groups run, "
+                                        "e.g. 'workloads' or 'all', plus '-quick')")
     parser.add_argument("--keep-compile-cache", action="store_true",
                         help="use the usual on-disk Inductor cache (default: a fresh empty one, so that "
                              "compile times are cold; warm starts are then measured against it)")
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(table(rows))
 
-    label = ("all" if args.only is None else "-".join(selected)) + ("-quick" if args.quick else "")
+    label = args.label or ("all" if args.only is None else "-".join(selected)) + ("-quick" if args.quick else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": info, "quick": args.quick, "groups": selected, "rows": rows}

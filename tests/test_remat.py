@@ -1,6 +1,8 @@
 """deepfn.remat: same values and gradients under grad, vmap(grad) and torch.compile, and
 fewer tensors saved for the backward pass."""
 
+import contextlib
+
 import torch
 
 import deepfn
@@ -126,3 +128,25 @@ def test_compiled_forward_differentiated_outside_recomputes():
     expected = torch.func.grad(_stacked(_four_tanh))({"w": w}, x)["w"]
     torch.testing.assert_close(remat_grad, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(plain_grad, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_compiled_code_follows_the_context():
+    # Dynamo guards on differentiated_outside(): one compiled function recompiles when called
+    # outside it (and saves every activation there), instead of reusing the checkpoint graph.
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(32, 32, generator=g) * 0.2, torch.randn(64, 32, generator=g)
+    compiled = torch.compile(_stacked(deepfn.remat(_four_tanh)), fullgraph=True)
+    sizes = []
+    for outside in (True, False, True):
+        saved = [0]
+
+        def pack(t, saved=saved):
+            saved[0] += t.numel() * t.element_size()
+            return t
+        p = {"w": w.clone().requires_grad_()}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                (differentiated_outside() if outside else contextlib.nullcontext()):
+            loss = compiled(p, x)
+        torch.autograd.grad(loss, p["w"])
+        sizes.append(saved[0])
+    assert sizes[0] == sizes[2] < sizes[1] / 2, sizes

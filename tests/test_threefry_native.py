@@ -4,6 +4,10 @@ input layout, the threaded path), one extern call in compiled code, and the tens
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+
 import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
@@ -18,9 +22,14 @@ def _words(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return random.randint(random.key(seed), shape, 0, 2**32)
 
 
-def test_builds_here():
-    # Inductor's CPU backend needs the same C compiler, so every machine that compiles has it.
-    assert _threefry_native.native() is not None
+BUILT = _threefry_native.native() is not None
+needs_loop = pytest.mark.skipif(not BUILT, reason="no C Threefry loop here (no C compiler or DEEPFN_NO_NATIVE=1)")
+
+
+@pytest.mark.skipif(os.environ.get("DEEPFN_NO_NATIVE") == "1", reason="the loop is switched off")
+@pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+def test_builds_where_there_is_a_compiler():
+    assert BUILT
 
 
 @pytest.mark.parametrize("shapes", [
@@ -28,15 +37,23 @@ def test_builds_here():
     [(3, 1), (1,), (4,), (3, 4)],            # broadcasting keys and counters
     [(5,), (5,), (5,), (5,)],                # one key per counter (split of a batch of keys)
     [(), (1,), (2, 70_000), (1,)],           # large: the threaded path
+    [(), (), (2, 70_000), (2, 70_000)],      # one key, many counters (how bits are drawn): its own loop
 ])
+@needs_loop
 def test_equals_tensor_code(shapes):
     words = [_words(i, s) for i, s in enumerate(shapes)]
-    native = _threefry_native.threefry2x32(*words)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)   # large draws are cut into one slice per thread, whatever the machine
+    try:
+        native = _threefry_native.threefry2x32(*words)
+    finally:
+        torch.set_num_threads(threads)
     tensor = _threefry._eager(*words)
     assert native[0].shape == tensor[0].shape
     assert torch.equal(native[0], tensor[0]) and torch.equal(native[1], tensor[1])
 
 
+@needs_loop
 def test_strided_and_transposed_inputs():
     k0, k1 = _words(0, ()), _words(1, ())
     x0, x1 = _words(2, (6, 8))[:, ::2], _words(3, (4, 6)).t()
@@ -55,11 +72,19 @@ def _compiled_with_code(*words):
     return "\n".join(codes)
 
 
+@needs_loop
 def test_compiled_code_calls_the_loop_for_large_draws():
     code = _compiled_with_code(_words(0, (3, 1)), _words(1, (1,)), _words(2, (2000,)), _words(3, (3, 2000)))
-    assert "threefry2x32" in code and PARITY not in code
+    assert "torch.ops.deepfn.threefry2x32" in code and PARITY not in code
 
 
+@needs_loop
+def test_words_the_loop_cannot_read_go_to_the_tensor_code():
+    small = [w.to(torch.int32) for w in (_words(0, ()), _words(1, ()), _words(2, (5,)), _words(3, (5,)))]
+    assert _threefry_native.threefry2x32(*small) is None
+
+
+@needs_loop
 def test_compiled_code_inlines_small_draws():
     # Key splits and small masks: an extern call's dispatch would cost more than the kernel.
     assert 3 * 700 < _threefry._EXTERN_MIN_PAIRS
@@ -67,6 +92,7 @@ def test_compiled_code_inlines_small_draws():
     assert PARITY in code
 
 
+@needs_loop
 def test_without_the_loop_tensor_code_and_fused_kernel(monkeypatch):
     # Where no compiler builds the loop (and on accelerators) the op runs as tensor code and
     # Inductor inlines the cipher into one fused kernel: the same bits either way.
@@ -84,17 +110,64 @@ def test_without_the_loop_tensor_code_and_fused_kernel(monkeypatch):
     assert PARITY in "\n".join(codes)
 
 
-def test_failed_build_gives_none(monkeypatch, tmp_path):
+def _fake_compiler(path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+@pytest.mark.parametrize("compiler", [
+    "missing",                     # not installed
+    "fails",                       # runs and fails with a message
+    "half-writes",                 # writes part of the output file, then fails
+])
+def test_failed_build_warns_and_gives_none(monkeypatch, tmp_path, compiler):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(cache))
+    monkeypatch.delenv("DEEPFN_NO_NATIVE", raising=False)
+    if compiler == "missing":
+        cc = str(tmp_path / "no-such-compiler")
+    elif compiler == "fails":
+        cc = _fake_compiler(tmp_path / "cc", "echo 'fatal: no headers' >&2; exit 1")
+    else:
+        cc = _fake_compiler(tmp_path / "cc", 'while [ "$1" != -o ]; do shift; done; printf ELF > "$2"; exit 1')
+    monkeypatch.setenv("CC", cc)
+    with pytest.warns(RuntimeWarning, match="could not be built") as record:
+        assert _threefry_native.native.__wrapped__() is None
+    if compiler == "fails":
+        assert any("fatal: no headers" in str(w.message) for w in record)
+    assert not [p for p in cache.rglob("*") if p.is_file()]   # nothing half-written is left to load later
+
+
+def test_compiler_with_arguments(monkeypatch, tmp_path):
+    # $CC as a shell would split it ("ccache gcc", "gcc -std=c11")
+    monkeypatch.setenv("CC", "env gcc -std=c11")
+    assert _threefry_native._compiler() == ["env", "gcc", "-std=c11"]
+
+
+def test_cache_dir_without_a_home(monkeypatch):
+    monkeypatch.delenv("DEEPFN_CACHE_DIR", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(_threefry_native.Path, "home", staticmethod(no_home))
+    assert _threefry_native._cache_dir().name.startswith("deepfn-cache-")
+
+
+@needs_loop
+def test_a_cached_file_that_does_not_load_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert _threefry_native.native.__wrapped__() is None
-    assert not list(tmp_path.glob("*.so"))     # nothing half-written is left to load later
+    built = _threefry_native._target(_threefry_native._compiler())
+    built.write_bytes(b"not a shared library")     # e.g. truncated by a full disk
+    assert _threefry_native.native.__wrapped__() is not None
+    assert built.read_bytes()[:4] == b"\x7fELF"
 
 
+@needs_loop
 def test_built_library_is_reused(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path))
     assert _threefry_native.native.__wrapped__() is not None
     (built,) = tmp_path.glob("threefry2x32-*.so")
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))   # a second build would fail
+    monkeypatch.setattr(_threefry_native, "_build", None)   # a second build would raise TypeError
     assert _threefry_native.native.__wrapped__() is not None
     assert list(tmp_path.glob("threefry2x32-*.so")) == [built]

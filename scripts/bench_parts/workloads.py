@@ -18,7 +18,9 @@ Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the 
 ``torch.autocast("cpu", torch.bfloat16)``, both eager) for the CNNs and Transformers.
 
 Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few steps. Pick
-workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``.
+workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``, and
+comparisons with ``DEEPFN_BENCH_CONTENDERS`` (a comma-separated subset of ``eager, compiled,
+bf16, jax``; e.g. ``compiled`` for the compile-time rows alone).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ except ImportError:   # run as a file (python scripts/bench_parts/workloads.py),
 GROUP = "workloads"
 QUICK = ("mlp-seed", "mlp-wide", "cnn-small", "transformer-small")
 ENV = "DEEPFN_BENCH_WORKLOADS"
+CONTENDERS_ENV = "DEEPFN_BENCH_CONTENDERS"
+CONTENDERS = ("eager", "compiled", "bf16", "jax")
 BF16 = amp.Policy(torch.float32, torch.bfloat16, torch.float32)
 
 
@@ -288,7 +292,7 @@ def _compile_note(*ts: dict) -> str:
 
 
 def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
-                   contenders: tuple[str, ...] = ("eager", "compiled", "bf16", "jax")) -> list[dict]:
+                   contenders: tuple[str, ...] = CONTENDERS) -> list[dict]:
     """The rows of one workload; ``contenders`` picks the comparisons to run."""
     flops = step_flops(wl)
     fp32, rows, compiled = peaks[torch.float32], [], None
@@ -353,12 +357,22 @@ def selected(quick: bool, only: str | None = None) -> list[str]:
     return names
 
 
+def selected_contenders() -> tuple[str, ...]:
+    """``$DEEPFN_BENCH_CONTENDERS`` (comma-separated), else every contender."""
+    names = tuple(n.strip() for n in os.environ.get(CONTENDERS_ENV, "").split(",") if n.strip())
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        raise ValueError(f"{CONTENDERS_ENV}: unknown contender(s) {unknown}; choose from {list(CONTENDERS)}")
+    return names or CONTENDERS
+
+
 def run(quick: bool = False, only: str | None = None) -> list[dict]:
+    contenders = selected_contenders()
     peaks = {dt: matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
     rows = []
     for name in selected(quick, only):
         wl = WORKLOADS[name]
-        rows += bench_workload(wl, max(2, wl.steps // 5) if quick else wl.steps, peaks)
+        rows += bench_workload(wl, max(2, wl.steps // 5) if quick else wl.steps, peaks, contenders)
     for r in rows:
         r["note"] += (f"; fp32 mm peak {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 "
                       f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads")

@@ -106,6 +106,16 @@ def test_selection_rejects_unknown_workloads():
         W.selected(False, only="mlp-seed,resnet-50")
 
 
+def test_contender_selection_from_the_environment(monkeypatch):
+    monkeypatch.delenv(W.CONTENDERS_ENV, raising=False)
+    assert W.selected_contenders() == ("eager", "compiled", "bf16", "jax")
+    monkeypatch.setenv(W.CONTENDERS_ENV, "compiled, jax")
+    assert W.selected_contenders() == ("compiled", "jax")
+    monkeypatch.setenv(W.CONTENDERS_ENV, "compiled,xla")
+    with pytest.raises(ValueError, match="unknown contender.*xla"):
+        W.selected_contenders()
+
+
 @pytest.mark.slow
 def test_quick_run_of_mlp_seed_with_every_contender():
     rows = W.run(quick=True, only="mlp-seed")
