@@ -21,7 +21,11 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import describe
-from ._threefry import threefry2x32 as _threefry2x32
+from ._threefry import threefry2x32 as _threefry_op
+
+# The registered operator itself, not its CustomOpDef wrapper: Dynamo puts the operator into
+# the graph directly, where it would trace the wrapper's Python on every draw (~30 ms each).
+_threefry2x32 = _threefry_op._opoverload
 
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
 

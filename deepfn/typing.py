@@ -1,6 +1,6 @@
 """Type aliases and the block protocol shared across deepfn.
 
-Axis alphabet used in docstrings and einops patterns:
+Axis alphabet used in docstrings and shape comments:
 
     b  batch            t  query / target length     s  key / source length
     h  attention heads  d  per-head feature size      e  embedding (d_model)
