@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", help="file name of the results, without suffix (default: the groups run, "
                                         "e.g. 'workloads' or 'all', plus '-quick')")
     parser.add_argument("--keep-compile-cache", action="store_true",
-                        help="use the usual on-disk Inductor cache (default: a fresh empty one, so that "
-                             "compile times are cold; warm starts are then measured against it)")
+                        help="use the usual on-disk Inductor cache (default: a fresh empty one, and one per "
+                             "compiled contender of a workload, so that compile times are cold; warm starts "
+                             "are then measured against it)")
     args = parser.parse_args(argv)
     if not args.keep_compile_cache:
         # Read by Inductor whenever it looks for its cache, so setting it here is early enough.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfn-bench-inductor-")
+        os.environ["DEEPFN_BENCH_COLD_CACHES"] = "1"   # workloads: a fresh cache per compiled contender
 
     selected = args.only or groups
     rows = [row for group in selected for row in run_group(group, args.quick)]

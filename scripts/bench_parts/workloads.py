@@ -30,6 +30,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ GROUP = "workloads"
 QUICK = ("mlp-seed", "mlp-wide", "cnn-small", "transformer-small")
 ENV = "DEEPFN_BENCH_WORKLOADS"
 CONTENDERS_ENV = "DEEPFN_BENCH_CONTENDERS"
+COLD_ENV = "DEEPFN_BENCH_COLD_CACHES"
 CONTENDERS = ("eager", "compiled", "bf16", "jax")
 BF16 = amp.Policy(torch.float32, torch.bfloat16, torch.float32)
 
@@ -260,9 +262,25 @@ def _phase_seconds() -> dict[str, tuple[int, float]]:
     return {k: (len(v), sum(v)) for k, v in metrics.items()}
 
 
+def _clear_in_memory_compile_caches() -> None:
+    """What a new process would not have: Dynamo's compiled frames, Inductor's loaded kernels."""
+    torch._dynamo.reset()
+    from torch._inductor.utils import clear_caches
+    clear_caches()
+
+
+def _cold_cache() -> None:
+    """A fresh, empty on-disk Inductor cache for the next contender (when ``$DEEPFN_BENCH_COLD_CACHES``
+    is 1, as scripts/bench.py sets it unless ``--keep-compile-cache``): its compile time then
+    owes nothing to identical kernels an earlier contender of the same run compiled."""
+    if os.environ.get(COLD_ENV) == "1":
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfn-bench-inductor-")
+
+
 def _measure(runner: Callable[[], Callable[[], object]], steps: int, compiled: bool) -> dict:
     if compiled:
-        torch._dynamo.reset()   # a cold in-memory cache per contender (and no recompile limit)
+        _cold_cache()
+        _clear_in_memory_compile_caches()   # and no recompile limit carried over
     counters = torch._dynamo.utils.counters["inductor"]
     hits, phases = counters["fxgraph_cache_hit"], _phase_seconds()
     t = time_steps(runner(), steps)
@@ -276,8 +294,9 @@ def _measure(runner: Callable[[], Callable[[], object]], steps: int, compiled: b
 
 def _warm_start(runner: Callable[[], Callable[[], object]]) -> float:
     """Seconds of a fresh process's first compiled call once the on-disk caches hold the graphs:
-    Dynamo's in-memory state is dropped, Inductor's FX-graph cache (filled by the cold run) kept."""
-    torch._dynamo.reset()
+    Dynamo's and Inductor's in-memory state is dropped, the on-disk caches (filled by the cold
+    run) kept."""
+    _clear_in_memory_compile_caches()
     one_step = runner()
     t0 = time.perf_counter()
     one_step()

@@ -19,6 +19,7 @@ ROW = {"group": "optim", "name": "update", "deepfn_s": 0.002, "baseline": "torch
 def stub_parts(monkeypatch, tmp_path):
     # main() points Inductor at a fresh cache through the environment: restored after each test.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "previous-cache"))
+    monkeypatch.delenv("DEEPFN_BENCH_COLD_CACHES", raising=False)
     ran = []
 
     def run_group(group, quick):
@@ -45,7 +46,9 @@ def test_default_label_is_the_groups_run(tmp_path, stub_parts):
 def test_compile_times_are_cold_unless_the_cache_is_kept(tmp_path, stub_parts):
     bench.main(["--only", "optim", "--out", str(tmp_path), "--keep-compile-cache"])
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "previous-cache")
+    assert "DEEPFN_BENCH_COLD_CACHES" not in os.environ
     bench.main(["--only", "optim", "--out", str(tmp_path)])
+    assert os.environ["DEEPFN_BENCH_COLD_CACHES"] == "1"
     fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     assert fresh != tmp_path / "previous-cache" and fresh.is_dir() and not any(fresh.iterdir())
     fresh.rmdir()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,27 @@ def test_selection_quick_env_and_only(monkeypatch):
 def test_selection_rejects_unknown_workloads():
     with pytest.raises(ValueError, match="unknown workload.*resnet-50"):
         W.selected(False, only="mlp-seed,resnet-50")
+
+
+def test_each_compiled_contender_compiles_into_a_fresh_cache(monkeypatch, tmp_path):
+    # Identical kernels compiled by an earlier contender must not shorten a later one's cold
+    # compile; the warm start then reads the cache its own cold run filled.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "first"))
+    monkeypatch.setenv(W.COLD_ENV, "1")
+    runner = lambda: (lambda: None)  # noqa: E731
+
+    def cache_after(measure, *args):
+        measure(runner, *args)
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    cold = cache_after(W._measure, 1, True)
+    assert cold != str(tmp_path / "first")
+    assert cache_after(W._warm_start) == cold
+    second = cache_after(W._measure, 1, True)
+    assert second != cold
+    assert cache_after(W._measure, 1, False) == second   # eager contenders leave the cache alone
+    monkeypatch.delenv(W.COLD_ENV)
+    assert cache_after(W._measure, 1, True) == second    # --keep-compile-cache: one cache throughout
 
 
 def test_contender_selection_from_the_environment(monkeypatch):
