@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from . import _flat
 from .typing import PyTree
 
 __all__ = [
@@ -37,21 +38,24 @@ def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:  # noqa:
     Raises:
         ValueError: the trees' structures differ (both are shown).
     """
-    if rest:
-        spec = pytree.tree_structure(tree)
-        for i, other in enumerate(rest):
-            other_spec = pytree.tree_structure(other)
-            if other_spec != spec:
-                raise ValueError(
-                    f"deepfn.tree.map: tree {i + 1} has a different structure from tree 0:\n"
-                    f"  tree 0: {spec}\n  tree {i + 1}: {other_spec}"
-                )
-    return pytree.tree_map(fn, tree, *rest)
+    # Each tree is flattened once, by the dict fast path: under torch.compile Dynamo traces
+    # every flatten node by node, and a TreeSpec per node is what costs it most.
+    flat, spec = _flat.flatten(tree)
+    columns = [flat]
+    for i, other in enumerate(rest):
+        other_flat, other_spec = _flat.flatten(other)
+        if other_spec != spec:
+            raise ValueError(
+                f"deepfn.tree.map: tree {i + 1} has a different structure from tree 0:\n"
+                f"  tree 0: {pytree.tree_structure(tree)}\n  tree {i + 1}: {pytree.tree_structure(other)}"
+            )
+        columns.append(other_flat)
+    return _flat.unflatten(spec, [fn(*xs) for xs in zip(*columns, strict=True)])
 
 
 def leaves(tree: PyTree) -> list[Any]:
     """The leaves in a fixed (insertion) order."""
-    return pytree.tree_leaves(tree)
+    return _flat.flatten(tree)[0]
 
 
 def structure(tree: PyTree) -> pytree.TreeSpec:

@@ -187,3 +187,35 @@ def test_compiled_tree_ops_equal_eager():
     want = fn(t)
     assert tree.all_equal(got[0], want[0])
     assert torch.equal(got[1], want[1]) and got[2] == want[2]
+
+
+# Any nesting the fast dict walk meets: dicts, lists, tuples, None, non-tensor leaves.
+mixed_trees = st.recursive(
+    st.one_of(st.integers(0, 3).map(lambda n: torch.arange(n, dtype=torch.float32)), st.booleans(),
+              st.floats(-2, 2), st.none()),
+    lambda children: st.one_of(st.dictionaries(names, children, max_size=3), st.lists(children, max_size=3),
+                               st.lists(children, max_size=3).map(tuple)),
+    max_leaves=10,
+)
+
+
+@given(mixed_trees)
+def test_leaves_and_map_agree_with_torch_pytree(t):
+    import torch.utils._pytree as pytree
+    expected = pytree.tree_leaves(t)
+    got = tree.leaves(t)
+    assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected, strict=True))
+    ident = tree.map(lambda x: x, t)
+    assert pytree.tree_structure(ident) == pytree.tree_structure(t)
+    assert all(a is b for a, b in zip(pytree.tree_leaves(ident), expected, strict=True))
+    same = tree.map(lambda x, y: x is y, t, t)   # leaves paired in order across trees
+    assert pytree.tree_structure(same) == pytree.tree_structure(t)
+    assert pytree.tree_leaves(same) == [True] * len(expected)
+
+
+def test_map_tells_apart_structures_the_fast_walk_sees_alike():
+    # The same keys holding a tensor, a list of one tensor, or a nested dict: three structures.
+    a, b, c = {"x": torch.ones(1)}, {"x": [torch.ones(1)]}, {"x": {"y": torch.ones(1)}}
+    for one, other in ((a, b), (a, c), (b, c), ({"x": torch.ones(1), "y": None}, {"x": torch.ones(1)})):
+        with pytest.raises(ValueError, match="different structure"):
+            tree.map(lambda p, q: p, one, other)

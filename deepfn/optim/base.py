@@ -21,7 +21,8 @@ import torch
 from .. import tree
 from .._checks import describe
 from ..typing import PyTree, Tensor
-from . import _flat, _ops
+from .. import _flat
+from . import _ops
 
 #: ``step -> learning rate``; a step is an ``int`` or a 0-d integer tensor.
 Schedule = Callable[[Any], Any]

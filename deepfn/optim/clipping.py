@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..typing import PyTree
-from . import _flat, _ops
+from .. import _flat
+from . import _ops
 from . import _steps as S
 from .base import EmptyState, GradientTransformation, mark
 

@@ -9,7 +9,8 @@ import torch
 
 from .. import tree
 from ..typing import PyTree, Tensor
-from . import _flat, _ops
+from .. import _flat
+from . import _ops
 from . import _steps as S
 from .base import (
     EmptyState,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import distributed, optim, random, tree
+from .. import _flat, distributed, optim, random, tree
 from .._autograd import autograd_grad_and_value
 from .._checks import describe
 from .._eager import plain_eager
@@ -75,7 +75,16 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         loss = loss_fn(logits, labels).float()
         return scaler.scale(loss), (loss, logits, new_state)
 
-    grad_fn = torch.func.grad_and_value(objective, has_aux=True)
+    def grad_fn(params, *args):
+        # torch.func.grad_and_value over the flat list of parameters: functorch flattens its
+        # argument with torch.utils._pytree, whose TreeSpec per dict node costs Dynamo ~5 ms
+        # of tracing each (hundreds per model); one list node does not.
+        flat, spec = _flat.flatten(params)
+
+        def on_flat(flat_params, *rest):
+            return objective(_flat.unflatten(spec, flat_params), *rest)
+        g, out = torch.func.grad_and_value(on_flat, has_aux=True)(flat, *args)
+        return _flat.unflatten(spec, g), out
     eager_objective = objective
     if split_compile:
         # AOTAutograd compiles the forward and its backward (torch.compile(nn.Module)'s way).
@@ -187,7 +196,7 @@ def _check_unaliased(where: str, ts: TrainState, checked: list) -> None:
     only for the error).
     """
     both = {"params": ts.params, "opt_state": ts.opt_state}
-    leaves = optim._flat.flatten(both)[0]
+    leaves = _flat.flatten(both)[0]
     tensors = [(i, x) for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.numel()]
     ptrs = tuple(x.data_ptr() for _, x in tensors)
     if checked and checked[0] == ptrs:
@@ -199,7 +208,7 @@ def _check_unaliased(where: str, ts: TrainState, checked: list) -> None:
     spans.sort()
     for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
         if begin < end:
-            names = optim._flat.paths(both)
+            names = _flat.paths(both)
             raise ValueError(f"{where}: the leaves {names[first]!r} and {names[second]!r} of the train state overlap "
                              f"in memory, so updating them in place would apply two updates to one tensor; give each "
                              f"leaf its own tensor (e.g. tree.map(torch.clone, train_state)) or use donate=False")
