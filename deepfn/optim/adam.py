@@ -7,9 +7,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import tree
+from .. import _flat, tree
 from ..typing import PyTree, Tensor
-from .. import _flat
 from . import _ops
 from . import _steps as S
 from .base import (

@@ -18,10 +18,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import tree
+from .. import _flat, tree
 from .._checks import describe
 from ..typing import PyTree, Tensor
-from .. import _flat
 from . import _ops
 
 #: ``step -> learning rate``; a step is an ``int`` or a 0-d integer tensor.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..typing import PyTree
 from .. import _flat
+from ..typing import PyTree
 from . import _ops
 from . import _steps as S
 from .base import EmptyState, GradientTransformation, mark
