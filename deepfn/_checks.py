@@ -8,6 +8,7 @@ under ``torch.compile`` and never calls ``.item()``. Messages read::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,7 +19,21 @@ def where(owner: Any, method: str = "apply") -> str:
     """``"Dense(...).apply"``: the prefix naming the block (or function) that rejected input."""
     if isinstance(owner, str):
         return owner
-    return f"{owner!r}.{method}"
+    return f"{_repr(owner)}.{method}"
+
+
+def _repr(x: Any) -> str:
+    """``repr(x)``, but for dataclasses with a generated ``__repr__`` built here without its
+    recursion guard, which calls ``_thread.get_ident``: Dynamo cannot trace that builtin and
+    warns whenever a compiled step formats an error message naming its block."""
+    if isinstance(x, (list, tuple)) and type(x) in (list, tuple):
+        inner = ", ".join(_repr(v) for v in x)
+        return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' if len(x) == 1 else ''})"
+    generated = getattr(type(x).__repr__, "__wrapped__", None) is not None
+    if dataclasses.is_dataclass(x) and not isinstance(x, type) and generated:
+        fields = ", ".join(f"{f.name}={_repr(getattr(x, f.name))}" for f in dataclasses.fields(x) if f.repr)
+        return f"{type(x).__qualname__}({fields})"
+    return repr(x)
 
 
 def describe(x: Any) -> str:

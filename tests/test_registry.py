@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepfn import models, nn, random, tree
+from deepfn._checks import where
 from deepfn.testing import check_block, check_causal, check_mask_invariance
 from deepfn.testing import strategies as dst
 from tests import registry
@@ -225,3 +226,11 @@ def test_causal_check_catches_a_missing_mask():
     x, memory = random.normal(random.key(1), (2, 4, E)), random.normal(random.key(2), (2, 3, E))
     with pytest.raises(AssertionError, match="causal"):
         check_causal(lambda h: layer.apply(params, state, h, memory)[0], x)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_error_prefix_names_the_block_as_its_repr(case):
+    # Error messages name a block by a repr built without dataclasses' recursion guard (which
+    # Dynamo cannot trace): it must read exactly as repr() does.
+    block = case.make_block()
+    assert where(block, "apply") == f"{block!r}.apply"
