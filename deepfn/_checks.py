@@ -26,7 +26,7 @@ def _repr(x: Any) -> str:
     """``repr(x)``, but for dataclasses with a generated ``__repr__`` built here without its
     recursion guard, which calls ``_thread.get_ident``: Dynamo cannot trace that builtin and
     warns whenever a compiled step formats an error message naming its block."""
-    if isinstance(x, (list, tuple)) and type(x) in (list, tuple):
+    if type(x) in (list, tuple):
         inner = ", ".join(_repr(v) for v in x)
         return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' if len(x) == 1 else ''})"
     generated = getattr(type(x).__repr__, "__wrapped__", None) is not None

@@ -64,6 +64,25 @@ def _walk(node: Any, out: list[Any]) -> Spec:
     return ("node", node_type, context, tuple(subs))
 
 
+def flatten_alike(where: str, tree: Any, *rest: Any) -> tuple[list[list[Any]], Spec]:
+    """Each tree's leaves (one list per tree) and their common spec; every tree is flattened once.
+
+    Raises:
+        ValueError: a tree's structure differs from the first one's (both are shown).
+    """
+    flat, spec = flatten(tree)
+    columns = [flat]
+    for i, other in enumerate(rest):
+        other_flat, other_spec = flatten(other)
+        if other_spec != spec:
+            raise ValueError(
+                f"{where}: tree {i + 1} has a different structure from tree 0:\n"
+                f"  tree 0: {pytree.tree_structure(tree)}\n  tree {i + 1}: {pytree.tree_structure(other)}"
+            )
+        columns.append(other_flat)
+    return columns, spec
+
+
 def unflatten(spec: Spec, leaves: list[Any]) -> Any:
     it = iter(leaves)
     return _build(spec, it)

@@ -61,11 +61,8 @@ def _eager(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tenso
 @torch.library.custom_op("deepfn::threefry2x32", mutates_args=())
 def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Threefry-2x32-20 over broadcastable ``int64`` words in ``[0, 2**32)``: ``(y0, y1)``."""
-    if all(w.device.type == "cpu" for w in (k0, k1, x0, x1)):
-        out = _threefry_native.threefry2x32(k0, k1, x0, x1)
-        if out is not None:
-            return out
-    return _eager(k0, k1, x0, x1)
+    out = _threefry_native.threefry2x32(k0, k1, x0, x1)   # None off the CPU or without the C loop
+    return out if out is not None else _eager(k0, k1, x0, x1)
 
 
 @threefry2x32.register_fake

@@ -38,18 +38,9 @@ def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:  # noqa:
     Raises:
         ValueError: the trees' structures differ (both are shown).
     """
-    # Each tree is flattened once, by the dict fast path: under torch.compile Dynamo traces
-    # every flatten node by node, and a TreeSpec per node is what costs it most.
-    flat, spec = _flat.flatten(tree)
-    columns = [flat]
-    for i, other in enumerate(rest):
-        other_flat, other_spec = _flat.flatten(other)
-        if other_spec != spec:
-            raise ValueError(
-                f"deepfn.tree.map: tree {i + 1} has a different structure from tree 0:\n"
-                f"  tree 0: {pytree.tree_structure(tree)}\n  tree {i + 1}: {pytree.tree_structure(other)}"
-            )
-        columns.append(other_flat)
+    # The dict fast path, each tree flattened once: under torch.compile Dynamo traces every
+    # flatten node by node, and a TreeSpec per node is what costs it most.
+    columns, spec = _flat.flatten_alike("deepfn.tree.map", tree, *rest)
     return _flat.unflatten(spec, [fn(*xs) for xs in zip(*columns, strict=True)])
 
 
