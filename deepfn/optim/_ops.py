@@ -40,6 +40,18 @@ def _cast(x: Tensor, s: Scalar) -> Scalar:
     return s.to(x.dtype) if isinstance(s, torch.Tensor) and s.dtype != x.dtype else s
 
 
+def _per_leaf(xs: Leaves, s: Scalar) -> list[Scalar]:
+    """``_cast(x, s)`` for every leaf, one cast per dtype: a Python call per leaf costs Dynamo
+    ~1 ms of tracing each (hundreds per update)."""
+    if not isinstance(s, torch.Tensor):
+        return [s] * len(xs)
+    casts = {}
+    for x in xs:
+        if x.dtype not in casts:
+            casts[x.dtype] = _cast(x, s)
+    return [casts[x.dtype] for x in xs]
+
+
 def hoist(s: Scalar) -> Scalar:
     """Under ``torch.compile``, make a per-step 0-d scalar (a schedule, a bias correction) a buffer.
 
@@ -77,7 +89,8 @@ def _scalar_op(name: str, xs: Leaves, s: Scalar, fe: bool, inplace: bool) -> lis
             return list(xs)
         return list(getattr(torch, f"_foreach_{name}")(xs, s))
     op = getattr(torch, name)
-    return [op(x, _cast(x, s)) for x in xs]
+    # zip without strict=: Dynamo traces the strict form through a polyfill, a call per leaf.
+    return [op(x, c) for x, c in zip(xs, _per_leaf(xs, s))]  # noqa: B905 (equal lengths by construction)
 
 
 # ``inplace=True`` writes into ``xs`` on the eager foreach path: only for lists the caller
@@ -134,8 +147,8 @@ def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool, inplace: bool = False
         return list(torch._foreach_lerp(xs, ys, weight))
     weight = hoist(weight)
     if fe and inplace:
-        return [x.lerp_(y, _cast(x, weight)) for x, y in zip(xs, ys, strict=True)]
-    return [torch.lerp(x, y, _cast(x, weight)) for x, y in zip(xs, ys, strict=True)]
+        return [x.lerp_(y, w) for x, y, w in zip(xs, ys, _per_leaf(xs, weight))]  # noqa: B905
+    return [torch.lerp(x, y, w) for x, y, w in zip(xs, ys, _per_leaf(xs, weight))]  # noqa: B905
 
 
 def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float, fe: bool, inplace: bool = False) -> list[Tensor]:
