@@ -41,6 +41,9 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the train/eval steps (default: on for CUDA, off for CPU, "
                         "where compiling costs more than it saves on short runs)")
+    p.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="with --compile: save the compiled steps in DIR; later runs with the same model and "
+                        "settings load them instead of tracing the steps again")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 compute on CPU; fp16 with dynamic loss scaling on CUDA")
     p.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
@@ -75,15 +78,18 @@ def _init_distributed(args: argparse.Namespace) -> torch.device:
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Create ``--out``, write ``config.json``, pick the device, compile flag and AMP policy.
 
-    Returns a dict with ``device``, ``compile``, ``policy`` (``amp.Policy`` or None),
-    ``loss_scale`` (``amp.DynamicLossScale`` or None), ``checkpoints``, ``history``, ``plot``
-    (paths) and ``start`` (a ``perf_counter`` value for the wall time).
+    Returns a dict with ``device``, ``compile``, ``compile_cache`` (a folder or None), ``policy``
+    (``amp.Policy`` or None), ``loss_scale`` (``amp.DynamicLossScale`` or None), ``checkpoints``,
+    ``history``, ``plot`` (paths) and ``start`` (a ``perf_counter`` value for the wall time).
     """
     start = time.perf_counter()
     device = _init_distributed(args) if args.distributed else torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
     compile_ = device.type == "cuda" if args.compile is None else args.compile
+    if args.compile_cache is not None and not compile_:
+        raise SystemExit(f"--compile-cache {args.compile_cache}: saves compiled steps, but steps are not compiled "
+                         f"here (device {device.type}); add --compile")
     policy = loss_scale = None
     if args.amp:
         half = "bfloat16" if device.type == "cpu" else "float16"
@@ -98,7 +104,8 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, default=str)
     distributed.barrier()   # --out exists before any rank looks into it
-    return {"device": device, "compile": compile_, "policy": policy, "loss_scale": loss_scale, "start": start,
+    return {"device": device, "compile": compile_, "compile_cache": args.compile_cache, "policy": policy,
+            "loss_scale": loss_scale, "start": start,
             "config": json.loads(json.dumps(config, default=str)),
             "checkpoints": os.path.join(args.out, "checkpoints"),
             "history": os.path.join(args.out, "history.jsonl"), "plot": os.path.join(args.out, "curves.png")}

@@ -75,10 +75,12 @@ def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=No
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]),
                                              run["device"]))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule,
+                           all_reduce=_common.all_reduce(args), compile=run["compile"],
+                           compile_cache=run["compile_cache"], lr=schedule,
                            donate=True)
     step = wrap(step) if wrap is not None else step
-    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
+    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"])
     sub = argparse.Namespace(**{**vars(args), "out": os.path.join(args.out, name), "epochs": epochs})
     paths = {k: os.path.join(sub.out, os.path.basename(v)) for k, v in run.items() if k in ("checkpoints", "history", "plot")}
     ts, _ = fit(step, ts, train, batch_size=args.batch_size, key=k_fit, eval_step=eval_step, val_data=val,

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     opt = optim.adamw(schedule, weight_decay=1e-4)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.to_device(ensemble_train_state(model, opt, k_init, n, policy=run["policy"]), dev)
-    step = make_ensemble_train_step(model, losses.cross_entropy, opt, policy=run["policy"], compile=run["compile"])
+    step = make_ensemble_train_step(model, losses.cross_entropy, opt, policy=run["policy"], compile=run["compile"],
+                                    compile_cache=run["compile_cache"])
     eval_step = make_eval_step(model)
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,

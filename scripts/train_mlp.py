@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
     ts = _common.replicate(ts)
     step = make_train_step(model, losses.cross_entropy, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule,
+                           all_reduce=_common.all_reduce(args), compile=run["compile"],
+                           compile_cache=run["compile_cache"], lr=schedule,
                            donate=True)
-    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"])
+    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"])
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=(x_va, y_va), eval_batch_size=512, **_common.fit_kwargs(args, run))

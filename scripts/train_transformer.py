@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
-                           clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"], lr=schedule,
+                           clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"],
+                           compile_cache=run["compile_cache"], lr=schedule,
                            ignore_index=PAD, donate=True)
-    eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"], ignore_index=PAD)
+    eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"], ignore_index=PAD)
     batch_fn = make_batch_fn(dev, 8 if run["compile"] else 1)
     lengths = (tensors["train"][0] != PAD).sum(1) + (tensors["train"][1] != PAD).sum(1)
     world = distributed.world_size() if args.distributed else 1

@@ -7,6 +7,7 @@ params, state, optimizer state, step and loss scale are one stacked :class:`Trai
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from .. import random, tree
 from .._checks import describe
 from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
+from .compile_cache import SavedCompile
 from .state import TrainState
 from .step import _check_batch, build_train_step
 
@@ -54,7 +56,8 @@ def ensemble_train_state(model: Block, optimizer: Any, key: Key, n: int, *, poli
 
 def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *, policy: Policy | None = None,
                              accumulation_steps: int = 1, clip_norm: float | None = None,
-                             shared_batch: bool = True, compile: bool = True) -> Callable:
+                             shared_batch: bool = True, compile: bool = True,
+                             compile_cache: str | os.PathLike | None = None) -> Callable:
     """One update of every member: ``vmap`` of the pure train step over stacked states.
 
     Returns ``step(train_state, batch, keys) -> (train_state, metrics)`` where
@@ -62,24 +65,31 @@ def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *,
     ``int64 [n, 2]`` (one per member), ``batch`` is shared by all members
     (``shared_batch=True``) or stacked ``[n, b, ...]``; metrics are ``[n]``. Member ``i``
     after the step equals :func:`make_train_step`'s step of member ``i`` alone with
-    ``keys[i]``. Same options as :func:`~deepfn.train.make_train_step`.
+    ``keys[i]``. Same options as :func:`~deepfn.train.make_train_step` (``compile_cache``
+    included: the vmapped step saved and loaded by later processes).
     """
+    fn = "deepfn.train.make_ensemble_train_step"
+    if compile_cache is not None and not compile:
+        raise ValueError(f"{fn}: compile_cache saves the compiled step: it needs compile=True; got compile=False")
     pure = build_train_step(model, loss_fn, optimizer, policy=policy,
                             accumulation_steps=accumulation_steps, clip_norm=clip_norm)
     batched = torch.func.vmap(pure, in_dims=(0, None if shared_batch else 0, 0))
-    run = torch.compile(batched, fullgraph=True) if compile else batched
+    if compile_cache is not None:
+        run = SavedCompile(batched, compile_cache, f"{fn}: step")
+    else:
+        run = torch.compile(batched, fullgraph=True) if compile else batched
 
     def step(train_state: TrainState, batch: Any, keys: Key):
-        fn = "deepfn.train.make_ensemble_train_step: step"
+        where = f"{fn}: step"
         if not isinstance(train_state, TrainState):
-            raise TypeError(f"{fn} needs a stacked TrainState; got {type(train_state).__name__}")
+            raise TypeError(f"{where} needs a stacked TrainState; got {type(train_state).__name__}")
         n = train_state.step.shape[0] if train_state.step.ndim == 1 else None
         if n is None:
-            raise ValueError(f"{fn}: train_state must be stacked (step [n]); got step {describe(train_state.step)}")
+            raise ValueError(f"{where}: train_state must be stacked (step [n]); got step {describe(train_state.step)}")
         if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or tuple(keys.shape) != (n, 2):
-            raise ValueError(f"{fn}: keys must be int64 [{n}, 2] (one per member, random.split(key, {n})); "
+            raise ValueError(f"{where}: keys must be int64 [{n}, 2] (one per member, random.split(key, {n})); "
                              f"got {describe(keys)}")
-        _check_batch(fn, batch if shared_batch else tree.map(lambda t: t[0], tuple(batch)), accumulation_steps)
+        _check_batch(where, batch if shared_batch else tree.map(lambda t: t[0], tuple(batch)), accumulation_steps)
         return run(train_state, tuple(batch), keys)
 
     return step

@@ -145,8 +145,8 @@ def test_quick_run_of_mlp_seed_with_every_contender():
     assert {r["name"].split("(")[1].rstrip(")") for r in rows} == {"eager fp32", "compiled fp32", "compiled vs jax"}
     assert all(all(k in r for k in KEYS) for r in rows)
     compiled = next(r for r in rows if r["name"].endswith("(compiled fp32)"))
-    assert compiled["warm_start_s"] > 0 and compiled["baseline_warm_start_s"] > 0
-    assert "warm start (deepfn / baseline)" in compiled["note"]
+    assert compiled["warm_start_s"] > 0 and compiled["baseline_warm_start_s"] > 0 and compiled["saved_start_s"] > 0
+    assert "warm start (deepfn / baseline)" in compiled["note"] and "compile_cache" in compiled["note"]
 
 
 def test_opacus_row_is_skipped_with_a_note_when_opacus_is_missing(monkeypatch):

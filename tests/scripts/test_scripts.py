@@ -38,8 +38,8 @@ def _outputs(out, config=True):
     return rows, ckpts
 
 
-FLAGS = ("--device", "--seed", "--compile", "--no-compile", "--amp", "--epochs", "--batch-size", "--lr",
-         "--out", "--resume", "--max-steps")
+FLAGS = ("--device", "--seed", "--compile", "--no-compile", "--compile-cache", "--amp", "--epochs", "--batch-size",
+         "--lr", "--out", "--resume", "--max-steps")
 
 
 @pytest.mark.parametrize("name", ["train_mlp", "train_cnn", "train_transformer", "distill", "train_ensemble"])
@@ -73,6 +73,20 @@ def test_train_mlp_and_resume(tmp_path, capsys):
     rows, ckpts = _outputs(out)
     assert [r["step"] for r in rows] == [3, 6] and second["steps"] == 6
     assert int(checkpoint.load(os.path.join(out, "checkpoints", ckpts[-1])).step) == 6
+
+
+def test_train_mlp_saves_its_compiled_steps(tmp_path):
+    cache = tmp_path / "compiled"
+    out = str(tmp_path / "mlp")
+    flags = ["--compile", "--no-progress", "--epochs", "1", "--batch-size", "32", "--max-steps", "2"]
+    _script("train_mlp").main([*flags, "--out", out, "--compile-cache", str(cache)])
+    # The train step, and the eval step for each batch shape it saw (full and last partial batch).
+    assert len(list(cache.iterdir())) >= 2 and all(p.suffix == ".pt2" for p in cache.iterdir())
+
+
+def test_compile_cache_without_compiling_is_rejected(tmp_path):
+    with pytest.raises(SystemExit, match=r"--compile-cache .*steps are not compiled here .*add --compile"):
+        _script("train_mlp").main([*TINY, "--out", str(tmp_path / "x"), "--compile-cache", str(tmp_path / "c")])
 
 
 def test_train_cnn_with_augment_accumulation_amp(tmp_path):

@@ -1,0 +1,235 @@
+"""make_train_step / make_eval_step with ``compile_cache``: the compiled step is saved, a new
+process loads it without tracing, and anything that changed what the step computes (settings,
+input shapes, a module's source, a damaged file) compiles it again."""
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfn import losses, optim, random, tree
+from deepfn.models import MLP
+from deepfn.train import (
+    TrainState,
+    ensemble_train_state,
+    make_ensemble_train_step,
+    make_eval_step,
+    make_train_step,
+)
+from tests.utils import assert_trees_close
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _data(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _traced_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _steps(lr, cache):
+    model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.adamw(lr=lr)
+    saved = make_train_step(model, losses.cross_entropy, opt, clip_norm=1.0, compile_cache=cache)
+    eager = make_train_step(model, losses.cross_entropy, opt, clip_norm=1.0, compile=False)
+    return saved, eager, TrainState.create(model, opt, random.key(0))
+
+
+# The same program in a new interpreter: the step's objects are new, only the file is shared.
+_NEW_PROCESS = """
+import sys, torch
+from deepfn import losses, optim, random, tree
+from deepfn.models import MLP
+from deepfn.train import TrainState, make_train_step
+model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.adamw(lr=0.1)
+step = make_train_step(model, losses.cross_entropy, opt, clip_norm=1.0, compile_cache=sys.argv[1])
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+new, metrics = step(TrainState.create(model, opt, random.key(0)), (x, y), random.key(1))
+torch.save({"params": new.params, "loss": metrics["loss"]}, sys.argv[2])
+print("traced graphs:", torch._dynamo.utils.counters["stats"]["unique_graphs"])
+"""
+
+
+def test_a_new_process_loads_the_saved_step_and_other_settings_compile_their_own(tmp_path):
+    cache = tmp_path / "steps"
+    step, eager, ts = _steps(0.1, cache)
+    batch, key = _data(), random.key(1)
+    new, metrics = step(ts, batch, key)
+    files = sorted(cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt2"
+    expected, expected_metrics = eager(ts, batch, key)
+    assert_trees_close(new.params, expected.params)
+
+    out = tmp_path / "out.pt"
+    done = subprocess.run([sys.executable, "-c", _NEW_PROCESS, str(cache), str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "traced graphs: 0" in done.stdout, done.stdout + done.stderr[-3000:]   # loaded, not traced
+    assert "Warning" not in done.stderr, done.stderr[-3000:]
+    loaded = torch.load(out)
+    assert_trees_close(loaded["params"], expected.params)
+    torch.testing.assert_close(loaded["loss"], expected_metrics["loss"])
+    assert sorted(cache.iterdir()) == files   # nothing compiled again
+
+    # Another learning rate is another program: a file of its own, and its own numbers.
+    step2, eager2, _ = _steps(0.2, cache)
+    assert_trees_close(step2(ts, batch, key)[0].params, eager2(ts, batch, key)[0].params)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_each_input_shape_gets_its_own_file_and_the_right_program(tmp_path):
+    step, eager, ts = _steps(0.1, tmp_path)
+    key = random.key(3)
+    for n in (8, 4, 8):   # the third call reuses the first program (its guards accept it)
+        batch = _data(n, seed=n)
+        assert_trees_close(step(ts, batch, key)[0].params, eager(ts, batch, key)[0].params)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_damaged_file_is_compiled_again_with_a_warning_and_replaced(tmp_path):
+    step, eager, ts = _steps(0.1, tmp_path)
+    batch, key = _data(), random.key(1)
+    step(ts, batch, key)
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(b"not a compiled step")
+    again, _, _ = _steps(0.1, tmp_path)
+    with pytest.warns(UserWarning, match=r"not using the saved compiled step .*\.pt2.*compiling it again"):
+        new, _ = again(ts, batch, key)
+    assert_trees_close(new.params, eager(ts, batch, key)[0].params)
+    assert path.read_bytes() != b"not a compiled step"
+    before = _traced_graphs()
+    third, _, _ = _steps(0.1, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the replaced file loads cleanly
+        third(ts, batch, key)
+    assert _traced_graphs() == before
+
+
+_LOSS_MODULE = """
+import torch
+SCALE = {scale}
+
+def scaled_loss(logits, labels):
+    return SCALE * torch.nn.functional.cross_entropy(logits, labels)
+"""
+
+
+def test_an_edited_module_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
+    """A global constant is baked into the compiled step and no guard checks it: the saved
+    module source is compared instead."""
+    module_dir = tmp_path / "mods"
+    module_dir.mkdir()
+    source = module_dir / "user_loss_for_cache_test.py"
+    source.write_text(_LOSS_MODULE.format(scale=1.0))
+    monkeypatch.syspath_prepend(str(module_dir))
+    user = importlib.import_module("user_loss_for_cache_test")
+    model, opt = MLP(6, (16,), 3), optim.sgd(lr=0.1)
+    ts, batch = TrainState.create(model, opt, random.key(0)), _data()
+    cache = tmp_path / "steps"
+    first = make_train_step(model, user.scaled_loss, opt, compile_cache=cache)(ts, batch, None)[1]["loss"]
+
+    source.write_text(_LOSS_MODULE.format(scale=2.0))
+    user = importlib.reload(user)
+    step = make_train_step(model, user.scaled_loss, opt, compile_cache=cache)
+    with pytest.warns(UserWarning, match=r"source of user_loss_for_cache_test changed"):
+        second = step(ts, batch, None)[1]["loss"]
+    torch.testing.assert_close(second, 2 * first)
+    monkeypatch.delitem(sys.modules, "user_loss_for_cache_test")
+
+
+def test_eval_step_is_saved_and_loaded(tmp_path):
+    model = MLP(6, (16,), 3)
+    params, state = model.init(random.key(0))
+    batch = _data()
+    first = make_eval_step(model, losses.cross_entropy, compile_cache=tmp_path)(params, state, batch)
+    assert len(list(tmp_path.iterdir())) == 1
+    before = _traced_graphs()
+    again = make_eval_step(model, losses.cross_entropy, compile_cache=tmp_path)(params, state, batch)
+    assert _traced_graphs() == before
+    expected = make_eval_step(model, losses.cross_entropy, compile=False)(params, state, batch)
+    for m in (first, again):
+        torch.testing.assert_close(m["loss"], expected["loss"])
+        torch.testing.assert_close(m["accuracy"], expected["accuracy"])
+
+
+def test_a_loaded_donating_step_writes_into_the_given_state(tmp_path):
+    model, opt = MLP(6, (16,), 3), optim.adamw(lr=0.1)
+    ts, batch = TrainState.create(model, opt, random.key(0)), _data()
+    expected, _ = make_train_step(model, losses.cross_entropy, opt, compile=False)(ts, batch, None)
+    for _ in range(2):   # compiled and saved, then loaded by a new step
+        step = make_train_step(model, losses.cross_entropy, opt, donate=True, compile_cache=tmp_path)
+        given = tree.map(torch.clone, ts)
+        new, _ = step(given, batch, None)
+        assert_trees_close(new.params, expected.params)
+        assert all(a is b for a, b in zip(tree.leaves(new.params), tree.leaves(given.params), strict=True))
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_ensemble_step_is_saved_and_loaded(tmp_path):
+    model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.sgd(lr=0.1)
+    ts, batch = ensemble_train_state(model, opt, random.key(0), 3), _data()
+    keys = random.split(random.key(1), 3)
+    expected, _ = make_ensemble_train_step(model, losses.cross_entropy, opt, compile=False)(ts, batch, keys)
+    first, _ = make_ensemble_train_step(model, losses.cross_entropy, opt, compile_cache=tmp_path)(ts, batch, keys)
+    before = _traced_graphs()
+    again, _ = make_ensemble_train_step(model, losses.cross_entropy, opt, compile_cache=tmp_path)(ts, batch, keys)
+    assert _traced_graphs() == before
+    assert_trees_close(first.params, expected.params)
+    assert_trees_close(again.params, expected.params)
+
+
+def test_a_step_torch_cannot_save_runs_compiled_once_with_a_warning(tmp_path):
+    class LocalLoss:   # a class defined in a function: torch's serializer refuses to save it
+        def __call__(self, logits, labels):
+            return losses.cross_entropy(logits, labels)
+
+    model, opt = MLP(6, (16,), 3), optim.adamw(lr=0.1)
+    ts, batch = TrainState.create(model, opt, random.key(0)), _data()
+    expected, _ = make_train_step(model, LocalLoss(), opt, compile=False)(ts, batch, None)
+    step = make_train_step(model, LocalLoss(), opt, donate=True, compile_cache=tmp_path)
+    with pytest.warns(UserWarning, match=r"cannot be saved to compile_cache .*runs compiled but unsaved"):
+        new, _ = step(tree.map(torch.clone, ts), batch, None)
+    assert_trees_close(new.params, expected.params)   # one update: the step ran once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step(new, batch, None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_batch_still_raises_the_models_error(tmp_path):
+    model, opt = MLP(6, (16,), 3), optim.sgd(lr=0.1)
+    step = make_train_step(model, losses.cross_entropy, opt, compile_cache=tmp_path)
+    ts = TrainState.create(model, opt, random.key(0))
+    with pytest.raises(ValueError, match=r"6"):
+        step(ts, (torch.randn(8, 5), torch.zeros(8, dtype=torch.int64)), None)
+
+
+@pytest.mark.parametrize("compile", [False, "split"])
+def test_rejects_compile_cache_without_the_whole_graph(tmp_path, compile):
+    with pytest.raises(ValueError, match=rf"compile_cache saves the whole compiled step.*got compile={compile!r}"):
+        make_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile=compile,
+                        compile_cache=tmp_path)
+
+
+def test_rejects_compile_cache_on_an_eager_eval_step(tmp_path):
+    with pytest.raises(ValueError, match=r"make_eval_step: compile_cache .* needs compile=True"):
+        make_eval_step(MLP(6, (8,), 3), losses.cross_entropy, compile=False, compile_cache=tmp_path)
+
+
+def test_rejects_compile_cache_on_an_eager_ensemble_step(tmp_path):
+    with pytest.raises(ValueError, match=r"make_ensemble_train_step: compile_cache .* needs compile=True"):
+        make_ensemble_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile=False,
+                                 compile_cache=tmp_path)
+
+
+def test_rejects_a_compile_cache_that_is_not_a_path():
+    with pytest.raises(TypeError, match=r"compile_cache must be a directory path .*got int"):
+        make_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile_cache=3)
+
