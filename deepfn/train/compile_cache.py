@@ -134,23 +134,28 @@ class SavedCompile:
 
 
 def closure_objects(fn: Callable) -> dict[str, Any]:
-    """The objects ``fn``'s nested functions close over, by path (``"step.update.optimizer"``).
+    """The objects ``fn``'s nested functions close over, by path (``"fn.update.optimizer"``).
 
     Saved files refer to these by name instead of holding copies, and a loaded step binds
     them to the current process's objects (the same model and optimizer settings, as the
     file's name guarantees; their tensors are read at run time).
     """
     out: dict[str, Any] = {}
-    _collect(fn, "fn", out)
+    _collect(fn, "fn", out, set())
     return out
 
 
-def _collect(fn: types.FunctionType, prefix: str, out: dict[str, Any]) -> None:
+def _collect(fn: types.FunctionType, prefix: str, out: dict[str, Any], seen: set[int]) -> None:
+    seen.add(id(fn))   # a local function may close over itself (recursion)
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
-        value = cell.cell_contents
+        try:
+            value = cell.cell_contents
+        except ValueError:   # a name the enclosing function never bound
+            continue
         path = f"{prefix}.{name}"
         if isinstance(value, types.FunctionType) and "<locals>" in value.__qualname__:
-            _collect(value, path, out)   # saved as code: its closure by reference in turn
+            if id(value) not in seen:
+                _collect(value, path, out, seen)   # saved as code: its closure by reference in turn
         elif not isinstance(value, (bool, int, float, str, type(None))):
             out[path] = value
 

@@ -20,6 +20,7 @@ from deepfn.train import (
     make_eval_step,
     make_train_step,
 )
+from deepfn.train.compile_cache import closure_objects
 from tests.utils import assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +210,19 @@ def test_a_bad_batch_still_raises_the_models_error(tmp_path):
     ts = TrainState.create(model, opt, random.key(0))
     with pytest.raises(ValueError, match=r"6"):
         step(ts, (torch.randn(8, 5), torch.zeros(8, dtype=torch.int64)), None)
+
+
+def test_closure_objects_are_found_through_nested_and_recursive_functions():
+    model, settings = object(), {"lr": 0.1}
+
+    def outer():
+        def walk(n):   # closes over itself
+            return (model, settings) if n == 0 else walk(n - 1)
+
+        def step(x):
+            return walk(x), 3
+        return step
+    assert closure_objects(outer()) == {"fn.walk.model": model, "fn.walk.settings": settings}
 
 
 @pytest.mark.parametrize("compile", [False, "split"])
