@@ -14,8 +14,10 @@ again and the file replaced (with a warning when the file was unreadable or stal
 
 - its name: a :func:`~deepfn._fingerprint.fingerprint` of the step function's closure (the
   model's structure and hyper-parameters, the loss, the optimizer and its settings, every
-  function's bytecode), of the inputs' structure, dtypes, shapes and devices, and of the
-  versions of Python and torch and the Dynamo, Inductor and functorch settings;
+  function's bytecode), of the inputs' structure, dtypes, shapes and devices, of the
+  versions of Python and torch, of global modes (grad, autocast, default dtype and device,
+  deterministic algorithms, matmul precision) and of the Dynamo, Inductor and functorch
+  settings;
 - torch's own compatibility check of the saved file (torch version, device);
 - the source of every module whose code was traced, compared in full with the source saved
   in the file (a module-level constant edited in a script invalidates it);
@@ -168,8 +170,10 @@ def _environment() -> tuple[Any, ...]:
 
     configs = tuple(sorted(m.save_config_portable().items()) for m in
                     (torch._dynamo.config, torch._inductor.config, torch._functorch.config))
-    return (sys.version, torch.__version__, torch.get_default_dtype(), torch.is_grad_enabled(),
-            torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(), configs)
+    autocast = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda"))
+    return (sys.version, torch.__version__, torch.get_default_dtype(), torch.get_default_device(),
+            torch.is_grad_enabled(), autocast, torch.are_deterministic_algorithms_enabled(),
+            torch.get_float32_matmul_precision(), configs)
 
 
 def _changed_sources(program: Any) -> str | None:

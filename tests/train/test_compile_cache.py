@@ -15,12 +15,13 @@ from deepfn import losses, optim, random, tree
 from deepfn.models import MLP
 from deepfn.train import (
     TrainState,
+    build_train_step,
     ensemble_train_state,
     make_ensemble_train_step,
     make_eval_step,
     make_train_step,
 )
-from deepfn.train.compile_cache import closure_objects
+from deepfn.train.compile_cache import SavedCompile, closure_objects
 from tests.utils import assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +211,24 @@ def test_a_bad_batch_still_raises_the_models_error(tmp_path):
     ts = TrainState.create(model, opt, random.key(0))
     with pytest.raises(ValueError, match=r"6"):
         step(ts, (torch.randn(8, 5), torch.zeros(8, dtype=torch.int64)), None)
+
+
+def test_the_file_name_follows_settings_inputs_and_global_modes(tmp_path):
+    model, opt = MLP(6, (16,), 3), optim.sgd(lr=0.1)
+    ts = TrainState.create(model, opt, random.key(0))
+
+    def path(batch=None, **settings):
+        pure = build_train_step(model, losses.cross_entropy, opt, **settings)
+        return SavedCompile(pure, tmp_path, "test").path_for((ts, batch or _data(), None))
+    base = path()
+    assert path() == base   # a new step with the same settings and inputs
+    assert path(clip_norm=1.0) != base
+    assert path(batch=_data(4)) != base
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert path() != base
+    with torch.no_grad():
+        assert path() != base
+    assert not list(tmp_path.iterdir())   # naming a file writes nothing
 
 
 def test_closure_objects_are_found_through_nested_and_recursive_functions():
