@@ -21,10 +21,18 @@ again and the file replaced (with a warning when the file was unreadable or stal
 - torch's own compatibility check of the saved file (torch version, device);
 - the source of every module whose code was traced, compared in full with the source saved
   in the file (a module-level constant edited in a script invalidates it);
+- the module-level constants (numbers, strings, booleans, ``None`` and tuples of them) of
+  every traced module outside torch, compared with their values when the file was saved: a
+  flag reassigned at run time (``config.SCALE = 2.0``) invalidates it, as Dynamo's own guard
+  on that global would;
 - the guards Dynamo kept for the inputs.
 
-Not covered: a module's global variable reassigned at run time (a compiled step reads
-globals when it is traced, and a saved one keeps the values of that time).
+Not covered: the contents of a mutable module-level object (a dict or list edited at run
+time), which a compiled step read when it was traced.
+
+A file is this module's header line (the format and the constants' fingerprints) followed by
+torch's serialized compiled function; it is written to a temporary file and renamed, so a
+crash leaves the previous file or none.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import io
+import json
 import os
 import sys
 import types
@@ -46,6 +56,8 @@ import torch
 from .._fingerprint import fingerprint
 
 _SUFFIX = ".pt2"
+_MAGIC = b"deepfn compiled step, format 1\n"
+_CONSTANT_TYPES = (bool, int, float, complex, str, bytes, type(None))
 
 
 class SavedCompile:
@@ -102,12 +114,16 @@ class SavedCompile:
         if not path.exists():
             return None
         try:
-            with path.open("rb") as f:
-                program = torch.compiler.load_compiled_function(
-                    f, f_globals=self._fn.__globals__, external_data=self._externals)
+            header, payload = _read(path)
+            program = torch.compiler.load_compiled_function(
+                io.BytesIO(payload), f_globals=self._fn.__globals__, external_data=self._externals)
             changed = _changed_sources(program)
             if changed:
                 raise ValueError(f"the source of {changed} changed since it was saved")
+            constants = _module_constants(program)
+            for module, saved in header["constants"].items():
+                if constants.get(module) != saved:
+                    raise ValueError(f"a module-level constant of {module} changed since it was saved")
             if not program.guard_check(*args):
                 raise ValueError("its guards reject these inputs")
         except Exception as error:   # any unreadable or stale file: compile again, never fail on a cache
@@ -120,19 +136,75 @@ class SavedCompile:
         """The step compiled ahead of time for ``args`` and saved, or ``(None, why)`` when
         torch cannot capture it that way."""
         path = self.path_for(args)
+        _forget_module_sources()
         try:
             with _functions_keep_their_attributes():
                 program = torch.compile(self._fn, fullgraph=True).aot_compile((args, {}))
         except Exception as error:   # also a bad input: the caller's plain compile raises that
             return None, f"{type(error).__name__}: {error}"
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            # torch writes a temporary file and renames it: a crash leaves the old file or none.
-            program.save_compiled_function(str(path), external_data=self._externals)
+            payload = type(program).serialize(program, self._externals).serialized_data
+            _write(path, {"constants": _module_constants(program)}, payload)
         except Exception as error:   # the compiled step is still good; only the saving failed
             warnings.warn(f"{self._what}: could not save the compiled step to {path} "
                           f"({type(error).__name__}: {error})", stacklevel=4)
         return program, ""
+
+
+def _write(path: Path, header: dict[str, Any], payload: bytes) -> None:
+    """Header line and payload into a temporary file, fsynced, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], bytes]:
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise ValueError(f"not a deepfn compiled step of this format (expected a file starting {_MAGIC!r})")
+    end = data.index(b"\n", len(_MAGIC))
+    return json.loads(data[len(_MAGIC):end]), data[end + 1:]
+
+
+def _module_constants(program: Any) -> dict[str, str]:
+    """``{module: fingerprint of its constants}`` for the modules ``program`` traced, torch's
+    own left out (its module state is torch's business and is in the version check)."""
+    out = {}
+    for name in sorted({source.module for source in program.source_info().inlined_sources}):
+        if name == "torch" or name.startswith("torch."):
+            continue
+        module = sys.modules.get(name)
+        if module is None:
+            out[name] = "not imported"
+            continue
+        values = sorted((k, v) for k, v in vars(module).items() if not k.startswith("__") and _is_constant(v))
+        out[name] = fingerprint(values)
+    return out
+
+
+def _forget_module_sources() -> None:
+    """torch keeps each module's source, read once per process, for the files it saves: drop
+    it, so a module edited and reloaded since is saved as it reads now (else the next process
+    would find the file stale and compile again)."""
+    from torch._dynamo import package
+
+    clear = getattr(getattr(package, "_get_module_content", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
+def _is_constant(value: Any) -> bool:
+    if type(value) in _CONSTANT_TYPES:
+        return True
+    return type(value) in (tuple, frozenset) and all(_is_constant(v) for v in value)
 
 
 def closure_objects(fn: Callable) -> dict[str, Any]:

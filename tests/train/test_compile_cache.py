@@ -123,9 +123,9 @@ def scaled_loss(logits, labels):
 """
 
 
-def test_an_edited_module_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
-    """A global constant is baked into the compiled step and no guard checks it: the saved
-    module source is compared instead."""
+def test_an_edited_module_or_a_reassigned_constant_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
+    """A global constant is baked into the compiled step and no saved guard checks it: the
+    module's source and its constants are compared with the saved ones instead."""
     module_dir = tmp_path / "mods"
     module_dir.mkdir()
     source = module_dir / "user_loss_for_cache_test.py"
@@ -143,6 +143,12 @@ def test_an_edited_module_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"source of user_loss_for_cache_test changed"):
         second = step(ts, batch, None)[1]["loss"]
     torch.testing.assert_close(second, 2 * first)
+
+    monkeypatch.setattr(user, "SCALE", 3.0)   # reassigned at run time: the source is unchanged
+    step = make_train_step(model, user.scaled_loss, opt, compile_cache=cache)
+    with pytest.warns(UserWarning, match=r"module-level constant of user_loss_for_cache_test changed"):
+        third = step(ts, batch, None)[1]["loss"]
+    torch.testing.assert_close(third, 3 * first)
     monkeypatch.delitem(sys.modules, "user_loss_for_cache_test")
 
 
