@@ -345,8 +345,8 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             file per input signature, and a later process with the same model, optimizer,
             settings, sources and versions loads it instead of tracing the step again (the
             3+3-layer Transformer's first call on a 2-core CPU: 1.7 s instead of 13.8 s, with
-            Inductor's on-disk cache warm in both). Stale or unreadable files are compiled again and replaced; see
-            :mod:`deepfn.train.compile_cache` for what is checked.
+            Inductor's on-disk cache warm in both). Stale or unreadable files are compiled again
+            and replaced; see :mod:`deepfn.train.compile_cache` for what is checked.
 
     Returns:
         The step. ``metrics`` maps ``loss`` (mean, float32), ``grad_norm`` (before clipping),
@@ -435,7 +435,8 @@ def _surface_model_errors(run: Callable, diagnose: Callable, compiled: bool, *ar
 
 def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, policy: Policy | None = None,
                    compile: bool = True, ignore_index: int | None = None,
-                   compile_cache: str | os.PathLike | None = None) -> Callable[[Params, State, tuple[Any, Any]], dict[str, Tensor]]:
+                   compile_cache: str | os.PathLike | None = None
+                   ) -> Callable[[Params, State, tuple[Any, Any]], dict[str, Tensor]]:
     """Build ``eval_step(params, state, (inputs, labels)) -> metrics`` (``train=False``).
 
     ``metrics`` holds ``loss`` (float32) and, for integer labels, ``accuracy`` (labels equal to
@@ -445,6 +446,7 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
     if compile_cache is not None and not compile:
         raise ValueError("deepfn.train.make_eval_step: compile_cache saves the compiled step: it needs "
                          "compile=True; got compile=False")
+
     def evaluate(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         inputs, labels = batch
         logits, _ = _forward(model, policy, params, state, inputs, None, False)
