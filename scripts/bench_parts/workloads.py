@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -305,14 +306,14 @@ def _warm_start(runner: Callable[[], Callable[[], object]]) -> float:
     return time.perf_counter() - t0
 
 
-def _saved_start(wl: Workload) -> float:
-    """Seconds of a fresh process's first call of the whole deepfn step with ``compile_cache``:
+def _saved_start(wl: Workload, **step_options: Any) -> float:
+    """Seconds of a fresh process's first call of a compiled deepfn step with ``compile_cache``:
     one step compiles (Inductor's on-disk cache is warm by now) and saves itself, then
     in-memory state is dropped and a new step loads the file instead of tracing."""
     directory = tempfile.mkdtemp(prefix="deepfn-bench-saved-steps-")
     _clear_in_memory_compile_caches()
-    deepfn_runner(wl, compile=True, compile_cache=directory)()
-    return _warm_start(lambda: deepfn_runner(wl, compile=True, compile_cache=directory))
+    deepfn_runner(wl, compile_cache=directory, **step_options)()
+    return _warm_start(lambda: deepfn_runner(wl, compile_cache=directory, **step_options))
 
 
 def _compile_note(*ts: dict) -> str:
@@ -337,7 +338,7 @@ def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
     if "compiled" in contenders:
         ours = compiled = _measure(lambda: deepfn_runner(wl, compile=True), steps, True)
         ours["warm_start_s"] = _warm_start(lambda: deepfn_runner(wl, compile=True))
-        ours["saved_start_s"] = _saved_start(wl)
+        ours["saved_start_s"] = _saved_start(wl, compile=True)
         base = _measure(lambda: torch_runner(wl, compile=True), steps, True)
         base["warm_start_s"] = _warm_start(lambda: torch_runner(wl, compile=True))
         rows.append(_row(wl, "compiled fp32", ours, "torch.compile(nn.Module) + torch.optim", base, flops,
@@ -345,6 +346,7 @@ def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
         if not isinstance(wl.model, MLP):   # torch.compile(nn.Module)'s own split: compiles in half the time
             split = _measure(lambda: deepfn_runner(wl, compile="split", donate=True), steps, True)
             split["warm_start_s"] = _warm_start(lambda: deepfn_runner(wl, compile="split", donate=True))
+            split["saved_start_s"] = _saved_start(wl, compile="split", donate=True)
             rows.append(_row(wl, "compiled split fp32", split, "torch.compile(nn.Module) + torch.optim", base, flops,
                              fp32, "deepfn compile='split', donate=True (forward+backward by AOTAutograd, the update eager in-place "
                              "foreach); " + _compile_note(split, base)))

@@ -180,6 +180,21 @@ def test_a_loaded_donating_step_writes_into_the_given_state(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_split_step_saves_its_compiled_forward_and_backward(tmp_path):
+    model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.adamw(lr=0.1)
+    ts, batch, key = TrainState.create(model, opt, random.key(0)), _data(), random.key(2)
+    expected, _ = make_train_step(model, losses.cross_entropy, opt, compile=False)(ts, batch, key)
+    first, _ = make_train_step(model, losses.cross_entropy, opt, compile="split", compile_cache=tmp_path)(
+        ts, batch, key)
+    assert len(list(tmp_path.iterdir())) == 1
+    before = _traced_graphs()
+    step = make_train_step(model, losses.cross_entropy, opt, compile="split", donate=True, compile_cache=tmp_path)
+    again, _ = step(tree.map(torch.clone, ts), batch, key)
+    assert _traced_graphs() == before
+    assert_trees_close(first.params, expected.params)
+    assert_trees_close(again.params, expected.params)
+
+
 def test_ensemble_step_is_saved_and_loaded(tmp_path):
     model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.sgd(lr=0.1)
     ts, batch = ensemble_train_state(model, opt, random.key(0), 3), _data()
@@ -250,10 +265,10 @@ def test_closure_objects_are_found_through_nested_and_recursive_functions():
     assert closure_objects(outer()) == {"fn.walk.model": model, "fn.walk.settings": settings}
 
 
-@pytest.mark.parametrize("compile", [False, "split"])
-def test_rejects_compile_cache_without_the_whole_graph(tmp_path, compile):
-    with pytest.raises(ValueError, match=rf"compile_cache saves the whole compiled step.*got compile={compile!r}"):
-        make_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile=compile,
+def test_rejects_compile_cache_on_an_eager_train_step(tmp_path):
+    with pytest.raises(ValueError, match=r"compile_cache saves compiled steps: it needs compile=True, 'whole' or "
+                                         r"'split'; got compile=False"):
+        make_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile=False,
                         compile_cache=tmp_path)
 
 
