@@ -42,8 +42,11 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
                    help="torch.compile the train/eval steps (default: on for CUDA, off for CPU, "
                         "where compiling costs more than it saves on short runs)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",
-                   help="with --compile: save the compiled steps in DIR; later runs with the same model and "
-                        "settings load them instead of tracing the steps again")
+                   help="when compiling: save the compiled steps in DIR, and load them in later runs with the "
+                        "same model and settings instead of tracing the steps again (default: "
+                        "OUT/compiled-steps)")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_const", const="",
+                   help="when compiling: neither save nor load compiled steps")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 compute on CPU; fp16 with dynamic loss scaling on CUDA")
     p.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
@@ -87,9 +90,12 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
     compile_ = device.type == "cuda" if args.compile is None else args.compile
-    if args.compile_cache is not None and not compile_:
+    if args.compile_cache and not compile_:
         raise SystemExit(f"--compile-cache {args.compile_cache}: saves compiled steps, but steps are not compiled "
                          f"here (device {device.type}); add --compile")
+    compile_cache = None
+    if compile_ and args.compile_cache != "":
+        compile_cache = args.compile_cache or os.path.join(args.out, "compiled-steps")
     policy = loss_scale = None
     if args.amp:
         half = "bfloat16" if device.type == "cpu" else "float16"
@@ -97,14 +103,15 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         if half == "float16":   # fp16's narrow exponent range needs loss scaling; bf16 does not
             loss_scale = to_device(amp.DynamicLossScale(), device)
     config = {k: v for k, v in vars(args).items()}
-    config.update(resolved_device=str(device), resolved_compile=compile_, world_size=distributed.world_size(),
+    config.update(resolved_device=str(device), resolved_compile=compile_, resolved_compile_cache=compile_cache,
+                  world_size=distributed.world_size(),
                   policy=None if policy is None else str(policy), torch=torch.__version__)
     if distributed.is_main():
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, default=str)
     distributed.barrier()   # --out exists before any rank looks into it
-    return {"device": device, "compile": compile_, "compile_cache": args.compile_cache, "policy": policy,
+    return {"device": device, "compile": compile_, "compile_cache": compile_cache, "policy": policy,
             "loss_scale": loss_scale, "start": start,
             "config": json.loads(json.dumps(config, default=str)),
             "checkpoints": os.path.join(args.out, "checkpoints"),

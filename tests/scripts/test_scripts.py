@@ -38,8 +38,8 @@ def _outputs(out, config=True):
     return rows, ckpts
 
 
-FLAGS = ("--device", "--seed", "--compile", "--no-compile", "--compile-cache", "--amp", "--epochs", "--batch-size",
-         "--lr", "--out", "--resume", "--max-steps")
+FLAGS = ("--device", "--seed", "--compile", "--no-compile", "--compile-cache", "--no-compile-cache", "--amp",
+         "--epochs", "--batch-size", "--lr", "--out", "--resume", "--max-steps")
 
 
 @pytest.mark.parametrize("name", ["train_mlp", "train_cnn", "train_transformer", "distill", "train_ensemble"])
@@ -75,13 +75,19 @@ def test_train_mlp_and_resume(tmp_path, capsys):
     assert int(checkpoint.load(os.path.join(out, "checkpoints", ckpts[-1])).step) == 6
 
 
-def test_train_mlp_saves_its_compiled_steps(tmp_path):
-    cache = tmp_path / "compiled"
-    out = str(tmp_path / "mlp")
+def test_compiled_runs_save_their_steps_unless_told_not_to(tmp_path):
+    main = _script("train_mlp").main
     flags = ["--compile", "--no-progress", "--epochs", "1", "--batch-size", "32", "--max-steps", "2"]
-    _script("train_mlp").main([*flags, "--out", out, "--compile-cache", str(cache)])
+    main([*flags, "--out", str(tmp_path / "default")])
+    saved = tmp_path / "default" / "compiled-steps"   # the default place: inside --out
     # The train step, and the eval step for each batch shape it saw (full and last partial batch).
-    assert len(list(cache.iterdir())) >= 2 and all(p.suffix == ".pt2" for p in cache.iterdir())
+    assert len(list(saved.iterdir())) >= 2 and all(p.suffix == ".pt2" for p in saved.iterdir())
+    elsewhere = tmp_path / "elsewhere"
+    main([*flags, "--out", str(tmp_path / "chosen"), "--compile-cache", str(elsewhere)])
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(p.name for p in saved.iterdir())
+    assert not (tmp_path / "chosen" / "compiled-steps").exists()
+    main([*flags, "--out", str(tmp_path / "off"), "--no-compile-cache"])
+    assert not (tmp_path / "off" / "compiled-steps").exists()
 
 
 def test_compile_cache_without_compiling_is_rejected(tmp_path):
