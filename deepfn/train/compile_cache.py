@@ -141,7 +141,10 @@ class SavedCompile:
         _forget_module_sources()
         try:
             with _functions_keep_their_attributes():
-                program = torch.compile(self._fn, fullgraph=True).aot_compile((args, {}))
+                # Static shapes and values: one file per input signature, and no restart of the
+                # analysis for values an earlier compile of the same code saw change (aot_compile
+                # cannot restart: "TensorifyScalarRestartAnalysis").
+                program = torch.compile(self._fn, fullgraph=True, dynamic=False).aot_compile((args, {}))
         except Exception as error:   # also a bad input: the caller's plain compile raises that
             return None, f"{type(error).__name__}: {error}"
         try:

@@ -86,6 +86,26 @@ def test_a_new_process_loads_the_saved_step_and_other_settings_compile_their_own
     assert len(list(cache.iterdir())) == 2
 
 
+def test_saves_after_other_compiles_of_the_same_step_code(tmp_path):
+    """Dynamo remembers per code object which values changed between compiles and would trace
+    them as symbols; a step saved for one input signature must not depend on that history."""
+    # (Found when a compiled train_mlp.py run came first: "TensorifyScalarRestartAnalysis".)
+    model = MLP(6, (16, 8), 3, dropout_rate=0.2, batch_norm=True)
+    opt = optim.adamw(optim.cosine_decay(3e-3, 100, alpha=0.05), weight_decay=1e-4)
+    plain = make_train_step(model, losses.cross_entropy, opt)
+    ts = TrainState.create(model, opt, random.key(0))
+    for i in range(2):
+        ts, _ = plain(ts, _data(seed=i), random.key(i))
+    step, eager, ts = _steps(0.4, tmp_path)
+    batch = _data()
+    key = random.key(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # saved, not "cannot be saved"
+        new, _ = step(ts, batch, key)
+    assert len(list(tmp_path.iterdir())) == 1
+    assert_trees_close(new.params, eager(ts, batch, key)[0].params)
+
+
 def test_each_input_shape_gets_its_own_file_and_the_right_program(tmp_path):
     step, eager, ts = _steps(0.1, tmp_path)
     key = random.key(3)
