@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import tree
+from . import _flat, tree
 from .typing import PyTree
 
 __all__ = ["autograd_grad_and_value", "detached_aliases", "detach_tree"]
@@ -52,12 +52,14 @@ def autograd_grad_and_value(objective: Callable[..., tuple[torch.Tensor, Any]], 
         scalar does not depend on a leaf, as ``torch.func.grad`` gives; non-floating leaves
         as they came).
     """
-    leaves, spec = tree.leaves(params), tree.structure(params)
+    # deepfn's own flatten: the same leaves in the same order as torch.utils._pytree, without a
+    # TreeSpec object per node (~0.5 ms a step on cnn-small's nested parameter dicts).
+    leaves, spec = _flat.flatten(params)
     inputs, diff = detached_aliases(leaves)
     with torch.enable_grad():
-        value, aux = objective(tree.unflatten_leaves(spec, inputs), *args)
+        value, aux = objective(_flat.unflatten(spec, inputs), *args)
         produced = torch.autograd.grad(value, [inputs[i] for i in diff], allow_unused=True) if diff else ()
     grads = list(leaves)
     for i, g in zip(diff, produced, strict=True):
         grads[i] = torch.zeros_like(leaves[i]) if g is None else g
-    return tree.unflatten_leaves(spec, grads), (value.detach(), detach_tree(aux))
+    return _flat.unflatten(spec, grads), (value.detach(), detach_tree(aux))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -400,6 +401,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         _forward(model, policy, ts.params, ts.state, _micro(batch[0], accumulation_steps, 0), key, True)
 
     checked: list = []   # the last donated state found free of overlapping leaves
+    returned: list = []   # a weak reference to the state the last donated step returned
 
     def step(train_state: TrainState, batch: tuple[Any, Any], key: Key | None):
         if not isinstance(train_state, TrainState):
@@ -407,9 +409,14 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         _check_batch(f"{fn}: step", batch, accumulation_steps)
         if train_state.loss_scale is None and loss_scale is not None:
             train_state = train_state.replace(loss_scale=loss_scale)
-        if donate:
+        # The state this step just returned holds the buffers it checked (and fresh ones): no
+        # walk over every leaf again (~1 ms a step on cnn-small).
+        if donate and not (returned and returned[0]() is train_state):
             _check_unaliased(f"{fn}: step (donate=True)", train_state, checked)
-        return _surface_model_errors(run, diagnose, compile, train_state, tuple(batch), key)
+        out = _surface_model_errors(run, diagnose, compile, train_state, tuple(batch), key)
+        if donate:
+            returned[:] = [weakref.ref(out[0])]
+        return out
 
     step.donates = bool(donate)
     return step

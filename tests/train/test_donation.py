@@ -112,6 +112,24 @@ def test_donation_rejects_leaves_that_share_memory():
     make_train_step(MODEL, losses.cross_entropy, opt, compile=False)(aliased, _data(0), random.key(0))  # pure: fine
 
 
+def test_the_returned_state_is_not_walked_again_but_any_other_state_is(monkeypatch):
+    from deepfn.train import step as step_module
+    calls = []
+    real = step_module._check_unaliased
+    monkeypatch.setattr(step_module, "_check_unaliased", lambda *a: (calls.append(1), real(*a)))
+    opt = optim.adam(1e-2)
+    step = make_train_step(MODEL, losses.cross_entropy, opt, compile=False, donate=True)
+    ts = TrainState.create(MODEL, opt, random.key(0))
+    for i in range(3):
+        ts, _ = step(ts, _data(i), random.key(i))
+    assert len(calls) == 1   # only the caller's first state
+    w = ts.params["network"]["0"]["weight"]
+    aliased = ts.replace(opt_state=tree.map(lambda x: w if x.shape == w.shape and x.ndim == 2 else x, ts.opt_state))
+    with pytest.raises(ValueError, match=r"overlap in memory"):
+        step(aliased, _data(0), random.key(0))
+    assert len(calls) == 2
+
+
 def test_donation_accepts_disjoint_views_of_one_buffer():
     # distributed.broadcast hands back views of one flat buffer: disjoint, so safe to update in place.
     opt = optim.adam(1e-2)
