@@ -15,6 +15,7 @@ import enum
 import functools
 import hashlib
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -64,12 +65,28 @@ class _Walker:
             self.feed(x.__func__)
             self.feed(x.__self__)
         elif isinstance(x, functools.partial):
-            self._put("partial")
+            self._put("partial", type(x).__module__, type(x).__qualname__)
             self.feed(x.func)
             self.feed(x.args)
             self.feed(x.keywords)
-        elif isinstance(x, (type, types.ModuleType, types.BuiltinFunctionType)):
-            self._put(type(x).__qualname__, getattr(x, "__module__", ""), getattr(x, "__qualname__", x.__name__))
+            self.feed(dict(getattr(x, "__dict__", {})))
+        elif isinstance(x, types.BuiltinFunctionType):   # a C function, or a C method bound to an object
+            self._put("builtin", getattr(x, "__module__", ""), x.__qualname__)
+            owner = getattr(x, "__self__", None)
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                self.feed(owner)
+        elif isinstance(x, type):
+            self._put("type", x.__module__, x.__qualname__)
+            if "<locals>" in x.__qualname__:   # same-named local classes may differ: their attributes
+                self.feed({k: v for k, v in vars(x).items() if not k.startswith("__")})
+        elif isinstance(x, types.ModuleType):
+            self._put("module", x.__name__)
+        elif isinstance(x, weakref.ref):
+            self._put("weakref")
+            self.feed(x())
+        elif _is_array(x):   # numpy's repr elides the middle of large arrays
+            self._put("array", type(x).__qualname__, x.dtype, x.shape)
+            self._hash.update(x.tobytes())
         elif isinstance(x, types.CellType):
             self._put("cell")
             self.feed(x.cell_contents if _filled(x) else None)
@@ -114,6 +131,10 @@ class _Walker:
         elif cls.__repr__ is not object.__repr__:   # a value without attributes (a C type): its repr
             text = repr(x)
             self._put("repr", text if " at 0x" not in text else "")
+
+
+def _is_array(x: Any) -> bool:
+    return all(hasattr(x, a) for a in ("dtype", "shape", "tobytes", "__array__"))
 
 
 def _filled(cell: types.CellType) -> bool:

@@ -6,8 +6,10 @@ import functools
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,6 +75,36 @@ def test_functions_hash_by_code_defaults_and_partial_arguments():
         return lambda x: x * k
     assert fingerprint(closing_over(1)) == fingerprint(closing_over(1))
     assert fingerprint(closing_over(1)) != fingerprint(closing_over(2))
+
+
+class _Partial(functools.partial):
+    pass
+
+
+def test_partials_bound_methods_local_classes_and_weak_references():
+    assert fingerprint(_Partial(_scale, factor=3.0)) != fingerprint(functools.partial(_scale, factor=3.0))
+    tagged = functools.partial(_scale)
+    tagged.note = "x"
+    assert fingerprint(tagged) != fingerprint(functools.partial(_scale))
+    assert fingerprint({"a": 1}.get) != fingerprint({"a": 2}.get)   # a C method: its owner counts
+    assert fingerprint(torch.ones(3).mul) != fingerprint(torch.ones(5, 7).mul)
+
+    def local_class(value):
+        class Config:
+            scale = value
+        return Config
+    assert fingerprint(local_class(1)) == fingerprint(local_class(1))
+    assert fingerprint(local_class(1)) != fingerprint(local_class(2))
+    a, b = torch.zeros(2), torch.zeros(3)
+    assert fingerprint(weakref.ref(a)) != fingerprint(weakref.ref(b))
+
+
+def test_large_arrays_hash_by_their_bytes():
+    np = pytest.importorskip("numpy")
+    x = np.zeros(5000)
+    y = x.copy()
+    y[2500] = 1.0   # numpy's repr would elide this element
+    assert fingerprint(x) != fingerprint(y) and fingerprint(x) == fingerprint(x.copy())
 
 
 def test_shared_and_cyclic_objects():

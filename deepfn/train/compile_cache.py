@@ -15,22 +15,23 @@ again and the file replaced (with a warning when the file was unreadable or stal
 - its name: a :func:`~deepfn._fingerprint.fingerprint` of the step function's closure (the
   model's structure and hyper-parameters, the loss, the optimizer and its settings, every
   function's bytecode), of the inputs' structure, dtypes, shapes and devices, of the
-  versions of Python and torch, of global modes (grad, autocast, default dtype and device,
+  versions of Python and torch, of the CPU's vector instruction set, of global modes (grad, autocast, default dtype and device,
   deterministic algorithms, matmul precision) and of the Dynamo, Inductor and functorch
   settings;
 - torch's own compatibility check of the saved file (torch version, device);
 - the source of every module whose code was traced, compared in full with the source saved
   in the file (a module-level constant edited in a script invalidates it);
-- the module-level constants (numbers, strings, booleans, ``None`` and tuples of them) of
-  every traced module outside torch, compared with their values when the file was saved: a
-  flag reassigned at run time (``config.SCALE = 2.0``) invalidates it, as Dynamo's own guard
-  on that global would;
-- the guards Dynamo kept for the inputs.
+- the module-level names of every traced module outside torch that hold constants (numbers,
+  strings, flags, dtypes), tensors (their metadata), functions, classes, dataclasses or tuples
+  of these, compared with their fingerprints when the file was saved: a name reassigned at run
+  time (``config.SCALE = 2.0``, ``REDUCE = torch.sum``) invalidates it, as Dynamo's own guard
+  on that global would (torch drops guards on globals when it saves);
+- the guards Dynamo kept for the inputs (and global state: grad mode, threads, autocast).
 
-Not covered: the contents of a mutable module-level object (a dict or list edited at run
-time), which a compiled step read when it was traced.
+Not covered: a module-level dict, list, set or other object whose contents are edited, or
+which is rebound, at run time, when a compiled step read it while it was traced.
 
-A file is this module's header line (the format and the constants' fingerprints) followed by
+A file is this module's header line (the format and the module names' fingerprints) followed by
 torch's serialized compiled function; it is written to a temporary file and renamed, so a
 crash leaves the previous file or none.
 """
@@ -38,12 +39,16 @@ crash leaves the previous file or none.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
+import functools
 import importlib
 import inspect
 import io
 import json
 import os
 import sys
+import tempfile
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -57,7 +62,6 @@ from .._fingerprint import fingerprint
 
 _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 1\n"
-_CONSTANT_TYPES = (bool, int, float, complex, str, bytes, type(None))
 
 
 class SavedCompile:
@@ -79,7 +83,6 @@ class SavedCompile:
         self._dir = Path(directory)
         self._what = what
         self._externals = closure_objects(fn)
-        self._config: str | None = None   # the closure's fingerprint, taken at the first call
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
         self._fallback: Callable | None = None
 
@@ -91,53 +94,69 @@ class SavedCompile:
                 return program(*args)
         if self._fallback is not None:
             return self._fallback(*args)
-        program = self._load(args)
-        if program is None:
-            program, unsaved = self._compile(args)
-            if program is None:   # torch cannot save this step: compile it the plain way
-                plain = torch.compile(self._fn, fullgraph=True)
-                out = plain(*args)   # a bad input raises here, as it would without a cache
-                warnings.warn(f"{self._what}: this step cannot be saved to compile_cache ({unsaved}); "
-                              f"it runs compiled but unsaved", stacklevel=3)
-                self._fallback = plain
+        try:
+            path = self.path_for(args)
+        except Exception as error:   # an object the fingerprint cannot read (a __repr__ that raises)
+            return self._run_unsaved(args, f"{type(error).__name__}: {error}")
+        program = self._load(path, args)
+        if program is not None:
+            program.disable_guard_check()   # checked above on every call
+            try:
+                out = program(*args)
+            except Exception as error:   # a file that passed every check but cannot run: drop it
+                warnings.warn(f"{self._what}: the saved compiled step {path.name} failed on its first call "
+                              f"({type(error).__name__}: {error}); removed, compiling it again", stacklevel=3)
+                path.unlink(missing_ok=True)
+            else:
+                self._ready.insert(0, program)
                 return out
-        program.disable_guard_check()   # checked above on every call
-        self._ready.append(program)
+        program, unsaved = self._compile(path, args)
+        if program is None:
+            return self._run_unsaved(args, unsaved)
+        program.disable_guard_check()
+        self._ready.insert(0, program)
         return program(*args)
 
     def path_for(self, args: tuple[Any, ...]) -> Path:
-        """The file that holds (or will hold) the step compiled for ``args``."""
-        if self._config is None:
-            self._config = fingerprint(self._fn, _environment())
-        return self._dir / f"{self._config[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
+        """The file that holds (or will hold) the step compiled for ``args`` (named anew on each
+        call: the objects the step closes over may have changed since the last one)."""
+        return self._dir / f"{fingerprint(self._fn, _environment())[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
 
-    def _load(self, args: tuple[Any, ...]) -> Any:
-        path = self.path_for(args)
-        if not path.exists():
-            return None
+    def _run_unsaved(self, args: tuple[Any, ...], why: str) -> Any:
+        """Compile the plain way from now on (``torch.compile``), run once, then warn."""
+        plain = torch.compile(self._fn, fullgraph=True)
+        out = plain(*args)   # a bad input raises here, as it would without a cache
+        warnings.warn(f"{self._what}: this step cannot be saved to compile_cache ({why}); it runs compiled "
+                      f"but unsaved", stacklevel=4)
+        self._fallback = plain
+        return out
+
+    def _load(self, path: Path, args: tuple[Any, ...]) -> Any:
         try:
+            if not path.exists():
+                return None
             header, payload = _read(path)
             program = torch.compiler.load_compiled_function(
                 io.BytesIO(payload), f_globals=self._fn.__globals__, external_data=self._externals)
             changed = _changed_sources(program)
             if changed:
                 raise ValueError(f"the source of {changed} changed since it was saved")
-            constants = _module_constants(program)
-            for module, saved in header["constants"].items():
-                if constants.get(module) != saved:
-                    raise ValueError(f"a module-level constant of {module} changed since it was saved")
+            values = _module_values(program)
+            for module, saved in header["module_values"].items():
+                if values.get(module) != saved:
+                    raise ValueError(f"a module-level name of {module} is bound to another value than when "
+                                     f"it was saved")
             if not program.guard_check(*args):
                 raise ValueError("its guards reject these inputs")
         except Exception as error:   # any unreadable or stale file: compile again, never fail on a cache
             warnings.warn(f"{self._what}: not using the saved compiled step {path.name} "
-                          f"({type(error).__name__}: {error}); compiling it again", stacklevel=3)
+                          f"({type(error).__name__}: {error}); compiling it again", stacklevel=4)
             return None
         return program
 
-    def _compile(self, args: tuple[Any, ...]) -> tuple[Any, str]:
-        """The step compiled ahead of time for ``args`` and saved, or ``(None, why)`` when
-        torch cannot capture it that way."""
-        path = self.path_for(args)
+    def _compile(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, str]:
+        """The step compiled ahead of time for ``args`` and saved to ``path``, or ``(None, why)``
+        when torch cannot capture it that way."""
         _forget_module_sources()
         try:
             with _functions_keep_their_attributes():
@@ -149,7 +168,7 @@ class SavedCompile:
             return None, f"{type(error).__name__}: {error}"
         try:
             payload = type(program).serialize(program, self._externals).serialized_data
-            _write(path, {"constants": _module_constants(program)}, payload)
+            _write(path, {"module_values": _module_values(program)}, payload)
         except Exception as error:   # the compiled step is still good; only the saving failed
             warnings.warn(f"{self._what}: could not save the compiled step to {path} "
                           f"({type(error).__name__}: {error})", stacklevel=4)
@@ -157,18 +176,18 @@ class SavedCompile:
 
 
 def _write(path: Path, header: dict[str, Any], payload: bytes) -> None:
-    """Header line and payload into a temporary file, fsynced, then renamed over ``path``."""
+    """Header line and payload into a temporary file of its own, fsynced, then renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with tmp.open("wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -179,9 +198,9 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes]:
     return json.loads(data[len(_MAGIC):end]), data[end + 1:]
 
 
-def _module_constants(program: Any) -> dict[str, str]:
-    """``{module: fingerprint of its constants}`` for the modules ``program`` traced, torch's
-    own left out (its module state is torch's business and is in the version check)."""
+def _module_values(program: Any) -> dict[str, str]:
+    """``{module: fingerprint of its module-level names}`` for the modules ``program`` traced,
+    torch's own left out (its state is torch's business and is in the version check)."""
     out = {}
     for name in sorted({source.module for source in program.source_info().inlined_sources}):
         if name == "torch" or name.startswith("torch."):
@@ -190,7 +209,7 @@ def _module_constants(program: Any) -> dict[str, str]:
         if module is None:
             out[name] = "not imported"
             continue
-        values = sorted((k, v) for k, v in vars(module).items() if not k.startswith("__") and _is_constant(v))
+        values = sorted((k, v) for k, v in vars(module).items() if not k.startswith("__") and _counts(v))
         out[name] = fingerprint(values)
     return out
 
@@ -206,10 +225,20 @@ def _forget_module_sources() -> None:
         clear()
 
 
-def _is_constant(value: Any) -> bool:
-    if type(value) in _CONSTANT_TYPES:
+def _counts(value: Any) -> bool:
+    """A module-level value that a traced step may have baked in: a constant (number, string,
+    flag, ``None``, dtype, device, enum), a tensor (its metadata), a function or class, or a
+    dataclass or tuple of such. Not modules, containers that fill as code runs (registries,
+    caches) or other objects, whose internal state may change with every call (torch's op
+    objects do)."""
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, functools.partial, type, torch.Tensor,
+                          torch.dtype, torch.device, enum.Enum)):
         return True
-    return type(value) in (tuple, frozenset) and all(_is_constant(v) for v in value)
+    if type(value) in (bool, int, float, complex, str, bytes, type(None)):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_counts(v) for v in value)
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def closure_objects(fn: Callable) -> dict[str, Any]:
@@ -240,15 +269,21 @@ def _collect(fn: types.FunctionType, prefix: str, out: dict[str, Any], seen: set
 
 
 def _environment() -> tuple[Any, ...]:
-    """What else decides the compiled code: versions, global modes and the compilers' settings."""
+    """What else decides the compiled code: versions, the CPU's instruction set, global modes and
+    the compilers' settings."""
     import torch._dynamo.config
     import torch._functorch.config
     import torch._inductor.config
 
     configs = tuple(sorted(m.save_config_portable().items()) for m in
                     (torch._dynamo.config, torch._inductor.config, torch._functorch.config))
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
     autocast = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda"))
-    return (sys.version, torch.__version__, torch.get_default_dtype(), torch.get_default_device(),
+    # The CPU's vector instructions shape Inductor's C++ (an AVX-512 loop steps 16 floats, an
+    # AVX2 one 8), and torch's own check of a saved file compares GPUs only.
+    isa = (str(pick_vec_isa()), torch.backends.cpu.get_cpu_capability(), os.environ.get("ATEN_CPU_CAPABILITY"))
+    return (sys.version, torch.__version__, isa, torch.get_default_dtype(), torch.get_default_device(),
             torch.is_grad_enabled(), autocast, torch.are_deterministic_algorithms_enabled(),
             torch.get_float32_matmul_precision(), configs)
 

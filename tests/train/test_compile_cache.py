@@ -137,15 +137,16 @@ def test_a_damaged_file_is_compiled_again_with_a_warning_and_replaced(tmp_path):
 _LOSS_MODULE = """
 import torch
 SCALE = {scale}
+REDUCE = torch.mean
 
 def scaled_loss(logits, labels):
-    return SCALE * torch.nn.functional.cross_entropy(logits, labels)
+    return SCALE * REDUCE(torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
 """
 
 
-def test_an_edited_module_or_a_reassigned_constant_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
-    """A global constant is baked into the compiled step and no saved guard checks it: the
-    module's source and its constants are compared with the saved ones instead."""
+def test_an_edited_module_or_a_rebound_global_is_not_run_from_a_stale_file(tmp_path, monkeypatch):
+    """Globals are baked into the compiled step and torch saves no guard on them: the module's
+    source and the values of its names are compared with the saved ones instead."""
     module_dir = tmp_path / "mods"
     module_dir.mkdir()
     source = module_dir / "user_loss_for_cache_test.py"
@@ -166,9 +167,15 @@ def test_an_edited_module_or_a_reassigned_constant_is_not_run_from_a_stale_file(
 
     monkeypatch.setattr(user, "SCALE", 3.0)   # reassigned at run time: the source is unchanged
     step = make_train_step(model, user.scaled_loss, opt, compile_cache=cache)
-    with pytest.warns(UserWarning, match=r"module-level constant of user_loss_for_cache_test changed"):
+    with pytest.warns(UserWarning, match=r"module-level name of user_loss_for_cache_test is bound to another"):
         third = step(ts, batch, None)[1]["loss"]
     torch.testing.assert_close(third, 3 * first)
+
+    monkeypatch.setattr(user, "REDUCE", torch.sum)   # a name bound to another function
+    step = make_train_step(model, user.scaled_loss, opt, compile_cache=cache)
+    with pytest.warns(UserWarning, match=r"module-level name of user_loss_for_cache_test is bound to another"):
+        fourth = step(ts, batch, None)[1]["loss"]
+    torch.testing.assert_close(fourth, len(batch[0]) * third)
     monkeypatch.delitem(sys.modules, "user_loss_for_cache_test")
 
 
@@ -268,6 +275,9 @@ def test_the_file_name_follows_settings_inputs_and_global_modes(tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert path() != base
     with torch.no_grad():
+        assert path() != base
+    with pytest.MonkeyPatch.context() as env:   # another CPU instruction set: other C++ kernels
+        env.setenv("ATEN_CPU_CAPABILITY", "avx2" if "AVX2" not in torch.backends.cpu.get_cpu_capability() else "default")
         assert path() != base
     assert not list(tmp_path.iterdir())   # naming a file writes nothing
 
