@@ -5,6 +5,7 @@ input shapes, a module's source, a damaged file) compiles it again."""
 import importlib
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -250,6 +251,53 @@ def test_a_step_torch_cannot_save_runs_compiled_once_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         step(new, batch, None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_saved_step_that_fails_to_run_is_removed_and_compiled_again(tmp_path, monkeypatch):
+    step, eager, ts = _steps(0.1, tmp_path)
+    batch, key = _data(), random.key(1)
+    step(ts, batch, key)   # compiled and saved
+
+    class Broken:   # passes every check, then fails: a damaged kernel, say
+        def guard_check(self, *args):
+            return True
+
+        def disable_guard_check(self):
+            pass
+
+        def source_info(self):
+            return types.SimpleNamespace(inlined_sources=set())
+
+        def __call__(self, *args):
+            raise RuntimeError("kernel missing")
+
+    from deepfn.train import compile_cache
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda *a, **k: Broken())
+    monkeypatch.setattr(compile_cache, "_read", lambda path: ({"module_values": {}}, b""))
+    again, _, _ = _steps(0.1, tmp_path)
+    with pytest.warns(UserWarning, match=r"failed on its first call \(RuntimeError: kernel missing\); removed"):
+        new, _ = again(ts, batch, key)
+    assert_trees_close(new.params, eager(ts, batch, key)[0].params)
+    assert len(list(tmp_path.iterdir())) == 1   # compiled and written anew
+
+
+class _Unreadable:   # an object in the step's closure that the file name cannot be made from
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+    def __call__(self, logits, labels):
+        return losses.cross_entropy(logits, labels)
+
+
+def test_a_step_whose_closure_cannot_be_fingerprinted_runs_compiled_unsaved(tmp_path):
+    model, opt = MLP(6, (16,), 3), optim.sgd(lr=0.1)
+    ts, batch = TrainState.create(model, opt, random.key(0)), _data()
+    step = make_train_step(model, _Unreadable(), opt, compile_cache=tmp_path)
+    with pytest.warns(UserWarning, match=r"cannot be saved to compile_cache \(RuntimeError: no repr\)"):
+        new, _ = step(ts, batch, None)
+    expected, _ = make_train_step(model, _Unreadable(), opt, compile=False)(ts, batch, None)
+    assert_trees_close(new.params, expected.params)
     assert not list(tmp_path.iterdir())
 
 
