@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None))
 _BY_REPR = (torch.dtype, torch.device, torch.layout, torch.memory_format, enum.Enum, range, slice)
 
 
@@ -45,7 +45,7 @@ class _Walker:
         self._hash.update(("\x1f".join(map(str, parts)) + "\x1e").encode())
 
     def feed(self, x: Any) -> None:
-        if type(x) in _SCALARS or isinstance(x, _BY_REPR):
+        if type(x) in SCALAR_TYPES or isinstance(x, _BY_REPR):
             self._put(type(x).__qualname__, repr(x))
             return
         if id(x) in self._seen:   # shared or cyclic: a back reference

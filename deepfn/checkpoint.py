@@ -14,7 +14,6 @@ import dataclasses
 import importlib
 import json
 import os
-import tempfile
 from collections import namedtuple
 from typing import Any
 
@@ -23,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ._atomic import write_atomically
 from .typing import PyTree
 
 __all__ = ["save", "load", "load_metadata", "CheckpointManager"]
@@ -146,35 +146,7 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None 
     except TypeError as err:
         raise TypeError(f"deepfn.checkpoint.save: metadata must be JSON-serialisable; {err}") from None
     blob = st_save(tensors, metadata=header)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    # The rename itself is durable only once the directory entry is flushed (POSIX).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomically(path, blob)
 
 
 def _header(path: str | os.PathLike) -> dict[str, str]:

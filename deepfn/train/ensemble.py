@@ -17,7 +17,7 @@ from .. import random, tree
 from .._checks import describe
 from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
-from .compile_cache import SavedCompile
+from .compile_cache import compiled
 from .state import TrainState
 from .step import _check_batch, build_train_step
 
@@ -74,10 +74,7 @@ def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *,
     pure = build_train_step(model, loss_fn, optimizer, policy=policy,
                             accumulation_steps=accumulation_steps, clip_norm=clip_norm)
     batched = torch.func.vmap(pure, in_dims=(0, None if shared_batch else 0, 0))
-    if compile_cache is not None:
-        run = SavedCompile(batched, compile_cache, f"{fn}: step")
-    else:
-        run = torch.compile(batched, fullgraph=True) if compile else batched
+    run = compiled(batched, compile_cache, f"{fn}: step") if compile else batched
 
     def step(train_state: TrainState, batch: Any, keys: Key):
         where = f"{fn}: step"

@@ -16,6 +16,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .._atomic import write_atomically
+
 __all__ = ["write_history", "append_history", "read_history", "plot_history"]
 
 
@@ -31,13 +33,7 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 def write_history(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` as JSON lines to ``path``, replacing the file atomically."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(_clean(row)) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(_clean(row)) + "\n" for row in rows).encode("utf-8"))
 
 
 def append_history(path: str | os.PathLike, row: dict[str, Any]) -> None:
