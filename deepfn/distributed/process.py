@@ -127,6 +127,13 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave and destroy the process group (a no-op when none is running)."""
+    """Wait for every rank, then leave and destroy the process group (a no-op when none is running).
+
+    Every rank must call it (as every rank calls ``init``). The barrier keeps a rank that
+    finishes first (rank 1 skips the writing and printing rank 0 does) from tearing down its
+    gloo connections while its peer still holds them: a CI run saw rank 1 abort there
+    ("terminate called without an active exception") after its last step.
+    """
     if is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
