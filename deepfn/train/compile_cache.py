@@ -64,6 +64,13 @@ _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 1\n"
 
 
+def require_compiled(where: str, compile_cache: str | os.PathLike | None, compile: Any,
+                     modes: str = "compile=True") -> None:
+    """Raise ``ValueError`` when a ``compile_cache`` is given for a step that is not compiled."""
+    if compile_cache is not None and not compile:
+        raise ValueError(f"{where}: compile_cache saves compiled steps: it needs {modes}; got compile=False")
+
+
 def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str) -> Callable:
     """``fn`` compiled as one graph: saved in and loaded from ``compile_cache`` when it is a
     directory (:class:`SavedCompile`), else a plain ``torch.compile(fn, fullgraph=True)``."""

@@ -17,7 +17,7 @@ from .. import random, tree
 from .._checks import describe
 from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
-from .compile_cache import compiled
+from .compile_cache import compiled, require_compiled
 from .state import TrainState
 from .step import _check_batch, build_train_step
 
@@ -69,8 +69,7 @@ def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *,
     included: the vmapped step saved and loaded by later processes).
     """
     fn = "deepfn.train.make_ensemble_train_step"
-    if compile_cache is not None and not compile:
-        raise ValueError(f"{fn}: compile_cache saves the compiled step: it needs compile=True; got compile=False")
+    require_compiled(fn, compile_cache, compile)
     pure = build_train_step(model, loss_fn, optimizer, policy=policy,
                             accumulation_steps=accumulation_steps, clip_norm=clip_norm)
     batched = torch.func.vmap(pure, in_dims=(0, None if shared_batch else 0, 0))

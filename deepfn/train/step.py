@@ -23,7 +23,7 @@ from .._eager import plain_eager
 from ..amp import NoOpLossScale, Policy, all_finite
 from ..remat import differentiated_outside
 from ..typing import Block, Key, Params, PyTree, State, Tensor
-from .compile_cache import compiled
+from .compile_cache import compiled, require_compiled
 from .state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "build_train_step"]
@@ -384,9 +384,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     if compile not in (True, False, "whole", "split"):
         raise ValueError(f"{fn}: compile must be True/'whole' (one graph), 'split' (forward+backward and the "
                          f"update compiled apart) or False; got {compile!r}")
-    if compile_cache is not None and not compile:
-        raise ValueError(f"{fn}: compile_cache saves compiled steps: it needs compile=True, 'whole' or 'split'; "
-                         f"got compile=False")
+    require_compiled(fn, compile_cache, compile, "compile=True, 'whole' or 'split'")
     split = compile == "split"
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
                             clip_norm=clip_norm, all_reduce=all_reduce, lr=lr, ignore_index=ignore_index,
@@ -450,9 +448,7 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
     ``ignore_index`` left out, as in :func:`make_train_step`); 0-d tensors. ``compile_cache``:
     a directory where the compiled step is saved and later loaded, as in :func:`make_train_step`.
     """
-    if compile_cache is not None and not compile:
-        raise ValueError("deepfn.train.make_eval_step: compile_cache saves the compiled step: it needs "
-                         "compile=True; got compile=False")
+    require_compiled("deepfn.train.make_eval_step", compile_cache, compile)
 
     def evaluate(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         inputs, labels = batch
