@@ -72,6 +72,20 @@ def test_running_statistics_after_three_steps_equal_torch(layout, momentum, dtyp
     assert_trees_close(state, dict(twin.named_buffers()), **TOL[dtype])
 
 
+@pytest.mark.parametrize("spread", [1e-1, 1e-4, 1e-6])
+def test_running_variance_of_near_constant_channels_keeps_torch_relative_precision(spread, getkey):
+    """A batch variance far below eps is still updated as torch updates it, to float rounding."""
+    shape = SHAPES["2d"]
+    block = nn.BatchNorm(shape[1], momentum=None)     # cumulative: the first step stores the batch variance
+    twin = twin_of(shape, momentum=None).train()
+    params, state = interop.from_torch(block, twin)
+    x = 5 + spread * random.normal(getkey(), shape)
+    _, state = block.apply(params, state, x, train=True)
+    twin(x)
+    assert_trees_close(state["running_var"], twin.running_var, rtol=1e-6, atol=0)
+    assert_trees_close(state["running_mean"], twin.running_mean, rtol=1e-6, atol=0)
+
+
 def test_fresh_state_and_names_match_torch(getkey):
     for shape in SHAPES.values():
         block = nn.BatchNorm(shape[1])
@@ -113,16 +127,27 @@ def test_train_is_pure_and_returns_new_state(getkey):
     assert not torch.equal(new_state["running_mean"], state["running_mean"])
 
 
-def test_half_precision_uses_float32_statistics(getkey):
-    block = nn.BatchNorm(4)
-    params, state = block.init(getkey())
-    x = 3 + random.normal(getkey(), (16, 4, 3, 3))
-    for train in (False, True):
-        y16, s16 = block.apply(params, state, x.to(torch.bfloat16), train=train)
-        y32, s32 = block.apply(params, state, x.to(torch.bfloat16).float(), train=train)
-        assert y16.dtype == torch.bfloat16
-        assert_trees_close(y16.float(), y32.to(torch.bfloat16).float(), rtol=0, atol=0)
-        assert_trees_close(s16, s32, rtol=0, atol=0)       # float32 state, same statistics
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+@pytest.mark.parametrize("train", [False, True])
+def test_bfloat16_input_matches_the_twin_under_autocast(layout, train, getkey):
+    """bf16 x with float32 params and statistics: autocast's values, bf16 out, float32 state."""
+    shape = (64, 8, 6, 6) if layout == "2d" else (64, 8)     # large enough for the kernel's blocked sums
+    block = nn.BatchNorm(shape[1])
+    twin = twin_of(shape).train(train)
+    params, state = interop.from_torch(block, twin)
+    x = (3 + 2 * random.normal(getkey(), shape)).to(torch.bfloat16).requires_grad_()
+    y, new_state = block.apply(params, state, x, train=train)
+    xt = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        yt = twin(xt)
+    assert y.dtype == yt.dtype == torch.bfloat16
+    assert_trees_close(y.float(), yt.detach().float(), rtol=0, atol=0)
+    assert all(t.dtype in (torch.float32, torch.int64) for t in tree.leaves(new_state))
+    assert_trees_close(new_state, dict(twin.named_buffers()), rtol=0, atol=0)
+    cot = random.normal(getkey(), shape).to(torch.bfloat16)
+    (gx,) = torch.autograd.grad((y * cot).float().sum(), x)
+    (yt * cot).float().sum().backward()
+    assert_trees_close(gx.float(), xt.grad.float(), rtol=0, atol=0)
 
 
 def test_vmap_over_stacked_batches(getkey):
