@@ -14,8 +14,10 @@ Workloads (fixed seeds, synthetic data, the seed's optimizers):
 Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the torch twin
 (``_workload_models``, loaded with deepfn's initial weights through ``deepfn.interop``) with
 ``torch.optim`` eagerly and under ``torch.compile(module)``; Flax+Optax under ``jax.jit``
-(``_flax_models``) when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16 against
-``torch.autocast("cpu", torch.bfloat16)``, both eager) for the CNNs and Transformers.
+(``_flax_models``) when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16, eager
+and compiled, against eager ``torch.autocast("cpu", torch.bfloat16)``) for the CNNs and Transformers.
+The contenders of one comparison are started one after another (cold compiles, each into its own
+fresh cache) and then timed in turns (``_timing``), so the machine's drift falls on all of them.
 
 Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few steps. Pick
 workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``, and
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -45,16 +45,29 @@ from deepfn.models import MLP, AdvancedCNN, Transformer
 from deepfn.train import TrainState, make_train_step
 
 try:
+    from ._timing import (
+        clear_in_memory_compile_caches,
+        cold_cache,
+        start,
+        time_interleaved,
+        warm_start,
+    )
     from ._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp
 except ImportError:   # run as a file (python scripts/bench_parts/workloads.py), not as a package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _timing import (
+        clear_in_memory_compile_caches,
+        cold_cache,
+        start,
+        time_interleaved,
+        warm_start,
+    )
     from _workload_models import Seq2SeqTransformer, SEResNet, torch_mlp
 
 GROUP = "workloads"
 QUICK = ("mlp-seed", "mlp-wide", "cnn-small", "transformer-small")
 ENV = "DEEPFN_BENCH_WORKLOADS"
 CONTENDERS_ENV = "DEEPFN_BENCH_CONTENDERS"
-COLD_ENV = "DEEPFN_BENCH_COLD_CACHES"
 CONTENDERS = ("eager", "compiled", "bf16", "jax")
 BF16 = amp.Policy(torch.float32, torch.bfloat16, torch.float32)
 
@@ -191,22 +204,6 @@ def flax_runner(wl: Workload) -> Callable[[], object]:
                                            m.max_seq_len, tx, *inputs, labels, wl.label_smoothing)
 
 
-def time_steps(one_step: Callable[[], object], steps: int, warmup: int = 2) -> dict:
-    """First call (compile included), then ``warmup - 1`` untimed calls, then ``steps`` timed ones."""
-    t0 = time.perf_counter()
-    one_step()
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        one_step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "rss_mib": rss}
-
-
 def step_flops(wl: Workload) -> int:
     """FLOPs of one eager nn.Module step (forward + backward), by ``FlopCounterMode``."""
     inputs, labels = make_batch(wl)
@@ -259,61 +256,13 @@ def _row(wl, mode, ours, base_name, base, flops, peak, note) -> dict:
     return row
 
 
-def _phase_seconds() -> dict[str, tuple[int, float]]:
-    """Per compile phase (Dynamo's ``dynamo_timed`` names): how many timings so far, their sum."""
-    metrics = torch._dynamo.utils.compilation_time_metrics
-    return {k: (len(v), sum(v)) for k, v in metrics.items()}
-
-
-def _clear_in_memory_compile_caches() -> None:
-    """What a new process would not have: Dynamo's compiled frames, Inductor's loaded kernels."""
-    torch._dynamo.reset()
-    from torch._inductor.utils import clear_caches
-    clear_caches()
-
-
-def _cold_cache() -> None:
-    """A fresh, empty on-disk Inductor cache for the next contender (when ``$DEEPFN_BENCH_COLD_CACHES``
-    is 1, as scripts/bench.py sets it unless ``--keep-compile-cache``): its compile time then
-    owes nothing to identical kernels an earlier contender of the same run compiled."""
-    if os.environ.get(COLD_ENV) == "1":
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfn-bench-inductor-")
-
-
-def _measure(runner: Callable[[], Callable[[], object]], steps: int, compiled: bool) -> dict:
-    if compiled:
-        _cold_cache()
-        _clear_in_memory_compile_caches()   # and no recompile limit carried over
-    counters = torch._dynamo.utils.counters["inductor"]
-    hits, phases = counters["fxgraph_cache_hit"], _phase_seconds()
-    t = time_steps(runner(), steps)
-    t["cache_hits"] = counters["fxgraph_cache_hit"] - hits
-    if compiled:   # where the compile time went: the evidence for the compile-time rows
-        after = _phase_seconds()
-        spent = {k: round(v - phases.get(k, (0, 0.0))[1], 3) for k, (_, v) in after.items()}
-        t["compile_phases"] = dict(sorted(((k, v) for k, v in spent.items() if v > 0), key=lambda kv: -kv[1]))
-    return t
-
-
-def _warm_start(runner: Callable[[], Callable[[], object]]) -> float:
-    """Seconds of a fresh process's first compiled call once the on-disk caches hold the graphs:
-    Dynamo's and Inductor's in-memory state is dropped, the on-disk caches (filled by the cold
-    run) kept."""
-    _clear_in_memory_compile_caches()
-    one_step = runner()
-    t0 = time.perf_counter()
-    one_step()
-    return time.perf_counter() - t0
-
-
-def _saved_start(wl: Workload, **step_options: Any) -> float:
+def _saved_start(wl: Workload, cache_dir: str | None, **step_options: Any) -> float:
     """Seconds of a fresh process's first call of a compiled deepfn step with ``compile_cache``:
-    one step compiles (Inductor's on-disk cache is warm by now) and saves itself, then
-    in-memory state is dropped and a new step loads the file instead of tracing."""
+    one step compiles (Inductor's on-disk cache ``cache_dir`` is warm by now) and saves itself,
+    then in-memory state is dropped and a new step loads the file instead of tracing."""
     directory = tempfile.mkdtemp(prefix="deepfn-bench-saved-steps-")
-    _clear_in_memory_compile_caches()
-    deepfn_runner(wl, compile_cache=directory, **step_options)()
-    return _warm_start(lambda: deepfn_runner(wl, compile_cache=directory, **step_options))
+    warm_start(lambda: deepfn_runner(wl, compile_cache=directory, **step_options), cache_dir)
+    return warm_start(lambda: deepfn_runner(wl, compile_cache=directory, **step_options), cache_dir)
 
 
 def _compile_note(*ts: dict) -> str:
@@ -327,52 +276,75 @@ def _compile_note(*ts: dict) -> str:
 
 def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
                    contenders: tuple[str, ...] = CONTENDERS) -> list[dict]:
-    """The rows of one workload; ``contenders`` picks the comparisons to run."""
+    """The rows of one workload; ``contenders`` picks the comparisons to run. The contenders of
+    one comparison are timed in turns (``_timing.time_interleaved``)."""
     flops = step_flops(wl)
-    fp32, rows, compiled = peaks[torch.float32], [], None
-    rss = "peak RSS is the process's running maximum (getrusage)"
+    rows = []
     if "eager" in contenders:
-        ours = _measure(lambda: deepfn_runner(wl, compile=False), steps, False)
-        base = _measure(lambda: torch_runner(wl, compile=False), steps, False)
-        rows.append(_row(wl, "eager fp32", ours, "nn.Module + torch.optim eager", base, flops, fp32, rss))
-    if "compiled" in contenders:
-        ours = compiled = _measure(lambda: deepfn_runner(wl, compile=True), steps, True)
-        ours["warm_start_s"] = _warm_start(lambda: deepfn_runner(wl, compile=True))
-        ours["saved_start_s"] = _saved_start(wl, compile=True)
-        base = _measure(lambda: torch_runner(wl, compile=True), steps, True)
-        base["warm_start_s"] = _warm_start(lambda: torch_runner(wl, compile=True))
-        rows.append(_row(wl, "compiled fp32", ours, "torch.compile(nn.Module) + torch.optim", base, flops,
-                         fp32, _compile_note(ours, base)))
-        if not isinstance(wl.model, MLP):   # torch.compile(nn.Module)'s own split: compiles in half the time
-            split = _measure(lambda: deepfn_runner(wl, compile="split", donate=True), steps, True)
-            split["warm_start_s"] = _warm_start(lambda: deepfn_runner(wl, compile="split", donate=True))
-            split["saved_start_s"] = _saved_start(wl, compile="split", donate=True)
-            rows.append(_row(wl, "compiled split fp32", split, "torch.compile(nn.Module) + torch.optim", base, flops,
-                             fp32, "deepfn compile='split', donate=True (forward+backward by AOTAutograd, the update eager in-place "
-                             "foreach); " + _compile_note(split, base)))
+        ours = start(lambda: deepfn_runner(wl, compile=False), False)
+        base = start(lambda: torch_runner(wl, compile=False), False)
+        time_interleaved([ours, base], steps)
+        rows.append(_row(wl, "eager fp32", ours.figures, "nn.Module + torch.optim eager", base.figures, flops,
+                         peaks[torch.float32], "peak RSS is the process's running maximum (getrusage)"))
+    if "compiled" in contenders or "jax" in contenders:
+        rows += _compiled_rows(wl, steps, peaks[torch.float32], flops, contenders)
     if "bf16" in contenders and not isinstance(wl.model, MLP):
-        ours = _measure(lambda: deepfn_runner(wl, compile=False, policy=BF16), steps, False)
-        base = _measure(lambda: torch_runner(wl, compile=False, bf16=True), steps, False)
-        rows.append(_row(wl, "eager bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
-                         peaks[torch.bfloat16], "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak"))
-        if "compiled" in contenders:
-            ours = _measure(lambda: deepfn_runner(wl, compile=True, policy=BF16), steps, True)
-            # Timed again next to ours: the eager row's timing is minutes old by now, and this
-            # machine's speed drifts (a 1.43 ratio against the old timing read 1.01-1.10 back to back).
-            base = _measure(lambda: torch_runner(wl, compile=False, bf16=True), steps, False)
-            rows.append(_row(wl, "compiled bf16", ours, "nn.Module + torch.autocast('cpu', bfloat16)", base, flops,
-                             peaks[torch.bfloat16], "deepfn compile=True, amp.Policy compute bfloat16, against the "
-                             "eager autocast step; share of the bf16 mm peak"))
+        rows += _bf16_rows(wl, steps, peaks[torch.bfloat16], flops, "compiled" in contenders)
+    return rows
+
+
+def _compiled_rows(wl: Workload, steps: int, peak: float, flops: int, contenders: tuple[str, ...]) -> list[dict]:
+    """deepfn's compiled step (and split step) against ``torch.compile(nn.Module)`` and Flax:
+    compiled one after another, timed in turns, then their warm and saved starts."""
+    clear_in_memory_compile_caches()   # no compiled frames of earlier workloads
+    torch_too = "compiled" in contenders
+    split_too = torch_too and not isinstance(wl.model, MLP)   # torch.compile(nn.Module)'s own split
+    jax_too = "jax" in contenders and jax_available()
+    ours = start(lambda: deepfn_runner(wl, compile=True), True)
+    split = start(lambda: deepfn_runner(wl, compile="split", donate=True), True) if split_too else None
+    base = start(lambda: torch_runner(wl, compile=True), True) if torch_too else None
+    flax = start(lambda: flax_runner(wl), False) if jax_too else None
+    time_interleaved([c for c in (ours, split, base, flax) if c is not None], steps)
+    rows = []
+    if torch_too:
+        ours.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile=True), ours.cache_dir)
+        ours.figures["saved_start_s"] = _saved_start(wl, ours.cache_dir, compile=True)
+        base.figures["warm_start_s"] = warm_start(lambda: torch_runner(wl, compile=True), base.cache_dir)
+        rows.append(_row(wl, "compiled fp32", ours.figures, "torch.compile(nn.Module) + torch.optim", base.figures,
+                         flops, peak, _compile_note(ours.figures, base.figures)))
+    if split is not None:
+        split.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile="split", donate=True),
+                                                   split.cache_dir)
+        split.figures["saved_start_s"] = _saved_start(wl, split.cache_dir, compile="split", donate=True)
+        rows.append(_row(wl, "compiled split fp32", split.figures, "torch.compile(nn.Module) + torch.optim",
+                         base.figures, flops, peak, "deepfn compile='split', donate=True (forward+backward by "
+                         "AOTAutograd, the update eager in-place foreach); "
+                         + _compile_note(split.figures, base.figures)))
     if "jax" in contenders:
-        if not jax_available():
+        if flax is None:
             rows.append({"group": GROUP, "name": f"{wl.name} train step (compiled vs jax)", "deepfn_s": None,
                          "baseline": "Flax + Optax jax.jit", "baseline_s": None, "ratio": None,
                          "note": "skipped: jax not installed (pip install -e .[bench])"})
         else:
-            ours = compiled or _measure(lambda: deepfn_runner(wl, compile=True), steps, True)
-            base = time_steps(flax_runner(wl), steps)
-            rows.append(_row(wl, "compiled vs jax", ours, "Flax + Optax jax.jit", base, flops, fp32,
+            rows.append(_row(wl, "compiled vs jax", ours.figures, "Flax + Optax jax.jit", flax.figures, flops, peak,
                              "deepfn compile=True vs jax.jit; baseline compile_s = first jitted call"))
+    return rows
+
+
+def _bf16_rows(wl: Workload, steps: int, peak: float, flops: int, compiled_too: bool) -> list[dict]:
+    """deepfn's bf16 policy, eager and compiled, against eager autocast, timed in turns."""
+    clear_in_memory_compile_caches()
+    compiled = start(lambda: deepfn_runner(wl, compile=True, policy=BF16), True) if compiled_too else None
+    ours = start(lambda: deepfn_runner(wl, compile=False, policy=BF16), False)
+    base = start(lambda: torch_runner(wl, compile=False, bf16=True), False)
+    time_interleaved([c for c in (ours, base, compiled) if c is not None], steps)
+    autocast = "nn.Module + torch.autocast('cpu', bfloat16)"
+    rows = [_row(wl, "eager bf16", ours.figures, autocast, base.figures, flops, peak,
+                 "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak")]
+    if compiled is not None:
+        rows.append(_row(wl, "compiled bf16", compiled.figures, autocast, base.figures, flops, peak,
+                         "deepfn compile=True, amp.Policy compute bfloat16, against the eager autocast step; "
+                         "share of the bf16 mm peak"))
     return rows
 
 
@@ -410,9 +382,9 @@ def _pay_once_per_process_compile_costs() -> None:
     what a process pays once whatever it compiles: Inductor probing the CPU's vector ISAs by
     building test programs (~8 s measured on a 2-core AVX-512 machine, cached for the process),
     and importing the compiler's modules."""
-    _cold_cache()
+    cold_cache()
     torch.compile(lambda x: (x.sin() * 2.0).sum(), fullgraph=True)(torch.ones(64))
-    _clear_in_memory_compile_caches()
+    clear_in_memory_compile_caches()
 
 
 def run(quick: bool = False, only: str | None = None) -> list[dict]:

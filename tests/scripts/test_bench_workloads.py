@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
+from bench_parts import _timing as T  # noqa: E402
 from bench_parts import workloads as W  # noqa: E402
 from bench_parts._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp  # noqa: E402
 
@@ -113,20 +115,39 @@ def test_each_compiled_contender_compiles_into_a_fresh_cache(monkeypatch, tmp_pa
     # compile; the warm start then reads the cache its own cold run filled.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "first"))
-    monkeypatch.setenv(W.COLD_ENV, "1")
-    runner = lambda: (lambda: None)  # noqa: E731
-
-    def cache_after(measure, *args):
-        measure(runner, *args)
-        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-    cold = cache_after(W._measure, 1, True)
-    assert cold != str(tmp_path / "first")
-    assert cache_after(W._warm_start) == cold
-    second = cache_after(W._measure, 1, True)
+    monkeypatch.setenv(T.COLD_ENV, "1")
+    make = lambda: (lambda: None)  # noqa: E731
+    cold = T.start(make, True).cache_dir
+    assert cold not in (None, str(tmp_path / "first")) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == cold
+    second = T.start(make, True).cache_dir
     assert second != cold
-    assert cache_after(W._measure, 1, False) == second   # eager contenders leave the cache alone
-    monkeypatch.delenv(W.COLD_ENV)
-    assert cache_after(W._measure, 1, True) == second    # --keep-compile-cache: one cache throughout
+    T.warm_start(make, cold)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == cold       # the first contender's own cache
+    assert T.start(make, False).cache_dir is None                # eager contenders leave the cache alone
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == cold
+    monkeypatch.delenv(T.COLD_ENV)
+    assert T.start(make, True).cache_dir == cold                 # --keep-compile-cache: one cache throughout
+
+
+def test_contenders_are_timed_in_turns():
+    calls = []
+    a = T.Contender(lambda: calls.append("a"))
+    b = T.Contender(lambda: (calls.append("b"), time.sleep(0.005)))
+    T.time_interleaved([a, b], steps=7, blocks=3)
+    # three turns each of 3, 2, 2 timed calls, every turn opened by one untimed call
+    assert "".join(calls) == "a" * 4 + "b" * 4 + "a" * 3 + "b" * 3 + "a" * 3 + "b" * 3
+    for c in (a, b):
+        assert c.figures["min_s"] <= c.figures["median_s"] and c.figures["rss_mib"] > 0
+    assert b.figures["min_s"] >= 0.005                           # each contender's own calls are timed
+    with pytest.raises(ValueError, match="steps must be >= 1; got 0"):
+        T.time_interleaved([a], steps=0)
+
+
+def test_start_times_the_first_call_and_warms_up_once():
+    calls = []
+    c = T.start(lambda: (lambda: (calls.append(1), time.sleep(0.01 if len(calls) == 1 else 0))), False)
+    assert len(calls) == 2 and c.figures["first_s"] >= 0.01 and c.figures["cache_hits"] == 0
+    assert "compile_phases" not in c.figures
 
 
 def test_contender_selection_from_the_environment(monkeypatch):
