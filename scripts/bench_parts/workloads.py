@@ -300,6 +300,8 @@ def _compiled_rows(wl: Workload, steps: int, peak: float, flops: int, contenders
     torch_too = "compiled" in contenders
     split_too = torch_too and not isinstance(wl.model, MLP)   # torch.compile(nn.Module)'s own split
     jax_too = "jax" in contenders and jax_available()
+    if not torch_too and not jax_too:
+        return [_jax_skipped_row(wl)]
     ours = start(lambda: deepfn_runner(wl, compile=True), True)
     split = start(lambda: deepfn_runner(wl, compile="split", donate=True), True) if split_too else None
     base = start(lambda: torch_runner(wl, compile=True), True) if torch_too else None
@@ -321,14 +323,16 @@ def _compiled_rows(wl: Workload, steps: int, peak: float, flops: int, contenders
                          "AOTAutograd, the update eager in-place foreach); "
                          + _compile_note(split.figures, base.figures)))
     if "jax" in contenders:
-        if flax is None:
-            rows.append({"group": GROUP, "name": f"{wl.name} train step (compiled vs jax)", "deepfn_s": None,
-                         "baseline": "Flax + Optax jax.jit", "baseline_s": None, "ratio": None,
-                         "note": "skipped: jax not installed (pip install -e .[bench])"})
-        else:
-            rows.append(_row(wl, "compiled vs jax", ours.figures, "Flax + Optax jax.jit", flax.figures, flops, peak,
-                             "deepfn compile=True vs jax.jit; baseline compile_s = first jitted call"))
+        rows.append(_jax_skipped_row(wl) if flax is None else _row(
+            wl, "compiled vs jax", ours.figures, "Flax + Optax jax.jit", flax.figures, flops, peak,
+            "deepfn compile=True vs jax.jit; baseline compile_s = first jitted call"))
     return rows
+
+
+def _jax_skipped_row(wl: Workload) -> dict:
+    return {"group": GROUP, "name": f"{wl.name} train step (compiled vs jax)", "deepfn_s": None,
+            "baseline": "Flax + Optax jax.jit", "baseline_s": None, "ratio": None,
+            "note": "skipped: jax not installed (pip install -e .[bench])"}
 
 
 def _bf16_rows(wl: Workload, steps: int, peak: float, flops: int, compiled_too: bool) -> list[dict]:

@@ -365,3 +365,17 @@ def test_rejects_a_compile_cache_that_is_not_a_path():
     with pytest.raises(TypeError, match=r"compile_cache must be a directory path .*got int"):
         make_train_step(MLP(6, (8,), 3), losses.cross_entropy, optim.sgd(lr=0.1), compile_cache=3)
 
+
+
+def test_cpu_steps_compile_without_inductors_layout_optimization(monkeypatch):
+    # Channels-last copies of every convolution's tensors cost a whole CPU step ~18% (README).
+    from deepfn.train.compile_cache import compiled, inductor_options
+    seen, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
+    double = compiled(lambda x: x * 2, None, "test")
+    assert seen == []                                      # made on the first call, for its inputs
+    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and double(torch.ones(2)) is not None
+    assert seen == [{"fullgraph": True, "options": {"layout_optimization": False}}]
+    assert inductor_options(({"w": torch.ones(1)}, [torch.ones(2)], 3)) == {"layout_optimization": False}
+    assert inductor_options((torch.ones(1), torch.ones(1, device="meta"))) == {}   # not all on the CPU
+    assert inductor_options((1, "no tensors")) == {}
