@@ -170,8 +170,8 @@ class SavedCompile:
         return self._dir / f"{fingerprint(self._fn, _environment())[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
 
     def _run_unsaved(self, args: tuple[Any, ...], why: str) -> Any:
-        """Compile the plain way from now on (``torch.compile``), run once, then warn."""
-        plain = torch.compile(self._fn, fullgraph=True)
+        """Compile the plain way from now on (:class:`CompileOnFirstCall`), run once, then warn."""
+        plain = CompileOnFirstCall(self._fn)
         out = plain(*args)   # a bad input raises here, as it would without a cache
         warnings.warn(f"{self._what}: this step cannot be saved to compile_cache ({why}); it runs compiled "
                       f"but unsaved", stacklevel=4)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch._inductor.utils import clear_caches
 
 COLD_ENV = "DEEPFN_BENCH_COLD_CACHES"
 BLOCKS = 5   # turns per contender in time_interleaved
@@ -42,7 +43,6 @@ def phase_seconds() -> dict[str, tuple[int, float]]:
 def clear_in_memory_compile_caches() -> None:
     """What a new process would not have: Dynamo's compiled frames, Inductor's loaded kernels."""
     torch._dynamo.reset()
-    from torch._inductor.utils import clear_caches
     clear_caches()
 
 
@@ -64,7 +64,6 @@ def start(make: Callable[[], Callable[[], object]], compiled: bool) -> Contender
     """
     if compiled:
         cold_cache()
-        from torch._inductor.utils import clear_caches
         clear_caches()
     counters = torch._dynamo.utils.counters["inductor"]
     hits, phases = counters["fxgraph_cache_hit"], phase_seconds()
