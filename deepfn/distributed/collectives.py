@@ -1,7 +1,7 @@
 """Collectives over pytrees: bucketed gradient averaging and parameter broadcast.
 
 Twin: the gradient all-reduce of ``torch.nn.parallel.DistributedDataParallel`` (flat
-buckets of about 25 MiB, each divided by the world size and then summed) and
+buckets of about 25 MiB, each multiplied by 1 / world size and then summed) and
 ``DistributedDataParallel``'s start-up broadcast of rank 0's parameters.
 
 Never differentiate through these functions: the backward of an all-reduce is another
@@ -11,6 +11,7 @@ all-reduce, which would multiply gradients by the world size. ``make_train_step`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,39 +27,52 @@ __all__ = ["all_reduce_mean", "broadcast", "plan_buckets", "pack", "unpack"]
 Bucket = list[int]
 
 
-def plan_buckets(leaves: list[Any], bucket_bytes: int, *, floating_only: bool = True,
+def plan_buckets(leaves: Sequence[Any], bucket_bytes: int, *, floating_only: bool = True,
                  first_bucket_bytes: int | None = None) -> list[Bucket]:
-    """Group leaf indices into buckets of at most ``bucket_bytes`` (a larger leaf goes alone).
+    """Group leaf indices into buckets, closing a bucket once it holds ``bucket_bytes`` or more.
 
-    Only tensor leaves take part (only floating ones when ``floating_only``); a bucket holds
-    one dtype on one device, and the leaves keep their tree order, as DDP's buckets do.
-    ``first_bucket_bytes`` caps the first bucket of each dtype instead (DDP's small first
-    bucket, so that communication starts early in backward).
+    DDP's rule (``torch.distributed._compute_bucket_assignment_by_size``): the leaf that
+    reaches the limit stays in the bucket, so a bucket may exceed it by its last leaf. Only
+    tensor leaves take part (only floating ones when ``floating_only``); a bucket holds one
+    dtype on one device, the leaves keep their tree order, and buckets come in the order they
+    were opened. ``first_bucket_bytes`` is the limit of the first bucket of each dtype instead
+    (DDP's small first bucket: communication starts early in backward).
     """
     buckets: list[Bucket] = []
-    open_: dict[tuple[torch.dtype, torch.device], tuple[Bucket, list[int]]] = {}
+    open_: dict[tuple[torch.dtype, torch.device], Bucket] = {}   # per slot: its open bucket
+    filled: dict[tuple[torch.dtype, torch.device], int] = {}     # and that bucket's bytes
     past_first: set[tuple[torch.dtype, torch.device]] = set()
     for i, x in enumerate(leaves):
         if not isinstance(x, torch.Tensor) or (floating_only and not x.is_floating_point()):
             continue
         slot = (x.dtype, x.device)
-        nbytes = x.numel() * x.element_size()
-        current = open_.get(slot)
-        cap = bucket_bytes if first_bucket_bytes is None or slot in past_first else first_bucket_bytes
-        if current is None or (current[1][0] + nbytes > cap and current[0]):
-            if current is not None:
-                past_first.add(slot)
-            current = ([], [0])
-            open_[slot] = current
-            buckets.append(current[0])
-        current[0].append(i)
-        current[1][0] += nbytes
+        if slot not in open_:
+            open_[slot], filled[slot] = [], 0
+            buckets.append(open_[slot])
+        open_[slot].append(i)
+        filled[slot] += x.numel() * x.element_size()
+        limit = bucket_bytes if first_bucket_bytes is None or slot in past_first else first_bucket_bytes
+        if filled[slot] >= limit:
+            del open_[slot]
+            past_first.add(slot)
     return buckets
 
 
-def pack(leaves: list[Any], bucket: Bucket) -> Tensor:
-    """The bucket's leaves concatenated into one new flat tensor ``[n]``."""
-    return torch.cat([leaves[i].reshape(-1) for i in bucket])
+def pack(leaves: Sequence[Any] | Mapping[int, Any], bucket: Bucket, scale: float = 1.0) -> Tensor:
+    """The bucket's leaves, each times ``scale``, concatenated into one new flat tensor ``[n]``.
+
+    Each leaf is written into its slice of the bucket already scaled (one pass over the memory;
+    DDP's reducer scales by ``1 / world_size`` while copying the same way): a concatenation then
+    a division read and wrote every gradient twice.
+    """
+    parts = [leaves[i].reshape(-1) for i in bucket]
+    flat = torch.empty(sum(p.numel() for p in parts), dtype=parts[0].dtype, device=parts[0].device)
+    for part, dest in zip(parts, flat.split([p.numel() for p in parts]), strict=True):
+        if scale == 1.0:
+            dest.copy_(part)
+        else:
+            torch.mul(part, scale, out=dest)
+    return flat
 
 
 def unpack(flat: Tensor, leaves: list[Any], bucket: Bucket, out: list[Any]) -> None:
@@ -84,11 +98,11 @@ def _raise_collective(fn: str, err: Exception) -> None:
 def all_reduce_mean(grads: PyTree, bucket_mb: float = 25.0) -> PyTree:
     """The mean of ``grads`` over all ranks, as a new tree (the input is never modified).
 
-    Floating leaves are flattened into buckets of at most ``bucket_mb`` MiB (one dtype per
-    bucket), each bucket is divided by the world size and summed across ranks (DDP's
-    order, which keeps fp16 sums from overflowing). Integer, bool and non-tensor leaves
-    (e.g. ``num_batches_tracked``) come back unchanged, so the same call averages the
-    float running statistics of a BatchNorm state tree: ``all_reduce_mean(train_state.state)``.
+    Floating leaves are flattened into buckets of about ``bucket_mb`` MiB (one dtype per
+    bucket, closed once full: :func:`plan_buckets`), each bucket is multiplied by
+    ``1 / world_size`` and summed across ranks (DDP's order and arithmetic, which keeps fp16
+    sums from overflowing). Integer, bool and non-tensor leaves (e.g. ``num_batches_tracked``)
+    come back unchanged, so the same call averages the float running statistics of a BatchNorm state tree: ``all_reduce_mean(train_state.state)``.
 
     Eagerly every bucket's all-reduce is issued asynchronously and then all are waited on,
     so communication of bucket ``i`` overlaps with launching bucket ``i + 1``. Under
@@ -117,7 +131,7 @@ def all_reduce_mean(grads: PyTree, bucket_mb: float = 25.0) -> PyTree:
         return tree.unflatten_leaves(spec, leaves)
     out = list(leaves)
     buckets = plan_buckets(leaves, size_bytes)
-    flats = [pack(leaves, b).div_(n) for b in buckets]   # pack's tensor is new: divide in place
+    flats = [pack(leaves, b, 1.0 / n) for b in buckets]
     if torch.compiler.is_compiling():
         for flat in flats:
             dist.all_reduce(flat)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from .. import tree
 from .._autograd import detach_tree, detached_aliases
 from ..typing import PyTree
-from .collectives import _bucket_bytes, _raise_collective, plan_buckets, unpack
+from .collectives import _bucket_bytes, _raise_collective, pack, plan_buckets, unpack
 from .process import world_size
 
 __all__ = ["grad_and_all_reduce_mean"]
@@ -79,8 +79,8 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
     def launch_ready() -> None:
         while len(flats) < len(buckets) and missing[len(flats)] == 0:
             bucket = buckets[len(flats)]
-            parts = [_local(grads[i], None if extra is None else extra[i], divide_by).reshape(-1) for i in bucket]
-            flats.append(torch.cat(parts).div_(n))   # cat's tensor is new: divide in place
+            local = {i: _local(grads[i], None if extra is None else extra[i], divide_by) for i in bucket}
+            flats.append(pack(local, bucket, 1.0 / n))
             works.append(dist.all_reduce(flats[-1], async_op=True))
 
     def hook_for(i: int) -> Callable[[torch.Tensor], None]:

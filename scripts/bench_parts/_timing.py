@@ -78,12 +78,14 @@ def start(make: Callable[[], Callable[[], object]], compiled: bool) -> Contender
     return Contender(one_step, figures, os.environ.get("TORCHINDUCTOR_CACHE_DIR") if compiled else None)
 
 
-def time_interleaved(contenders: Sequence[Contender], steps: int, blocks: int = BLOCKS) -> None:
+def time_interleaved(contenders: Sequence[Contender], steps: int, blocks: int = BLOCKS,
+                     sync: Callable[[], object] | None = None) -> None:
     """Time ``steps`` calls of every contender, in ``blocks`` turns each (contender A's block, then
     B's, ..., then A's again), and store ``median_s``, ``min_s`` and ``rss_mib`` in its figures.
 
     Each block starts with one untimed call: the caches hold the previous contender's data.
-    ``rss_mib`` is the process's running maximum (all contenders live side by side).
+    ``rss_mib`` is the process's running maximum (all contenders live side by side). ``sync``,
+    when given, runs untimed before every timed call (``dist.barrier``: ranks start together).
     """
     if steps < 1:
         raise ValueError(f"time_interleaved: steps must be >= 1; got {steps}")
@@ -94,6 +96,8 @@ def time_interleaved(contenders: Sequence[Contender], steps: int, blocks: int = 
         for contender, spent in zip(contenders, times, strict=True):
             contender.one_step()
             for _ in range(n):
+                if sync is not None:
+                    sync()
                 t0 = time.perf_counter()
                 contender.one_step()
                 spent.append(time.perf_counter() - t0)

@@ -11,6 +11,7 @@ Rows:
 - ``all_reduce``: ``all_reduce_mean`` of that gradient tree (25 MiB buckets) vs one
   ``dist.all_reduce`` of a flat tensor of the same size; the note gives MB/s (payload bytes
   per second of wall time).
+Each pair is timed in turns (alternating blocks), every call started together on both ranks.
 Quick mode: ``MLP(784, [256], 10)``, global batch 64, fewer repeats.
 """
 
@@ -19,11 +20,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,17 +30,17 @@ import torch
 ROWS_FILE = "rows.json"
 
 
-def _median(fn, repeats: int, warmup: int) -> float:
+def _medians(fns, repeats: int, warmup: int) -> list[float]:
+    """Median seconds of each of ``fns``, timed in turns (``_timing.time_interleaved``), every
+    call started together on both ranks."""
     import torch.distributed as dist
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        dist.barrier()                 # start every measurement together on both ranks
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from bench_parts._timing import Contender, time_interleaved
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    contenders = [Contender(fn) for fn in fns]
+    time_interleaved(contenders, repeats, blocks=10, sync=dist.barrier)
+    return [c.figures["median_s"] for c in contenders]
 
 
 def _worker(quick: bool, out_dir: Path) -> None:
@@ -54,7 +53,7 @@ def _worker(quick: bool, out_dir: Path) -> None:
     distributed.init("gloo", timeout=120)
     r, n = distributed.rank(), distributed.world_size()
     hidden, global_batch = ([256], 64) if quick else ([1024, 1024], 256)
-    repeats, warmup = (5, 2) if quick else (20, 3)
+    repeats, warmup = (5, 2) if quick else (60, 3)
     local = global_batch // n
     model = models.MLP(784, hidden, 10)
     opt = optim.adamw(1e-3)
@@ -82,7 +81,7 @@ def _worker(quick: bool, out_dir: Path) -> None:
         twin_opt.step()
 
     rows = []
-    t_ours, t_theirs = _median(ours, repeats, warmup), _median(theirs, repeats, warmup)
+    t_ours, t_theirs = _medians([ours, theirs], repeats, warmup)
     params = tree.size(ts.params)
     rows.append(dict(group="distributed", name=f"train_step gloo x{n}, MLP{dims}, batch {global_batch}",
                      deepfn_s=t_ours, baseline="torch DDP + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
@@ -99,14 +98,14 @@ def _worker(quick: bool, out_dir: Path) -> None:
         nn.functional.cross_entropy(plain(x), y).backward()
         plain_opt.step()
 
-    t_ours, t_theirs = _median(ours_local, repeats, warmup), _median(theirs_local, repeats, warmup)
+    t_ours, t_theirs = _medians([ours_local, theirs_local], repeats, warmup)
     rows.append(dict(group="distributed", name=f"train_step without all-reduce, MLP{dims}, batch {local}",
                      deepfn_s=t_ours, baseline="torch nn.Sequential + AdamW", baseline_s=t_theirs,
                      ratio=t_ours / t_theirs, note="both ranks busy, no communication: the step's own cost"))
     grads = tree.map(torch.randn_like, ts.params)
     flat = torch.cat([g.reshape(-1) for g in tree.leaves(grads)])
-    t_ar = _median(lambda: distributed.all_reduce_mean(grads), repeats, warmup)
-    t_raw = _median(lambda: dist.all_reduce(flat.clone()), repeats, warmup)
+    t_ar, t_raw = _medians([lambda: distributed.all_reduce_mean(grads), lambda: dist.all_reduce(flat.clone())],
+                           repeats, warmup)
     mb = flat.numel() * flat.element_size() / 1e6
     rows.append(dict(group="distributed", name=f"all_reduce_mean gloo x{n}, {mb:.1f} MB", deepfn_s=t_ar,
                      baseline="dist.all_reduce of one flat tensor", baseline_s=t_raw, ratio=t_ar / t_raw,

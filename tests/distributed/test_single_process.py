@@ -7,6 +7,8 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deepfn import distributed, models, random, tree
 from deepfn.distributed.collectives import pack, plan_buckets, unpack
@@ -74,14 +76,28 @@ def test_a_real_gloo_group_of_one(monkeypatch):
 def test_plan_buckets_respects_size_dtype_and_order():
     leaves = [torch.zeros(10), torch.zeros(10, dtype=torch.float64), torch.zeros(30), torch.zeros(5),
               torch.tensor(1), 2.0, torch.zeros(10)]
-    # float32 leaves: 40, 120, 20, 40 bytes; a 64-byte bucket.
-    assert plan_buckets(leaves, 64) == [[0], [1], [2], [3, 6]]
+    # float32 leaves: 40, 120, 20, 40 bytes; a bucket closes once it holds 64 bytes or more.
+    assert plan_buckets(leaves, 64) == [[0, 2], [1], [3, 6]]
+    assert plan_buckets(leaves, 40) == [[0], [1], [2], [3, 6]]
     assert plan_buckets(leaves, 10**6) == [[0, 2, 3, 6], [1]]
-    assert plan_buckets(leaves, 64, floating_only=False) == [[0], [1], [2], [3, 6], [4]]
-    # DDP's small first bucket: only the first bucket of each dtype is capped lower.
+    assert plan_buckets(leaves, 64, floating_only=False) == [[0, 2], [1], [3, 6], [4]]
+    # DDP's small first bucket: only the first bucket of each dtype has the lower limit.
     assert plan_buckets(leaves, 10**6, first_bucket_bytes=30) == [[0], [1], [2, 3, 6]]
-    assert plan_buckets(leaves, 10**6, first_bucket_bytes=60) == [[0], [1], [2, 3, 6]]
-    assert plan_buckets(leaves, 10**6, first_bucket_bytes=200) == [[0, 2, 3], [1], [6]]
+    assert plan_buckets(leaves, 10**6, first_bucket_bytes=200) == [[0, 2, 3, 6], [1]]
+    assert plan_buckets(leaves, 130, first_bucket_bytes=150) == [[0, 2], [1], [3, 6]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(1, 300), st.sampled_from([torch.float32, torch.float64, torch.float16])),
+                      min_size=1, max_size=12),
+       limits=st.tuples(st.integers(1, 2000), st.integers(1, 2000)))
+def test_plan_buckets_equals_ddps_assignment(sizes, limits):
+    leaves = [torch.zeros(n, dtype=dtype) for n, dtype in sizes]
+    first, rest = limits
+    ddp, _ = dist._compute_bucket_assignment_by_size(leaves, [first, rest])
+    assert plan_buckets(leaves, rest, first_bucket_bytes=first) == [list(b) for b in ddp]
+    ddp_one_limit, _ = dist._compute_bucket_assignment_by_size(leaves, [rest])
+    assert plan_buckets(leaves, rest) == [list(b) for b in ddp_one_limit]
 
 
 @pytest.mark.parametrize("first_bucket_mb", [0, -1.0, "1"])
@@ -101,6 +117,15 @@ def test_pack_then_unpack_restores_every_leaf():
         assert torch.equal(a, b)
     flat.zero_()                                   # the packed copy never aliases the input
     assert leaves[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_pack_scales_each_leaf_as_ddp_does(dtype):
+    leaves = [torch.randn(3, 5, dtype=dtype), torch.randn(7, dtype=dtype).t(), torch.randn(2, 4, dtype=dtype).t()]
+    flat = pack(leaves, [2, 0], 1.0 / 3)
+    # DDP's reducer: grad * (1 / world_size), written into the bucket (bit for bit, not grad / 3)
+    want = torch.cat([leaves[2].reshape(-1), leaves[0].reshape(-1)]) * (1.0 / 3)
+    assert flat.dtype == dtype and torch.equal(flat, want)
 
 
 def test_structure_digest_depends_on_names_shapes_and_dtypes_not_values():

@@ -143,6 +143,13 @@ def test_contenders_are_timed_in_turns():
         T.time_interleaved([a], steps=0)
 
 
+def test_sync_runs_before_every_timed_call_only():
+    calls = []
+    a, b = T.Contender(lambda: calls.append("a")), T.Contender(lambda: calls.append("b"))
+    T.time_interleaved([a, b], steps=2, blocks=2, sync=lambda: calls.append("|"))
+    assert "".join(calls) == "a|a" + "b|b" + "a|a" + "b|b"
+
+
 def test_start_times_the_first_call_and_warms_up_once():
     calls = []
     c = T.start(lambda: (lambda: (calls.append(1), time.sleep(0.01 if len(calls) == 1 else 0))), False)
