@@ -10,8 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ import torch.utils._pytree as pytree
 
 from .. import random, tree
 from .._checks import describe
+from .._own_code import with_own_code
 from ._report import compare_trees, guarded, owner_name
 
 CHECKS = ("pure", "deterministic", "eval_state", "batch_independent", "vmap", "compile")
@@ -195,13 +195,6 @@ def _vmap(run: _Run) -> None:
                 got, expected, "(output, state)")
 
 
-def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object: Dynamo caches per code object, so every check
-    compiles afresh and many checked blocks never hit the recompile limit."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-
-
 def _compile(run: _Run) -> None:
     inputs, params, state = run.fresh()
     block, train = run.block, run.train
@@ -209,7 +202,7 @@ def _compile(run: _Run) -> None:
     def apply(params: Any, state: Any, inputs: tuple[Any, ...], key: Any) -> Any:
         return block.apply(params, state, *inputs, key=key, train=train)
 
-    compiled = torch.compile(_fresh_function(apply), fullgraph=True)
+    compiled = torch.compile(with_own_code(apply), fullgraph=True)   # every check compiles afresh
     got = guarded("compile", run.owner, "torch.compile(apply, fullgraph=True)",
                   lambda: compiled(params, state, inputs, run.apply_key))
     run.compare("compile", "the compiled apply differs from eager", got, (run.out, run.out_state),

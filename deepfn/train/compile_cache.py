@@ -60,6 +60,7 @@ import torch
 from .. import tree
 from .._atomic import write_atomically
 from .._fingerprint import SCALAR_TYPES, fingerprint
+from .._own_code import with_own_code
 
 _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 1\n"
@@ -75,7 +76,11 @@ def require_compiled(where: str, compile_cache: str | os.PathLike | None, compil
 def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str) -> Callable:
     """``fn`` compiled as one graph: saved in and loaded from ``compile_cache`` when it is a
     directory (:class:`SavedCompile`), else a plain ``torch.compile(fn, fullgraph=True)``
-    (made on the first call, with :func:`inductor_options` for its inputs)."""
+    (made on the first call, with :func:`inductor_options` for its inputs).
+
+    ``fn`` is compiled as a copy with its own code object (:func:`deepfn._own_code.with_own_code`):
+    any number of steps, of any structures, compile in one process."""
+    fn = with_own_code(fn)
     if compile_cache is None:
         return CompileOnFirstCall(fn)
     return SavedCompile(fn, compile_cache, what)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from deepfn import losses, optim, random, tree
+from deepfn._own_code import with_own_code
 from deepfn.models import MLP
 from deepfn.train import (
     TrainState,
@@ -22,7 +23,7 @@ from deepfn.train import (
     make_eval_step,
     make_train_step,
 )
-from deepfn.train.compile_cache import SavedCompile, closure_objects
+from deepfn.train.compile_cache import SavedCompile, closure_objects, compiled
 from tests.utils import assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,3 +380,31 @@ def test_cpu_steps_compile_without_inductors_layout_optimization(monkeypatch):
     assert inductor_options(({"w": torch.ones(1)}, [torch.ones(2)], 3)) == {"layout_optimization": False}
     assert inductor_options((torch.ones(1), torch.ones(1, device="meta"))) == {}   # not all on the CPU
     assert inductor_options((1, "no tensors")) == {}
+
+
+def _scaled_by(n: int):
+    def scale(x, *, bias=0.0):
+        """Docs."""
+        return x * n + bias
+    return scale
+
+
+@pytest.mark.parametrize("compile_cache", [None, "dir"])
+def test_functions_from_one_factory_compile_past_the_recompile_limit(tmp_path, compile_cache):
+    # Every make_train_step closure shares one code object, and Dynamo's entries are per code
+    # object: with a limit of one, the second closure's compile failed under fullgraph=True.
+    cache = None if compile_cache is None else tmp_path
+    x = torch.ones(3)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        runs = [compiled(_scaled_by(n), cache, "test") for n in (2, 3, 4)]
+        assert [float(run(x)[0]) for run in runs] == [2.0, 3.0, 4.0]
+
+
+def test_own_code_copy_keeps_what_the_function_carries():
+    fn = _scaled_by(5)
+    fn.tag = "kept"
+    copy = with_own_code(fn)
+    assert copy.__code__ is not fn.__code__ and copy.__code__ == fn.__code__
+    assert (copy.__name__, copy.__qualname__, copy.__doc__, copy.tag) == (fn.__name__, fn.__qualname__, "Docs.", "kept")
+    assert float(copy(torch.ones(1), bias=1.0)[0]) == 6.0 and copy.__kwdefaults__ == {"bias": 0.0}
+    assert with_own_code(torch.sin) is torch.sin        # not a Python function: itself
