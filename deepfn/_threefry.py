@@ -58,11 +58,27 @@ def _eager(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tenso
     return x0.bitwise_and_(_MASK), x1
 
 
+def kernel(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cipher on concrete tensors (the operator's body): the C loop on the CPU, else tensor
+    code. Returns new tensors."""
+    out = _threefry_native.threefry2x32(k0, k1, x0, x1)   # None off the CPU or without the C loop
+    return out if out is not None else _eager(k0, k1, x0, x1)
+
+
+def directly_callable(*words: torch.Tensor) -> bool:
+    """True when :func:`kernel` may run in place of the operator: eager, no dispatch mode (fake
+    tensors, ``make_fx``, flop counters) and plain tensors (no ``vmap``/``grad`` wrappers, no
+    subclasses). The operator's dispatch through its Python autograd and CPU kernels costs
+    ~50 us a call, more than the C loop takes for a thousand word pairs."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(w) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(w)
+                    for w in words))
+
+
 @torch.library.custom_op("deepfn::threefry2x32", mutates_args=())
 def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Threefry-2x32-20 over broadcastable ``int64`` words in ``[0, 2**32)``: ``(y0, y1)``."""
-    out = _threefry_native.threefry2x32(k0, k1, x0, x1)   # None off the CPU or without the C loop
-    return out if out is not None else _eager(k0, k1, x0, x1)
+    return kernel(k0, k1, x0, x1)
 
 
 @threefry2x32.register_fake

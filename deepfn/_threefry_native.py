@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -147,7 +148,18 @@ def _word(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
     """``x`` as a flat array read with step 1, or as one word read with step 0."""
     if x.numel() == 1:
         return x.reshape(1), 0
-    return x.expand(shape).contiguous().reshape(-1), 1
+    if x.shape != shape or not x.is_contiguous():
+        x = x.expand(shape).contiguous()
+    return x.reshape(-1), 1
+
+
+def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes(*shapes)``; without its Python (~10 us) when every shape is the
+    largest one or holds a single element, as the words of a draw do (one key, many counters)."""
+    largest = max(shapes, key=lambda s: (len(s), math.prod(s)))
+    if all(s == largest or math.prod(s) == 1 for s in shapes):
+        return largest
+    return torch.broadcast_shapes(*shapes)
 
 
 def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
@@ -164,7 +176,7 @@ def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
     lib = native()
     if lib is None:
         return None
-    shape = torch.broadcast_shapes(k0.shape, k1.shape, x0.shape, x1.shape)
+    shape = _broadcast_shape(k0.shape, k1.shape, x0.shape, x1.shape)
     words = [_word(w, shape) for w in words4]
     n = shape.numel()
     y0 = torch.empty(shape, dtype=torch.int64, device="cpu")

@@ -20,12 +20,21 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _threefry
 from ._checks import describe
 from ._threefry import threefry2x32 as _threefry_op
 
 # The registered operator itself, not its CustomOpDef wrapper: Dynamo puts the operator into
 # the graph directly, where it would trace the wrapper's Python on every draw (~30 ms each).
-_threefry2x32 = _threefry_op._opoverload
+_threefry_overload = _threefry_op._opoverload
+
+
+def _threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
+    """The cipher: its kernel straight away on plain eager tensors, else the operator (one
+    graph node under compile, its batching rule under vmap)."""
+    if _threefry.directly_callable(k0, k1, x0, x1):
+        return _threefry.kernel(k0, k1, x0, x1)
+    return _threefry_overload(k0, k1, x0, x1)
 
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
 
@@ -74,8 +83,10 @@ def bits(key: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
     half = (n + 1) // 2
     counter = torch.arange(half, dtype=torch.int64, device=key.device)
-    y0, y1 = _threefry2x32(key[..., 0:1], key[..., 1:2], torch.zeros_like(counter), counter)
-    return torch.cat([y0, y1], dim=-1)[..., :n]
+    k0, k1 = key.chunk(2, dim=-1)
+    y0, y1 = _threefry2x32(k0, k1, counter.new_zeros(1), counter)   # words broadcast: (0, i) for i < half
+    words = torch.cat([y0, y1], dim=-1)
+    return words if 2 * half == n else words.narrow(-1, 0, n)
 
 
 def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -84,8 +95,9 @@ def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
     if not _is_int(num) or num < 1:
         raise ValueError(f"deepfn.random.split: num must be a positive int; got {num!r}")
     counter = torch.arange(num, dtype=torch.int64, device=key.device)
+    k0, k1 = key.chunk(2, dim=-1)
     # Domain separation from bits(): keys use the high counter word 1, bits() uses 0.
-    y0, y1 = _threefry2x32(key[..., 0:1], key[..., 1:2], torch.ones_like(counter), counter)
+    y0, y1 = _threefry2x32(k0, k1, counter.new_ones(1), counter)
     return torch.stack([y0, y1], dim=-1)
 
 
@@ -99,12 +111,17 @@ def fold_in(key: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         if data.is_floating_point() or data.dtype == torch.bool or data.ndim != 0:
             raise TypeError(f"deepfn.random.fold_in: data must be an int or 0-d integer tensor; got {describe(data)}")
         d = data.to(device=key.device, dtype=torch.int64)
+        hi, lo = ((d >> 32) & _MASK) | (1 << 31), d & _MASK
     elif isinstance(data, int) and not isinstance(data, bool):
-        d = torch.tensor(data & ((1 << 63) - 1), dtype=torch.int64, device=key.device)
+        d_int = data & ((1 << 63) - 1)
+        # The counter words straight from the int: one small tensor instead of four ops.
+        hi, lo = torch.tensor([((d_int >> 32) & _MASK) | (1 << 31), d_int & _MASK], dtype=torch.int64,
+                              device=key.device).unbind()
     else:
         raise TypeError(f"deepfn.random.fold_in: data must be an int; got {type(data).__name__} {data!r}")
-    hi = ((d >> 32) & _MASK) | (1 << 31)   # the set high bit keeps fold_in apart from split
-    y0, y1 = _threefry2x32(key[..., 0], key[..., 1], hi + torch.zeros_like(key[..., 0]), d & _MASK)
+    # (The set high bit of the first counter word keeps fold_in apart from split.)
+    k0, k1 = key.unbind(-1)
+    y0, y1 = _threefry2x32(k0, k1, hi, lo)
     return torch.stack([y0, y1], dim=-1)
 
 

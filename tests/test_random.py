@@ -381,6 +381,30 @@ def test_operator_equals_reference_with_broadcasting():
             assert (int(y0[i, j]), int(y1[i, j])) == want
 
 
+def test_eager_draws_skip_the_operator_only_where_that_is_safe():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deepfn import _threefry
+    words = [_words(i, (4,)) for i in range(4)]
+    assert _threefry.directly_callable(*words)
+    want = torch.ops.deepfn.threefry2x32.default(*words)
+    got = _threefry2x32(*words)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    plain = random.bits(random.key(3), 9)
+    with FlopCounterMode(display=False):            # a dispatch mode sees the operator
+        assert not _threefry.directly_callable(*words)
+        assert torch.equal(random.bits(random.key(3), 9), plain)
+    with FakeTensorMode() as mode:                  # fake words hold no memory for the C loop
+        fake = [mode.from_tensor(w) for w in words]
+        assert not _threefry.directly_callable(*fake)
+        assert _threefry2x32(*fake)[0].shape == (4,)
+    seen = []
+    torch.func.vmap(lambda k: seen.append(_threefry.directly_callable(k)) or k)(words[0])
+    assert seen == [False]                          # batched under vmap: the operator's rule
+    assert not _threefry.directly_callable(torch.nn.Parameter(words[0].float()))   # a subclass
+
+
 def test_operator_is_one_graph_node():
     graphs = []
 

@@ -171,3 +171,18 @@ def test_built_library_is_reused(monkeypatch, tmp_path):
     monkeypatch.setattr(_threefry_native, "_build", None)   # a second build would raise TypeError
     assert _threefry_native.native.__wrapped__() is not None
     assert list(tmp_path.glob("threefry2x32-*.so")) == [built]
+
+
+@pytest.mark.parametrize("shapes", [
+    [(1,), (1,), (1,), (1024,)], [(1,), (), (7,), (7,)], [(3, 1), (1,), (4,), (3, 4)], [(1, 1), (5,)],
+    [(2, 1), (1, 3)], [(), ()], [(0,), (1,)], [(4, 1), (1, 1, 1)], [(3,), (4,)],
+])
+def test_broadcast_shape_equals_torchs(shapes):
+    sizes = [torch.Size(s) for s in shapes]
+    try:
+        want = torch.broadcast_shapes(*sizes)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            _threefry_native._broadcast_shape(*sizes)
+        return
+    assert _threefry_native._broadcast_shape(*sizes) == want

@@ -20,7 +20,7 @@ def dropout(x: Tensor, rate: float, key: Key | None, train: bool, owner: object 
         return x
     require_key(owner, key)
     keep = random.bernoulli(key, 1.0 - rate, tuple(x.shape))
-    return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(keep, x / (1.0 - rate), 0.0)   # a Python zero keeps x's dtype
 
 
 @dataclass(frozen=True)

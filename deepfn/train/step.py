@@ -21,6 +21,7 @@ from .._autograd import autograd_grad_and_value
 from .._checks import describe
 from .._eager import plain_eager
 from ..amp import NoOpLossScale, Policy, all_finite
+from ..optim import _ops as optim_ops
 from ..remat import differentiated_outside
 from ..typing import Block, Key, Params, PyTree, State, Tensor
 from .compile_cache import compiled, require_compiled
@@ -142,7 +143,9 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         if clip_norm is not None:
             # optim.clip_by_global_norm / clip_grad_norm_: multiply by min(1, max / (norm + 1e-6)).
             factor = torch.clamp(clip_norm / (grad_norm + 1e-6), max=1.0)
-            grads = tree.map(lambda g: g * factor.to(g.dtype), grads)
+            leaves, spec = _flat.flatten(grads)
+            # Eagerly one foreach kernel (in place on the step's own gradients), else per leaf.
+            grads = _flat.unflatten(spec, optim_ops.mul(leaves, factor, optim_ops.use_foreach(leaves), inplace=owned))
         metrics = {"loss": losses.mean(), "grad_norm": grad_norm}
         # Skip (GradScaler's, and without a loss scale too): a step whose loss or
         # unscaled gradients are not finite keeps params and optimizer state, so a bad batch
