@@ -24,6 +24,8 @@ from . import _threefry
 from ._checks import describe
 from ._threefry import threefry2x32 as _threefry_op
 
+__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
+
 # The registered operator itself, not its CustomOpDef wrapper: Dynamo puts the operator into
 # the graph directly, where it would trace the wrapper's Python on every draw (~30 ms each).
 _threefry_overload = _threefry_op._opoverload
@@ -36,7 +38,6 @@ def _threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torc
         return _threefry.kernel(k0, k1, x0, x1)
     return _threefry_overload(k0, k1, x0, x1)
 
-__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
 
 _MASK = 0xFFFFFFFF
 

@@ -102,7 +102,8 @@ def all_reduce_mean(grads: PyTree, bucket_mb: float = 25.0) -> PyTree:
     bucket, closed once full: :func:`plan_buckets`), each bucket is multiplied by
     ``1 / world_size`` and summed across ranks (DDP's order and arithmetic, which keeps fp16
     sums from overflowing). Integer, bool and non-tensor leaves (e.g. ``num_batches_tracked``)
-    come back unchanged, so the same call averages the float running statistics of a BatchNorm state tree: ``all_reduce_mean(train_state.state)``.
+    come back unchanged, so the same call averages the float running statistics of a
+    BatchNorm state tree: ``all_reduce_mean(train_state.state)``.
 
     Eagerly every bucket's all-reduce is issued asynchronously and then all are waited on,
     so communication of bucket ``i`` overlaps with launching bucket ``i + 1``. Under
