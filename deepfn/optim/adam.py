@@ -93,6 +93,14 @@ def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, 
     ``b1`` is a float or a float64 0-d tensor (a scheduled beta1). ``donate``: the new moments
     may be written into ``mu`` and ``nu`` (the same kernels in place, so the same numbers).
     """
+    count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, count, b1, b2, eps, fe, donate)
+    return count, mu, nu, _ops.div_lists(mu, denom, fe, into_y=True), scale
+
+
+def _adam_moments(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, eps: float, fe: bool,
+                  donate: bool):
+    """``_adam_step`` before its division: new count and moments, the denominators
+    ``sqrt(nu) + eps * sqrt(bc2)`` (fresh leaves) and the scale ``sqrt(bc2) / bc1`` (float64 0-d)."""
     in_place = donate and fe
     new_mu = _ops.lerp(mu, gs, 1.0 - b1, fe, inplace=in_place)
     new_nu = _ops.addcmul(_ops.mul(nu, b2, fe, inplace=in_place), gs, gs, 1.0 - b2, fe, inplace=True)
@@ -104,7 +112,7 @@ def _adam_step(gs: list, mu: list, nu: list, count: Tensor, b1: Any, b2: float, 
     sqrt_bc2 = torch.sqrt(1.0 - b2 ** k)
     bc1 = 1.0 - b1 ** k
     denom = _ops.add_scalar(_ops.sqrt(nu, fe), eps * sqrt_bc2, fe, inplace=True)
-    return count, mu, nu, _ops.div_lists(mu, denom, fe, into_y=True), sqrt_bc2 / bc1
+    return count, mu, nu, denom, sqrt_bc2 / bc1
 
 
 def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8,
@@ -149,12 +157,12 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
     # The chain's three passes after Adam's division (scale, decay, learning rate) fused into
     # two on the eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor
     # or the per-leaf path does not gain from it, so the chain runs as written.
-    def update(updates: PyTree, state: tuple, params: PyTree = None, *, donate_state: bool = False,
-               _owned: bool = False):
+    def fast_path(updates: PyTree, state: tuple, params: PyTree):
+        """The flattened leaves and state when the eager foreach path applies, else None."""
         gs, spec = _flat.flatten(updates)
         if (params is None or not _ops.use_foreach(gs) or not isinstance(state, tuple) or len(state) != 3
                 or not isinstance(state[0], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
-            return inner.update(updates, state, params, donate_state=donate_state, _owned=_owned)
+            return None
         adam_s, lr_s = state[0], state[2]
         check_count("deepfn.optim.scale_by_adam", adam_s.count)
         check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
@@ -164,23 +172,59 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         where = "deepfn.optim.add_decayed_weights"
         check_specs(where, "updates", spec, p_spec, updates, params)
         flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
-        count, mu, nu, out, scale = _adam_step(gs, mu, _flat.flatten(adam_s.nu)[0], adam_s.count,
-                                               _beta1(b1, adam_s.count), b2, eps, True, donate_state)
+        return gs, spec, mu, _flat.flatten(adam_s.nu)[0], ps, [i for i, f in enumerate(flags) if f]
+
+    def new_state(state: tuple, spec: Any, count: Tensor, mu: list, nu: list) -> tuple:
+        return (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
+                ScaleByScheduleState(state[2].count + 1))
+
+    def update(updates: PyTree, state: tuple, params: PyTree = None, *, donate_state: bool = False,
+               _owned: bool = False):
+        flat = fast_path(updates, state, params)
+        if flat is None:
+            return inner.update(updates, state, params, donate_state=donate_state, _owned=_owned)
+        gs, spec, mu, nu, ps, idx = flat
+        adam_s, lr_s = state[0], state[2]
+        count, mu, nu, out, scale = _adam_step(gs, mu, nu, adam_s.count, _beta1(b1, adam_s.count), b2, eps, True,
+                                               donate_state)
         rate = lr(lr_s.count) if callable(lr) else lr
         tensor_rate = isinstance(rate, torch.Tensor)  # a foreach ``alpha`` must be a Python number
         # Mixed dtypes take the per-leaf (new tensors) path: index the decayed leaves after it.
         out = _ops.mul(out, scale if tensor_rate else -rate * scale, True, inplace=True)
-        idx = [i for i, f in enumerate(flags) if f]
         if idx:
             alpha = weight_decay if tensor_rate else -rate * weight_decay
             _ops.add([out[i] for i in idx], [ps[i] for i in idx], True, alpha=alpha, inplace=True)
         if tensor_rate:
             out = _ops.mul(out, -rate, True, inplace=True)
-        new_state = (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
-                     ScaleByScheduleState(lr_s.count + 1))
-        return _flat.unflatten(spec, out), new_state
+        return _flat.unflatten(spec, out), new_state(state, spec, count, mu, nu)
 
-    return GradientTransformation(inner.init, mark(update, fresh=True, reuses=True, donates=True))
+    def update_in_place(updates: PyTree, state: tuple, params: PyTree):
+        """``params`` and ``state`` given up: the new values written into their tensors, in
+        ``torch.optim.AdamW``'s order (``p *= 1 - lr * wd``, then ``p += -lr * scale * mu / denom``,
+        one ``addcdiv_``). Two passes over the parameters where ``update`` + ``apply_updates``
+        take four (division, scale, decay, sum); equal to them up to float rounding.
+
+        Returns ``(params, state)``, or None (nothing written) off the eager CPU path: the
+        step sizes are read on the host as Python numbers, as ``torch.optim`` reads its steps.
+        """
+        flat = fast_path(updates, state, params)
+        if flat is None or state[0].count.device.type != "cpu" or state[2].count.device.type != "cpu":
+            return None
+        beta1 = _beta1(b1, state[0].count)
+        rate = lr(state[2].count) if callable(lr) else lr
+        if any(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in (beta1, rate)):
+            return None
+        gs, spec, mu, nu, ps, idx = flat
+        count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, state[0].count, beta1, b2, eps, True, True)
+        rate = float(rate)
+        if idx:
+            torch._foreach_mul_([ps[i] for i in idx], 1.0 - rate * weight_decay)
+        torch._foreach_addcdiv_(ps, mu, denom, -rate * float(scale))
+        return _flat.unflatten(spec, ps), new_state(state, spec, count, mu, nu)
+
+    update = mark(update, fresh=True, reuses=True, donates=True)
+    update.in_place = update_in_place
+    return GradientTransformation(inner.init, update)
 
 
 def _check_common(name: str, lr, betas, eps, weight_decay) -> tuple[ScalarOrSchedule, float]:

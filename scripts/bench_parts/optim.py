@@ -9,9 +9,10 @@ Compiled rows compare ``torch.compile`` of deepfn's pure step with ``torch.compi
 torch's ``step`` (the pattern the torch.compile optimizer tutorial uses).
 Targets: ratio <= 1.2 eager, <= 1.0 compiled.
 
-Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. Eager,
-deepfn makes 9 passes over the parameters to torch's 8 (``apply_updates`` is the extra
-one) and 3 fresh outputs (moments, updates, which become the new params through
+Run as ``python -m scripts.bench_parts.optim [--quick]`` from the repository root. Eager and
+donated, deepfn's AdamW writes the parameters itself (``adamw``'s ``update.in_place``, what the
+train step calls): 7 passes over the parameters to torch's 8. Eager and pure, deepfn makes 9
+passes (``apply_updates`` is the extra one) and 3 fresh outputs (moments, updates, which become the new params through
 ``donate_updates=True``, as in ``make_train_step``) to torch's one temporary; compiled,
 both are one fused Inductor kernel with the same traffic, deepfn's writing fresh memory.
 On CPU glibc's malloc trims freed memory and page-faults it back now and then, so single
@@ -66,7 +67,11 @@ def _bench(total: int, n_tensors: int, compiled: bool, repeats: int, device: str
     box = {"p": params, "s": opt.init(params)}
 
     def step(p, s, g):
-        if donate:   # as make_train_step(donate=True): new state written into the old buffers
+        if donate and not compiled:   # as make_train_step(donate=True) eagerly: AdamW's own donated form
+            done = opt.update.in_place(g, s, p)
+            if done is not None:
+                return done
+        if donate:   # as make_train_step(donate=True) compiled: new state written into the old buffers
             u, s = opt.update(g, s, p, donate_state=True)
             return optim.apply_updates(p, u, donate_params=True), s
         u, s = opt.update(g, s, p)

@@ -29,10 +29,12 @@ def test_adam_matches_torch(case, dtype):
     run_against_torch(optim.adam(**kw), lambda ps: torch.optim.Adam(ps.values(), foreach=False, **kw), dtype)
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
 @pytest.mark.parametrize("case", list(ADAMW))
-def test_adamw_matches_torch(case, dtype):
+def test_adamw_matches_torch(case, dtype, in_place):
     kw = ADAMW[case]
-    run_against_torch(optim.adamw(**kw), lambda ps: torch.optim.AdamW(ps.values(), foreach=False, **kw), dtype)
+    run_against_torch(optim.adamw(**kw), lambda ps: torch.optim.AdamW(ps.values(), foreach=False, **kw), dtype,
+                      in_place=in_place)
 
 
 def test_adamw_matches_torch_foreach_small_grads():
@@ -56,17 +58,20 @@ def test_adamw_default_weight_decay_is_torch_default():
     assert_trees_close(optim.apply_updates(params, updates), tree.unflatten({k: p.detach() for k, p in twin.items()}))
 
 
-@pytest.mark.parametrize("make", [optim.adam, optim.adamw])
-def test_adam_cosine_schedule(make, dtype):
+@pytest.mark.parametrize("make,in_place", [(optim.adam, False), (optim.adamw, False), (optim.adamw, True)],
+                         ids=["adam", "adamw", "adamw_in_place"])
+def test_adam_cosine_schedule(make, in_place, dtype):
     lr, T = 1e-2, 50
     torch_cls = torch.optim.Adam if make is optim.adam else torch.optim.AdamW
     run_against_torch(
         make(optim.cosine_decay(lr, T, alpha=0.1), weight_decay=0.05),
         lambda ps: torch_cls(ps.values(), lr=lr, weight_decay=0.05, foreach=False), dtype,
-        make_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.1 * lr))
+        make_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.1 * lr),
+        in_place=in_place)
 
 
-def test_adamw_mask_matches_torch_param_groups(dtype):
+@pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
+def test_adamw_mask_matches_torch_param_groups(dtype, in_place):
     """No decay for biases and norms, chosen by path, equals two torch param groups."""
     def decay(path, leaf):
         return not (path.endswith("bias") or path.startswith("norm"))
@@ -77,7 +82,7 @@ def test_adamw_mask_matches_torch_param_groups(dtype):
         return torch.optim.AdamW([{"params": yes}, {"params": no, "weight_decay": 0.0}], lr=1e-2,
                                  weight_decay=0.3, foreach=False)
 
-    run_against_torch(optim.adamw(1e-2, weight_decay=0.3, mask=decay), make_torch, dtype)
+    run_against_torch(optim.adamw(1e-2, weight_decay=0.3, mask=decay), make_torch, dtype, in_place=in_place)
 
 
 def test_adam_mask_as_tree_of_bools(dtype):
@@ -154,9 +159,11 @@ def test_mask_with_non_bool_leaves_is_rejected():
         opt.update(params, opt.init(params), params)
 
 
-@pytest.mark.parametrize("make, twin", [(optim.adam, torch.optim.Adam), (optim.adamw, torch.optim.AdamW)],
-                         ids=["adam", "adamw"])
-def test_adam_cycled_beta1_matches_one_cycle_lr(make, twin, dtype):
+@pytest.mark.parametrize("make, twin, in_place", [(optim.adam, torch.optim.Adam, False),
+                                                   (optim.adamw, torch.optim.AdamW, False),
+                                                   (optim.adamw, torch.optim.AdamW, True)],
+                         ids=["adam", "adamw", "adamw_in_place"])
+def test_adam_cycled_beta1_matches_one_cycle_lr(make, twin, in_place, dtype):
     """OneCycleLR(cycle_momentum=True) rewrites Adam's beta1 each step; deepfn takes it as a schedule."""
     T = 50
     opt = make(optim.one_cycle(0.01, T), betas=(optim.one_cycle_momentum(T), 0.99), weight_decay=0.01)
@@ -165,7 +172,7 @@ def test_adam_cycled_beta1_matches_one_cycle_lr(make, twin, dtype):
         return torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.01, total_steps=T)
 
     run_against_torch(opt, lambda ps: twin(ps.values(), lr=0.01, betas=(0.9, 0.99), weight_decay=0.01,
-                                           foreach=False), dtype, steps=T, make_scheduler=sched)
+                                           foreach=False), dtype, steps=T, make_scheduler=sched, in_place=in_place)
 
 
 def test_adam_cycled_beta1_under_compile_and_vmap():

@@ -25,7 +25,10 @@ def _build(node, g, dtype):
 
 
 def run_against_torch(opt: optim.GradientTransformation, make_torch, dtype: torch.dtype, *, steps: int = 50,
-                      make_scheduler=None, seed: int = 0, grad_scale: float = 1.0) -> None:
+                      make_scheduler=None, seed: int = 0, grad_scale: float = 1.0,
+                      in_place: bool = False) -> None:
+    """``in_place``: the optimizer's donated form (``opt.update.in_place``) writes each step into
+    ``params`` and the state instead of ``update`` + ``apply_updates``."""
     params = make_params(dtype, seed)
     flat = tree.flatten(params)
     twins = {k: torch.nn.Parameter(v.clone()) for k, v in flat.items()}
@@ -40,8 +43,14 @@ def run_against_torch(opt: optim.GradientTransformation, make_torch, dtype: torc
         torch_opt.step()
         if scheduler is not None:
             scheduler.step()
-        updates, state = opt.update(tree.unflatten(grads), state, params)
-        params = optim.apply_updates(params, updates)
+        if in_place:
+            done = opt.update.in_place(tree.unflatten(grads), state, params)
+            assert done is not None, "the in-place form refused plain CPU tensors"
+            assert all(a is b for a, b in zip(tree.leaves(done[0]), tree.leaves(params), strict=True))
+            params, state = done
+        else:
+            updates, state = opt.update(tree.unflatten(grads), state, params)
+            params = optim.apply_updates(params, updates)
         try:
             assert_trees_close(params, tree.unflatten({k: p.detach() for k, p in twins.items()}), **TOL[dtype])
         except AssertionError as e:

@@ -98,3 +98,24 @@ def test_compiled_non_finite_skip_equals_eager():
     compiled, m_c = make_train_step(model, losses.cross_entropy, opt, compile=True)(ts, (x, y), None)
     assert bool(m_c["nonfinite"]) and bool(m_e["nonfinite"])
     assert tree.all_equal(compiled.params, ts.params) and tree.all_equal(eager.params, ts.params)
+
+
+def test_finite_loss_with_non_finite_gradients_is_skipped():
+    model, opt = MLP(6, (8,), 3), optim.sgd(lr=0.1)
+    ts = TrainState.create(model, opt, random.key(0))
+    # sqrt(|z - z|) is 0 (a finite loss) with a NaN gradient: only the gradients give it away.
+    nan_grad = lambda logits, y: losses.cross_entropy(logits, y) + (logits - logits.detach()).abs().sqrt().sum()  # noqa: E731
+    new, m = make_train_step(model, nan_grad, opt, compile=False)(ts, _data(), None)
+    assert torch.isfinite(m["loss"]) and not torch.isfinite(m["grad_norm"])
+    assert bool(m["nonfinite"]) and tree.all_equal(new.params, ts.params)
+
+
+def test_finite_gradients_whose_norm_overflows_are_not_skipped():
+    model, opt = MLP(6, (8,), 3), optim.sgd(lr=1e-38)
+    ts = TrainState.create(model, opt, random.key(0))
+    huge = lambda logits, y: (logits * 2e37).sum()  # noqa: E731
+    new, m = make_train_step(model, huge, opt, compile=False)(ts, _data(), None)
+    # Every gradient is finite, but the sum of their squares is past float32's range.
+    assert not torch.isfinite(m["grad_norm"]) and not bool(m["nonfinite"])
+    assert not tree.all_equal(new.params, ts.params)
+    assert all(torch.isfinite(t).all() for t in tree.leaves(new.params))

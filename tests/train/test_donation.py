@@ -47,11 +47,24 @@ def _poison(batch):
 @pytest.mark.parametrize("opt", [optim.adamw(1e-2, weight_decay=0.1), optim.sgd(0.1, momentum=0.9)],
                          ids=["adamw", "sgd"])
 def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
+    """Bit for bit, except AdamW's own donated form (equal up to rounding)."""
     batches = [_data(0), _data(1), _poison(_data(2)), _data(3)]
     _, _, pure = _train(False, False, opt, batches)
     first, last, donated = _train(True, False, opt, batches)
-    for a, b in zip(donated, pure, strict=True):
-        _assert_same(a, b)
+    if getattr(opt.update, "in_place", None) is None:
+        for a, b in zip(donated, pure, strict=True):
+            _assert_same(a, b)
+    else:
+        # AdamW's donated form is torch.optim's order of the same arithmetic: equal up to rounding
+        # from the same state. (Across steps Adam would amplify that rounding: it normalises the
+        # near-zero gradient of a bias that batch norm cancels to a step of size lr.)
+        pure_step = make_train_step(MODEL, losses.cross_entropy, opt, clip_norm=1.0, compile=False)
+        before = TrainState.create(MODEL, opt, random.key(0))
+        for i, (batch, (ts_d, m_d)) in enumerate(zip(batches, donated, strict=True)):
+            ts_p, m_p = pure_step(before, batch, random.key(i))
+            torch.testing.assert_close(tree.leaves(ts_d), tree.leaves(ts_p), rtol=1e-6, atol=1e-7, equal_nan=True)
+            _assert_same(m_d, m_p)   # the metrics come before the update
+            before = ts_d
     assert bool(donated[2][1]["nonfinite"]) and tree.all_equal(donated[2][0].params, donated[1][0].params)
     # The first state's parameter and moment tensors are the ones the last state holds.
     assert all(a is b for a, b in zip(tree.leaves(last.params), tree.leaves(first.params), strict=True))
