@@ -169,16 +169,30 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
     # rounding to float32 hides, so compiled and eager samples agree bit for bit. Narrow
     # dtypes need only 24-bit uniforms (one word each), float64 needs 53-bit ones.
     n = math.prod(shape)
+    compiling = torch.compiler.is_compiling()
     if dtype == torch.float64:
         k_radius, k_angle = split(key).unbind(-2)
-        u1 = 1.0 - _unit(k_radius, shape, torch.float64)
-        u2 = _unit(k_angle, shape, torch.float64)
+        u, v = _unit(k_radius, shape, torch.float64), _unit(k_angle, shape, torch.float64)
     else:
-        u = (bits(key, 2 * n) >> 8).to(torch.float64) * 2.0 ** -24
-        u1 = 1.0 - u[..., :n].reshape((*key.shape[:-1], *shape))   # (0, 1]: log stays finite
-        u2 = u[..., n:].reshape((*key.shape[:-1], *shape))
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return z.to(dtype)
+        w = bits(key, 2 * n)
+        w = w >> 8 if compiling else w.bitwise_right_shift_(8)   # in place eagerly: see _box_muller
+        u = w.to(torch.float64).mul_(2.0 ** -24)
+        u, v = u[..., :n].reshape((*key.shape[:-1], *shape)), u[..., n:].reshape((*key.shape[:-1], *shape))
+    return _box_muller(u, v, compiling).to(dtype)
+
+
+def _box_muller(u: torch.Tensor, v: torch.Tensor, compiling: bool) -> torch.Tensor:
+    """``sqrt(-2 log(1 - u)) * cos(2 pi v)`` for uniforms ``u``, ``v`` in ``[0, 1)`` (``1 - u`` in
+    ``(0, 1]``: the log stays finite); ``u`` and ``v`` are the caller's own temporaries.
+
+    Compiled: out of place, a chain Inductor fuses into one loop (written in place it fused
+    less: 10^7 normals 0.34 -> 0.51 s). Eagerly: in place on ``u`` and ``v``, the same kernels
+    and numbers without a fresh float64 tensor (and its page faults) per op (10^7 normals,
+    with the in-place shift above: ~0.88 -> ~0.5 s).
+    """
+    if compiling:
+        return torch.sqrt(-2.0 * torch.log(1.0 - u)) * torch.cos(2.0 * math.pi * v)
+    return u.neg_().add_(1.0).log_().mul_(-2.0).sqrt_().mul_(v.mul_(2.0 * math.pi).cos_())
 
 
 def bernoulli(key: torch.Tensor, p: float | torch.Tensor, shape: Shape) -> torch.Tensor:
