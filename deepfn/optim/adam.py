@@ -206,20 +206,23 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
 
         Returns ``(params, state)``, or None (nothing written) off the eager CPU path: the
         step sizes are read on the host as Python numbers, as ``torch.optim`` reads its steps.
+        Parameters that require grad are written under ``no_grad``, as ``torch.optim`` does.
         """
         flat = fast_path(updates, state, params)
-        if flat is None or state[0].count.device.type != "cpu" or state[2].count.device.type != "cpu":
-            return None
-        beta1 = _beta1(b1, state[0].count)
-        rate = lr(state[2].count) if callable(lr) else lr
-        if any(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in (beta1, rate)):
+        if flat is None:
             return None
         gs, spec, mu, nu, ps, idx = flat
-        count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, state[0].count, beta1, b2, eps, True, True)
-        rate = float(rate)
-        if idx:
-            torch._foreach_mul_([ps[i] for i in idx], 1.0 - rate * weight_decay)
-        torch._foreach_addcdiv_(ps, mu, denom, -rate * float(scale))
+        beta1 = _beta1(b1, state[0].count)
+        rate = lr(state[2].count) if callable(lr) else lr
+        host = (state[0].count, state[2].count, *(v for v in (beta1, rate) if isinstance(v, torch.Tensor)), *ps)
+        if any(not isinstance(t, torch.Tensor) or t.device.type != "cpu" for t in host):
+            return None
+        with torch.no_grad():
+            count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, state[0].count, beta1, b2, eps, True, True)
+            rate = float(rate)
+            if idx:
+                torch._foreach_mul_([ps[i] for i in idx], 1.0 - rate * weight_decay)
+            torch._foreach_addcdiv_(ps, mu, denom, -rate * float(scale))
         return _flat.unflatten(spec, ps), new_state(state, spec, count, mu, nu)
 
     update = mark(update, fresh=True, reuses=True, donates=True)

@@ -73,6 +73,31 @@ def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
     assert moments and all(a is b for a, b in moments)
 
 
+def test_eager_donated_adamw_steps_take_its_in_place_form():
+    opt = optim.adamw(1e-2, weight_decay=0.1)
+    calls = []
+
+    def counted(*args, own=opt.update.in_place):
+        calls.append(own(*args))
+        return calls[-1]
+    opt.update.in_place = counted
+    batches = [_data(0), _poison(_data(1)), _data(2)]
+    _train(True, False, opt, batches)
+    assert len(calls) == 2 and all(c is not None for c in calls)   # not on the skipped step
+    calls.clear()
+    _train(False, False, opt, batches)
+    assert not calls                                                # only when donating
+
+
+def test_adamw_in_place_form_writes_parameters_that_require_grad():
+    params = {"w": torch.nn.Parameter(torch.ones(3))}
+    opt = optim.adamw(0.1, weight_decay=0.1)
+    expected = optim.apply_updates(params, opt.update({"w": torch.ones(3)}, opt.init(params), params)[0])
+    got, _ = opt.update.in_place({"w": torch.ones(3)}, opt.init(params), params)
+    assert got["w"] is params["w"]
+    torch.testing.assert_close(got["w"].detach(), expected["w"].detach())
+
+
 def test_compiled_donated_steps_equal_pure_steps_and_write_in_place():
     opt = optim.adamw(1e-2, weight_decay=0.1)
     batches = [_data(0), _poison(_data(1)), _data(2)]
