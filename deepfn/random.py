@@ -177,7 +177,8 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
         w = bits(key, 2 * n)
         w = w >> 8 if compiling else w.bitwise_right_shift_(8)   # in place eagerly: see _box_muller
         u = w.to(torch.float64).mul_(2.0 ** -24)
-        u, v = u[..., :n].reshape((*key.shape[:-1], *shape)), u[..., n:].reshape((*key.shape[:-1], *shape))
+        batched = (*key.shape[:-1], *shape)
+        u, v = u[..., :n].reshape(batched), u[..., n:].reshape(batched)
     return _box_muller(u, v, compiling).to(dtype)
 
 

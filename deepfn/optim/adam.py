@@ -23,6 +23,7 @@ from .base import (
 from .transforms import (
     Mask,
     ScaleByScheduleState,
+    _value,
     add_decayed_weights,
     resolve_mask,
     scale_by_learning_rate,
@@ -187,7 +188,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         adam_s, lr_s = state[0], state[2]
         count, mu, nu, out, scale = _adam_step(gs, mu, nu, adam_s.count, _beta1(b1, adam_s.count), b2, eps, True,
                                                donate_state)
-        rate = lr(lr_s.count) if callable(lr) else lr
+        rate = _value(lr, lr_s.count)
         tensor_rate = isinstance(rate, torch.Tensor)  # a foreach ``alpha`` must be a Python number
         # Mixed dtypes take the per-leaf (new tensors) path: index the decayed leaves after it.
         out = _ops.mul(out, scale if tensor_rate else -rate * scale, True, inplace=True)
@@ -213,7 +214,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
             return None
         gs, spec, mu, nu, ps, idx = flat
         beta1 = _beta1(b1, state[0].count)
-        rate = lr(state[2].count) if callable(lr) else lr
+        rate = _value(lr, state[2].count)
         host = (state[0].count, state[2].count, *(v for v in (beta1, rate) if isinstance(v, torch.Tensor)), *ps)
         if any(not isinstance(t, torch.Tensor) or t.device.type != "cpu" for t in host):
             return None

@@ -142,9 +142,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         scaler = ts.loss_scale if scaling else NoOpLossScale()
         if scaling:
             grads, grads_ok = _unscale_and_check(scaler, grads, owned)
-            grad_norm = tree.global_norm(grads)
-        else:   # nothing to unscale: the norm comes first and often settles the check
-            grad_norm = tree.global_norm(grads)
+        grad_norm = tree.global_norm(grads)
+        if not scaling:   # nothing to unscale: the norm often settles the check
             grads_ok = (_finite_given_norm(grad_norm, grads) if _readable_on_host(grad_norm)
                         else _unscale_and_check(scaler, grads, owned)[1])
         if clip_norm is not None:
