@@ -23,6 +23,11 @@ Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few ste
 workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``, and
 comparisons with ``DEEPFN_BENCH_CONTENDERS`` (a comma-separated subset of ``eager, compiled,
 bf16, jax``; e.g. ``compiled`` for the compile-time rows alone).
+
+``DEEPFN_BENCH_DEVICE`` (default ``cpu``) runs the workloads on another device, e.g. ``cuda``:
+models, batches and keys live there, every timed step ends with a synchronization, the step
+counts are five times larger (steps take milliseconds there), the peaks are measured there
+with 8192-wide products, and JAX is left out (its runner is CPU-only).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ QUICK = ("mlp-seed", "mlp-wide", "cnn-small", "transformer-small")
 ENV = "DEEPFN_BENCH_WORKLOADS"
 CONTENDERS_ENV = "DEEPFN_BENCH_CONTENDERS"
 CONTENDERS = ("eager", "compiled", "bf16", "jax")
+DEVICE_ENV = "DEEPFN_BENCH_DEVICE"
 BF16 = amp.Policy(torch.float32, torch.bfloat16, torch.float32)
 
 
@@ -110,14 +116,38 @@ WORKLOADS = {w.name: w for w in [
 ]}
 
 
+def bench_device() -> torch.device:
+    """``$DEEPFN_BENCH_DEVICE``, else the CPU."""
+    device = torch.device(os.environ.get(DEVICE_ENV) or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{DEVICE_ENV}={device}: CUDA is not available here")
+    return device
+
+
+def synchronized(one_step: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``one_step`` that returns only once the device has finished its work (timings then count
+    the kernels, not their launch)."""
+    if device.type == "cpu":
+        return one_step
+
+    def step():
+        out = one_step()
+        torch.accelerator.synchronize(device)
+        return out
+
+    return step
+
+
 def make_batch(wl: Workload) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Synthetic ``(inputs, labels)`` from a fixed seed; token ids avoid the pad id 0."""
-    g = torch.Generator().manual_seed(0)
+    """Synthetic ``(inputs, labels)`` from a fixed seed, on the bench device; token ids avoid
+    the pad id 0."""
+    g, device = torch.Generator().manual_seed(0), bench_device()
     if isinstance(wl.model, Transformer):
-        ids = lambda: torch.randint(1, wl.model.vocab_size, (wl.batch, wl.seq_len), generator=g)  # noqa: E731
+        ids = lambda: torch.randint(1, wl.model.vocab_size, (wl.batch, wl.seq_len), generator=g).to(device)  # noqa: E731
         return (ids(), ids()), ids()
     classes = wl.model.output_dim if isinstance(wl.model, MLP) else wl.model.num_classes
-    return (torch.randn(wl.batch, *wl.in_shape, generator=g),), torch.randint(0, classes, (wl.batch,), generator=g)
+    x = torch.randn(wl.batch, *wl.in_shape, generator=g)
+    return (x.to(device),), torch.randint(0, classes, (wl.batch,), generator=g).to(device)
 
 
 def twin_of(wl: Workload) -> torch.nn.Module:
@@ -125,7 +155,7 @@ def twin_of(wl: Workload) -> torch.nn.Module:
     m = wl.model
     twin = torch_mlp(m) if isinstance(m, MLP) else SEResNet(m) if isinstance(m, AdvancedCNN) else Seq2SeqTransformer(m)
     params, state = m.init(random.key(0))
-    return interop.to_torch(m, params, state, twin).train()
+    return interop.to_torch(m, params, state, twin).to(bench_device()).train()
 
 
 def _torch_loss(wl: Workload, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -147,8 +177,9 @@ def deepfn_runner(wl: Workload, *, compile: bool | str, policy: amp.Policy | Non
     loss_fn = functools.partial(losses.cross_entropy, label_smoothing=wl.label_smoothing)
     step = make_train_step(wl.model, loss_fn, opt, policy=policy, clip_norm=wl.clip, compile=compile, donate=donate,
                            compile_cache=compile_cache)
-    carry = [TrainState.create(wl.model, opt, random.key(0), policy=policy), 0]
-    keys = random.split(random.key(1), 16).unbind(0)   # dropout keys, cycled (split once, not per step)
+    device = bench_device()
+    carry = [TrainState.create(wl.model, opt, random.key(0).to(device), policy=policy), 0]
+    keys = random.split(random.key(1).to(device), 16).unbind(0)   # dropout keys, cycled (split once, not per step)
     batch = (inputs if len(inputs) > 1 else inputs[0], labels)
 
     def one_step():
@@ -157,7 +188,7 @@ def deepfn_runner(wl: Workload, *, compile: bool | str, policy: amp.Policy | Non
         carry[1] = i + 1
         return metrics["loss"]
 
-    return one_step
+    return synchronized(one_step, device)
 
 
 def torch_runner(wl: Workload, *, compile: bool, bf16: bool = False) -> Callable[[], torch.Tensor]:
@@ -166,10 +197,11 @@ def torch_runner(wl: Workload, *, compile: bool, bf16: bool = False) -> Callable
     twin = twin_of(wl)
     forward = torch.compile(twin) if compile else twin
     opt = wl.torch_opt(twin.parameters())
+    device = bench_device()
 
     def one_step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             logits = forward(*inputs)
         loss = _torch_loss(wl, logits, labels)
         loss.backward()
@@ -178,7 +210,7 @@ def torch_runner(wl: Workload, *, compile: bool, bf16: bool = False) -> Callable
         opt.step()
         return loss.detach()
 
-    return one_step
+    return synchronized(one_step, device)
 
 
 def flax_runner(wl: Workload) -> Callable[[], object]:
@@ -213,22 +245,28 @@ def step_flops(wl: Workload) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a large ``torch.mm`` in ``dtype``: the machine's practical matmul peak.
+def matmul_peak(dtype: torch.dtype, n: int | None = None, repeats: int = 10) -> float:
+    """FLOP/s of a large ``torch.mm`` in ``dtype`` on the bench device: its practical matmul
+    peak (``n`` = 2048 on the CPU, 8192 elsewhere).
 
     The best of ``repeats`` after three warm-up products: fewer (a first run measured 123
     GFLOP/s fp32 where training steps then reached 163) understate the peak while the
     threads and caches warm up.
     """
+    device = bench_device()
+    n = n or (2048 if device.type == "cpu" else 8192)
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-    for _ in range(3):
-        torch.mm(a, b)
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
+    product = synchronized(lambda: torch.mm(a, b), device)
     times = []
-    for _ in range(repeats):
+    for i in range(3 + repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
+        product()
+        spent = time.perf_counter() - t0
+        if i >= 3 or spent > 2.0:
+            times.append(spent)
+        if spent > 2.0:
+            break   # an emulated type (bf16 on a CPU without bf16 units: 18 s a product): warm-up is moot
     return 2 * n ** 3 / min(times)
 
 
@@ -342,7 +380,7 @@ def _bf16_rows(wl: Workload, steps: int, peak: float, flops: int, compiled_too: 
     ours = start(lambda: deepfn_runner(wl, compile=False, policy=BF16), False)
     base = start(lambda: torch_runner(wl, compile=False, bf16=True), False)
     time_interleaved([c for c in (ours, base, compiled) if c is not None], steps)
-    autocast = "nn.Module + torch.autocast('cpu', bfloat16)"
+    autocast = f"nn.Module + torch.autocast('{bench_device().type}', bfloat16)"
     rows = [_row(wl, "eager bf16", ours.figures, autocast, base.figures, flops, peak,
                  "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak")]
     if compiled is not None:
@@ -387,28 +425,41 @@ def _pay_once_per_process_compile_costs() -> None:
     building test programs (~8 s measured on a 2-core AVX-512 machine, cached for the process),
     and importing the compiler's modules."""
     cold_cache()
-    torch.compile(lambda x: (x.sin() * 2.0).sum(), fullgraph=True)(torch.ones(64))
+    torch.compile(lambda x: (x.sin() * 2.0).sum(), fullgraph=True)(torch.ones(64, device=bench_device()))
     clear_in_memory_compile_caches()
 
 
 def run(quick: bool = False, only: str | None = None) -> list[dict]:
     contenders = selected_contenders()
+    device = bench_device()
+    if device.type != "cpu":
+        contenders = tuple(c for c in contenders if c != "jax")
     peaks = {dt: matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
     if "compiled" in contenders:
         _pay_once_per_process_compile_costs()
     rows = []
     for name in selected(quick, only):
         wl = WORKLOADS[name]
-        rows += bench_workload(wl, max(2, wl.steps // 5) if quick else wl.steps, peaks, contenders)
+        steps = max(2, wl.steps // 5) if quick else wl.steps
+        done = bench_workload(wl, steps if device.type == "cpu" else 5 * steps, peaks, contenders)
+        for r in done:   # as they come: a run stopped by a time limit still leaves its finished rows
+            print(f"[bench] {_summary(r)}", file=sys.stderr, flush=True)
+        rows += done
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"on {device}"
     for r in rows:
         r["note"] += (f"; fp32 mm peak {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 "
-                      f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads")
+                      f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s, {where}")
     return rows
 
 
+def _summary(r: dict) -> str:
+    if r["deepfn_s"] is None:
+        return f"{r['name']}: {r['note']}"
+    base = "skipped" if r["baseline_s"] is None else f"{r['baseline_s'] * 1e3:.2f} ms (ratio {r['ratio']:.3f})"
+    return (f"{r['name']}: deepfn {r['deepfn_s'] * 1e3:.2f} ms vs {r['baseline']} {base}; "
+            f"{r['gflops']:.1f} GFLOP/s, first call {r['compile_s']:.1f} s")
+
+
 if __name__ == "__main__":
-    import sys
     for r in run(quick="--quick" in sys.argv):
-        base = "skipped" if r["baseline_s"] is None else f"{r['baseline_s'] * 1e3:.2f} ms (ratio {r['ratio']:.3f})"
-        print(f"{r['name']}: deepfn {r['deepfn_s'] * 1e3:.2f} ms vs {r['baseline']} {base}; "
-              f"{r['gflops']:.1f} GFLOP/s, compile {r['compile_s']:.1f} s; {r['note']}")
+        print(f"{_summary(r)}; {r['note']}")

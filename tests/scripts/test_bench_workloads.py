@@ -167,6 +167,31 @@ def test_contender_selection_from_the_environment(monkeypatch):
         W.selected_contenders()
 
 
+def test_bench_device_from_the_environment(monkeypatch):
+    monkeypatch.delenv(W.DEVICE_ENV, raising=False)
+    assert W.bench_device() == torch.device("cpu")
+    step = lambda: 1  # noqa: E731
+    assert W.synchronized(step, torch.device("cpu")) is step   # no synchronization on the CPU
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(W.DEVICE_ENV, "cuda")
+        with pytest.raises(RuntimeError, match="DEEPFN_BENCH_DEVICE=cuda: CUDA is not available"):
+            W.bench_device()
+    monkeypatch.setenv(W.DEVICE_ENV, "meta")   # any other device: inputs, twin and train state go there
+    wl = W.WORKLOADS["mlp-seed"]
+    (x,), y = W.make_batch(wl)
+    assert x.device.type == y.device.type == "meta"
+    assert all(p.device.type == "meta" for p in W.twin_of(wl).parameters())
+
+
+def test_matmul_peak_takes_one_product_of_a_type_the_processor_emulates(monkeypatch):
+    calls = []
+    clock = iter(range(0, 1000, 3))   # every product "takes" 3 s
+    monkeypatch.setattr(W.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(W.torch, "mm", lambda a, b: calls.append(1))
+    assert W.matmul_peak(torch.float32, n=4) == 2 * 4 ** 3 / 3.0
+    assert len(calls) == 1
+
+
 @pytest.mark.slow
 def test_quick_run_of_mlp_seed_with_every_contender():
     rows = W.run(quick=True, only="mlp-seed")
