@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -64,6 +65,37 @@ void deepfn_threefry2x32(const int64_t *restrict k0, int64_t s_k0, const int64_t
     for (int64_t i = 0; i < n; i++)
         block((uint32_t)k0[i * s_k0], (uint32_t)k1[i * s_k1], (uint32_t)x0[i * s_x0], (uint32_t)x1[i * s_x1],
               y0 + i, y1 + i);
+}
+
+/* The words of random.bits(key, n) for counters i in [begin, end): the cipher of (0, i) under
+   one key, laid out as every y0 then every y1 (half = ceil(n / 2) of each), cut to n. Stored as
+   they are (int64), or as their top 24 bits times 2**-24 (random's float32 and float64
+   uniforms: exact in both types). No counter array, no concatenation: one pass. */
+#define DRAW(T, CONVERT)                                                                          \
+    T *o = (T *)out;                                                                              \
+    const int64_t full = end < n - half ? end : n - half; /* counters whose y1 is kept */        \
+    int64_t i = begin;                                                                            \
+    for (; i < full; i++) {                                                                       \
+        int64_t y0, y1;                                                                           \
+        block(ks0, ks1, 0u, (uint32_t)i, &y0, &y1);                                               \
+        o[i] = CONVERT(y0);                                                                       \
+        o[half + i] = CONVERT(y1);                                                                \
+    }                                                                                             \
+    for (; i < end; i++) {                                                                        \
+        int64_t y0, y1;                                                                           \
+        block(ks0, ks1, 0u, (uint32_t)i, &y0, &y1);                                               \
+        o[i] = CONVERT(y0);                                                                       \
+    }
+#define AS_WORD(y) (y)
+#define AS_FLOAT(y) ((float)((y) >> 8) * 0x1p-24f)
+#define AS_DOUBLE(y) ((double)((y) >> 8) * 0x1p-24)
+
+void deepfn_threefry_draw(const int64_t *key, int64_t begin, int64_t end, int64_t half, int64_t n, int kind,
+                          void *restrict out) {
+    const uint32_t ks0 = (uint32_t)key[0], ks1 = (uint32_t)key[1];
+    if (kind == 0) { DRAW(int64_t, AS_WORD) }
+    else if (kind == 1) { DRAW(float, AS_FLOAT) }
+    else { DRAW(double, AS_DOUBLE) }
 }
 """
 
@@ -108,6 +140,9 @@ def _load(target: Path) -> ctypes.CDLL:
     fn = lib.deepfn_threefry2x32
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    draw = lib.deepfn_threefry_draw
+    draw.restype = None
+    draw.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -167,8 +202,7 @@ def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
     """The cipher on CPU ``int64`` words by the C loop: ``(y0, y1)``, or ``None`` without it (no
     library, or inputs that are not CPU ``int64`` tensors: the tensor code handles those).
 
-    Large arrays are cut into one slice per intra-op thread (``torch.get_num_threads()``);
-    ctypes releases the GIL during each call, so the slices run in parallel.
+    Large arrays are cut into one slice per intra-op thread (``torch.get_num_threads()``).
     """
     words4 = (k0, k1, x0, x1)
     if any(w.dtype != torch.int64 or w.device.type != "cpu" for w in words4):
@@ -181,8 +215,6 @@ def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
     n = shape.numel()
     y0 = torch.empty(shape, dtype=torch.int64, device="cpu")
     y1 = torch.empty(shape, dtype=torch.int64, device="cpu")
-    threads = max(1, min(torch.get_num_threads(), n // _PARALLEL_MIN))
-    bounds = [n * t // threads for t in range(threads + 1)]
 
     def run(lo: int, hi: int) -> None:
         args = []
@@ -190,10 +222,40 @@ def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor,
             args += [w.data_ptr() + lo * step * 8, step]
         lib.deepfn_threefry2x32(*args, y0.data_ptr() + lo * 8, y1.data_ptr() + lo * 8, hi - lo)
 
+    _in_slices(run, n)
+    return y0, y1
+
+
+# What draw() writes: the words, or their top 24 bits as a [0, 1) float of this dtype.
+_DRAW_KINDS = {torch.int64: 0, torch.float32: 1, torch.float64: 2}
+
+
+def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """``random.bits(key, n)`` by the C loop in one pass, as ``int64 [n]`` words (``dtype``
+    int64), or as ``(words >> 8) * 2**-24`` in float32 or float64 (``dtype``): the same values
+    as the tensor code, without its counter array, concatenation and conversion passes.
+    ``None`` without the loop, or unless ``key`` is one CPU ``int64 [2]`` key."""
+    if key.shape != (2,) or key.dtype != torch.int64 or key.device.type != "cpu":
+        return None
+    lib = native()
+    if lib is None:
+        return None
+    key = key.contiguous()
+    half = (n + 1) // 2
+    out = torch.empty(n, dtype=dtype, device="cpu")
+    kind = _DRAW_KINDS[dtype]
+    _in_slices(lambda lo, hi: lib.deepfn_threefry_draw(key.data_ptr(), lo, hi, half, n, kind, out.data_ptr()), half)
+    return out
+
+
+def _in_slices(run: Callable[[int, int], None], n: int) -> None:
+    """``run(lo, hi)`` over ``[0, n)``: in one slice per intra-op thread for large ``n``
+    (ctypes releases the GIL during each call, so the slices run in parallel)."""
+    threads = max(1, min(torch.get_num_threads(), n // _PARALLEL_MIN))
     if threads == 1:
         run(0, n)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, bounds[:-1], bounds[1:]))
-    return y0, y1
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    bounds = [n * t // threads for t in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, bounds[:-1], bounds[1:]))

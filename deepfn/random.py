@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _threefry
+from . import _threefry, _threefry_native
 from ._checks import describe
 from ._threefry import threefry2x32 as _threefry_op
 
@@ -77,11 +77,23 @@ def key(seed: int) -> torch.Tensor:
     return torch.tensor([seed >> 32, seed & _MASK], dtype=torch.int64)
 
 
+def _drawn(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """``bits(key, n)`` (``dtype`` int64), or its top 24 bits times 2**-24 (float32, float64),
+    in one pass of the C loop: eagerly, for one plain CPU key, outside functorch transforms
+    (whose layer would wrap the output buffer). ``None`` otherwise."""
+    if key.ndim != 1 or not _threefry.directly_callable(key) or torch._C._functorch.peek_interpreter_stack() is not None:
+        return None
+    return _threefry_native.draw(key, n, dtype)
+
+
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` random 32-bit words as ``int64 [n]`` in ``[0, 2**32)``."""
     _check_key(key, "bits")
     if not _is_int(n) or n < 0:
         raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
+    drawn = _drawn(key, n, torch.int64)
+    if drawn is not None:
+        return drawn
     half = (n + 1) // 2
     counter = torch.arange(half, dtype=torch.int64, device=key.device)
     k0, k1 = key.chunk(2, dim=-1)
@@ -138,7 +150,9 @@ def _unit(key: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torc
         hi, lo = w[..., :n] >> 6, w[..., n:] >> 5         # 26 + 27 = 53 bits
         u = (hi * (1 << 27) + lo).to(torch.float64) * 2.0 ** -53
     else:
-        u = (bits(key, n) >> 8).to(torch.float32) * 2.0 ** -24
+        u = _drawn(key, n, torch.float32)
+        if u is None:
+            u = (bits(key, n) >> 8).to(torch.float32) * 2.0 ** -24
     return u.reshape((*key.shape[:-1], *shape))
 
 
@@ -154,6 +168,8 @@ def uniform(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32,
     if not high > low:
         raise ValueError(f"deepfn.random.uniform: need low < high; got low={low}, high={high}")
     u = _unit(key, shape, dtype)
+    if low == 0.0 and high == 1.0 and u.dtype == dtype:
+        return u   # already in [0, 1): the affine map and the clamp below would change nothing
     x = (low + (high - low) * u).to(dtype)
     # Rounding to a narrow dtype may land on `high`; keep the interval half-open.
     top = torch.nextafter(torch.tensor(high, dtype=dtype), torch.tensor(low, dtype=dtype)).to(key.device)
@@ -174,9 +190,11 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
         k_radius, k_angle = split(key).unbind(-2)
         u, v = _unit(k_radius, shape, torch.float64), _unit(k_angle, shape, torch.float64)
     else:
-        w = bits(key, 2 * n)
-        w = w >> 8 if compiling else w.bitwise_right_shift_(8)   # in place eagerly: see _box_muller
-        u = w.to(torch.float64).mul_(2.0 ** -24)
+        u = _drawn(key, 2 * n, torch.float64)   # eagerly, the words' top 24 bits in one pass
+        if u is None:
+            w = bits(key, 2 * n)
+            w = w >> 8 if compiling else w.bitwise_right_shift_(8)   # in place eagerly: see _box_muller
+            u = w.to(torch.float64).mul_(2.0 ** -24)
         batched = (*key.shape[:-1], *shape)
         u, v = u[..., :n].reshape(batched), u[..., n:].reshape(batched)
     return _box_muller(u, v, compiling).to(dtype)

@@ -53,6 +53,55 @@ def test_equals_tensor_code(shapes):
     assert torch.equal(native[0], tensor[0]) and torch.equal(native[1], tensor[1])
 
 
+def _tensor_code_bits(key: torch.Tensor, n: int) -> torch.Tensor:
+    """random.bits as it is written for the operator: counters, the tensor cipher, concatenation."""
+    half = (n + 1) // 2
+    counter = torch.arange(half, dtype=torch.int64)
+    y0, y1 = _threefry._eager(key[:1], key[1:], counter.new_zeros(1), counter)
+    return torch.cat([y0, y1])[:n]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 2 * 70_001 + 1])   # the last: odd, threaded
+@needs_loop
+def test_draw_equals_the_tensor_code_in_every_output_type(n):
+    key = random.key(11)
+    words = _tensor_code_bits(key, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        drawn = {dtype: _threefry_native.draw(key, n, dtype) for dtype in (torch.int64, torch.float32, torch.float64)}
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(drawn[torch.int64], words)
+    assert torch.equal(drawn[torch.float32], (words >> 8).to(torch.float32) * 2.0 ** -24)
+    assert torch.equal(drawn[torch.float64], (words >> 8).to(torch.float64) * 2.0 ** -24)
+    assert all(d.shape == (n,) for d in drawn.values())
+
+
+@needs_loop
+def test_random_draws_take_the_one_pass_loop_eagerly_only(monkeypatch):
+    calls = []
+    draw = _threefry_native.draw
+    monkeypatch.setattr(_threefry_native, "draw", lambda *a: calls.append(a[2]) or draw(*a))
+    key = random.key(3)
+    random.bits(key, 5), random.uniform(key, (4,)), random.normal(key, (3,))
+    assert calls == [torch.int64, torch.float32, torch.float64]
+    calls.clear()
+    torch.func.vmap(lambda k: random.bits(k, 5))(random.split(key, 2))          # a batched key
+    torch.func.grad(lambda x: (x * random.uniform(key, (4,))).sum())(torch.ones(4))   # under a transform
+    random.bits(random.split(key, 2), 5)                                         # keys [2, 2]
+    assert calls == []
+
+
+def test_draw_declines_what_the_loop_cannot_serve(monkeypatch):
+    key = random.key(0)
+    assert _threefry_native.draw(random.split(key, 2), 4, torch.int64) is None     # several keys
+    assert _threefry_native.draw(key.to("meta"), 4, torch.int64) is None           # not on the CPU
+    assert _threefry_native.draw(key.int(), 4, torch.int64) is None                # not int64 words
+    monkeypatch.setattr(_threefry_native, "native", lambda: None)
+    assert _threefry_native.draw(key, 4, torch.int64) is None                      # no loop built
+
+
 @needs_loop
 def test_strided_and_transposed_inputs():
     k0, k1 = _words(0, ()), _words(1, ())
