@@ -73,29 +73,35 @@ def require_compiled(where: str, compile_cache: str | os.PathLike | None, compil
         raise ValueError(f"{where}: compile_cache saves compiled steps: it needs {modes}; got compile=False")
 
 
-def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str) -> Callable:
+def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str, *, training: bool = True) -> Callable:
     """``fn`` compiled as one graph: saved in and loaded from ``compile_cache`` when it is a
     directory (:class:`SavedCompile`), else a plain ``torch.compile(fn, fullgraph=True)``
-    (made on the first call, with :func:`inductor_options` for its inputs).
+    (made on the first call, with :func:`inductor_options` for its inputs; ``training``: whether
+    ``fn`` differentiates, which decides the layout setting).
 
     ``fn`` is compiled as a copy with its own code object (:func:`deepfn._own_code.with_own_code`):
     any number of steps, of any structures, compile in one process."""
     fn = with_own_code(fn)
     if compile_cache is None:
-        return CompileOnFirstCall(fn)
-    return SavedCompile(fn, compile_cache, what)
+        return CompileOnFirstCall(fn, training=training)
+    return SavedCompile(fn, compile_cache, what, training=training)
 
 
-def inductor_options(args: tuple[Any, ...]) -> dict[str, Any]:
-    """Inductor settings for compiling a step called with ``args``.
+def inductor_options(args: tuple[Any, ...], training: bool = True) -> dict[str, Any]:
+    """Inductor settings for compiling a step called with ``args`` (``training``: a graph that
+    takes gradients, not an evaluation).
 
-    When every tensor is on the CPU: no layout optimization. Inductor otherwise turns every
-    convolution's input, weight and gradient into channels-last copies on the CPU, and a whole
-    step (forward, backward and update in one graph) then spent ~18% more time than without
-    (cnn-seed, 2 cores: 282-313 vs 223-264 ms a step, timed in turns) and compiled longer
-    (cnn-small 54 vs 39 s). Graphs without convolutions are unaffected; other devices keep
-    Inductor's defaults.
+    A training graph whose tensors are all on the CPU: no layout optimization. Inductor
+    otherwise turns every convolution's input, weight and gradient into channels-last copies
+    on the CPU, and a whole step (forward, backward and update in one graph) then spent ~18%
+    more time than without (cnn-seed, 2 cores: 282-313 vs 223-264 ms a step, timed in turns)
+    and compiled longer (cnn-small 54 vs 39 s). Evaluation graphs keep it: there the
+    channels-last convolutions win (compiled eval steps, timed in turns on 2 cores: cnn-seed
+    105-116 vs 145-147 ms, cnn-small 7.5 vs 13.5 ms). Graphs without convolutions are
+    unaffected; other devices keep Inductor's defaults.
     """
+    if not training:
+        return {}
     tensors = [leaf for leaf in tree.leaves(args) if isinstance(leaf, torch.Tensor)]
     if tensors and all(t.device.type == "cpu" for t in tensors):
         return {"layout_optimization": False}
@@ -103,16 +109,17 @@ def inductor_options(args: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class CompileOnFirstCall:
-    """``torch.compile(fn, fullgraph=True, options=inductor_options(args))``, made when first
-    called with ``args`` (later calls on other devices keep the first call's settings)."""
+    """``torch.compile(fn, fullgraph=True, options=inductor_options(args, training))``, made when
+    first called with ``args`` (later calls on other devices keep the first call's settings)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, *, training: bool = True) -> None:
         self._fn = fn
+        self._training = training
         self._run: Callable | None = None
 
     def __call__(self, *args: Any) -> Any:
         if self._run is None:
-            self._run = torch.compile(self._fn, fullgraph=True, options=inductor_options(args))
+            self._run = torch.compile(self._fn, fullgraph=True, options=inductor_options(args, self._training))
         return self._run(*args)
 
 
@@ -127,13 +134,14 @@ class SavedCompile:
     function, with a warning.
     """
 
-    def __init__(self, fn: Callable, directory: str | os.PathLike, what: str) -> None:
+    def __init__(self, fn: Callable, directory: str | os.PathLike, what: str, *, training: bool = True) -> None:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"{what}: compile_cache must be a directory path (str or os.PathLike); "
                             f"got {type(directory).__name__}")
         self._fn = fn
         self._dir = Path(directory)
         self._what = what
+        self._training = training
         self._externals = closure_objects(fn)
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
         self._fallback: Callable | None = None
@@ -172,11 +180,12 @@ class SavedCompile:
     def path_for(self, args: tuple[Any, ...]) -> Path:
         """The file that holds (or will hold) the step compiled for ``args`` (named anew on each
         call: the objects the step closes over may have changed since the last one)."""
-        return self._dir / f"{fingerprint(self._fn, _environment())[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
+        settings = (_environment(), inductor_options(args, self._training))
+        return self._dir / f"{fingerprint(self._fn, settings)[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
 
     def _run_unsaved(self, args: tuple[Any, ...], why: str) -> Any:
         """Compile the plain way from now on (:class:`CompileOnFirstCall`), run once, then warn."""
-        plain = CompileOnFirstCall(self._fn)
+        plain = CompileOnFirstCall(self._fn, training=self._training)
         out = plain(*args)   # a bad input raises here, as it would without a cache
         warnings.warn(f"{self._what}: this step cannot be saved to compile_cache ({why}); it runs compiled "
                       f"but unsaved", stacklevel=4)
@@ -216,7 +225,7 @@ class SavedCompile:
                 # analysis for values an earlier compile of the same code saw change (aot_compile
                 # cannot restart: "TensorifyScalarRestartAnalysis").
                 program = torch.compile(self._fn, fullgraph=True, dynamic=False,
-                                        options=inductor_options(args)).aot_compile((args, {}))
+                                        options=inductor_options(args, self._training)).aot_compile((args, {}))
         except Exception as error:   # also a bad input: the caller's plain compile raises that
             return None, f"{type(error).__name__}: {error}"
         try:

@@ -487,7 +487,8 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
             metrics["accuracy"] = acc
         return metrics
 
-    run = compiled(evaluate, compile_cache, "deepfn.train.make_eval_step: eval_step") if compile else evaluate
+    run = compiled(evaluate, compile_cache, "deepfn.train.make_eval_step: eval_step", training=False) if compile \
+        else evaluate
 
     def eval_step(params: Params, state: State, batch: tuple[Any, Any]) -> dict[str, Tensor]:
         _check_batch("deepfn.train.make_eval_step: eval_step", batch, 1)
