@@ -169,12 +169,14 @@ def test_vmap_over_parameter_sets_equals_loop(getkey):
     model = AdvancedCNN(**TINY, dropout_rate=0.0)
     inits = [model.init(getkey()) for _ in range(2)]
     params, state = tree.stack([p for p, _ in inits]), tree.stack([s for _, s in inits])
-    x = torch.randn(3, 3, 8, 8)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     for train in (False, True):
         ys, states = torch.func.vmap(lambda p, s, train=train: model.apply(p, s, x, train=train))(params, state)
         for i, (p, s) in enumerate(inits):
             y, s2 = model.apply(p, s, x, train=train)
-            torch.testing.assert_close(ys[i], y, rtol=1e-5, atol=1e-6)
+            # vmapped, the convolutions run as one grouped convolution: another summation order
+            # (a CI run on drawn inputs differed by 2.6e-6 in an output of ~4e-3)
+            torch.testing.assert_close(ys[i], y, rtol=1e-4, atol=1e-5)
             assert_trees_close(tree.unstack(states)[i], s2)
 
 
