@@ -67,10 +67,13 @@ def kernel(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tenso
 
 def directly_callable(*words: torch.Tensor) -> bool:
     """True when :func:`kernel` may run in place of the operator: eager, no dispatch mode (fake
-    tensors, ``make_fx``, flop counters) and plain tensors (no ``vmap``/``grad`` wrappers, no
-    subclasses). The operator's dispatch through its Python autograd and CPU kernels costs
-    ~50 us a call, more than the C loop takes for a thousand word pairs."""
+    tensors, ``make_fx``, flop counters), outside functorch transforms (whose layer would wrap
+    the buffers the kernel allocates and writes through raw pointers) and plain tensors (no
+    ``vmap``/``grad`` wrappers, no subclasses). The operator's dispatch through its Python
+    autograd and CPU kernels costs ~50 us a call, more than the C loop takes for a thousand
+    word pairs."""
     return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._functorch.peek_interpreter_stack() is None
             and all(type(w) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(w)
                     for w in words))
 

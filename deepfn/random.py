@@ -79,11 +79,8 @@ def key(seed: int) -> torch.Tensor:
 
 def _drawn(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
     """``bits(key, n)`` (``dtype`` int64), or its top 24 bits times 2**-24 (float32, float64),
-    in one pass of the C loop: eagerly, for one plain CPU key, outside functorch transforms
-    (whose layer would wrap the output buffer). ``None`` otherwise."""
-    if key.ndim != 1 or not _threefry.directly_callable(key) or torch._C._functorch.peek_interpreter_stack() is not None:
-        return None
-    return _threefry_native.draw(key, n, dtype)
+    in one pass of the C loop: eagerly, for one plain CPU key. ``None`` otherwise."""
+    return _threefry_native.draw(key, n, dtype) if key.ndim == 1 and _threefry.directly_callable(key) else None
 
 
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:
