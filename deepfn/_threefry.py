@@ -11,8 +11,8 @@ small Transformer step spent minutes compiling them); eagerly under ``torch.func
 op also paid the transform's dispatch. As an operator the cipher is one graph node:
 
 - eagerly it runs below every functorch layer: on the CPU as one C loop
-  (:mod:`deepfn._threefry_native`, built on first use; 10 ms per 2**20 word pairs here
-  against 350 ms as tensor code), elsewhere (or without a C compiler) as plain in-place
+  (:mod:`deepfn._threefry_native`, built on first use; ~9 ms per 2**20 word pairs on one
+  thread, most of it writing the int64 outputs, against ~140 ms as tensor code), elsewhere (or without a C compiler) as plain in-place
   tensor code;
 - under ``vmap`` its batching rule moves the batch axis to the front and calls it once;
 - under ``torch.compile`` Dynamo and AOTAutograd see one node (the fake kernel gives shapes).
@@ -21,7 +21,9 @@ op also paid the transform's dispatch. As an operator the cipher is one graph no
   Transformer step's generated C++); on accelerators, or without the loop, it lowers the
   op to a single fused pointwise kernel, realised once.
 
-The integer arithmetic is exact, so every path gives the same bits.
+The integer arithmetic is exact, so every path gives the same bits. Large draws of one key
+(``random.bits`` and the uniforms built on it) skip this operator in compiled CPU code: see
+:mod:`deepfn._threefry_draw`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ def directly_callable(*words: torch.Tensor) -> bool:
 def threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Threefry-2x32-20 over broadcastable ``int64`` words in ``[0, 2**32)``: ``(y0, y1)``."""
     return kernel(k0, k1, x0, x1)
+
+
+# The registered operator itself, not its CustomOpDef wrapper: Dynamo puts the operator into
+# the graph directly, where it would trace the wrapper's Python on every draw (~30 ms each).
+_overload = threefry2x32._opoverload
+
+
+def call(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cipher: its kernel straight away on plain eager tensors, else the operator (one
+    graph node under compile, its batching rule under vmap)."""
+    if directly_callable(k0, k1, x0, x1):
+        return kernel(k0, k1, x0, x1)
+    return _overload(k0, k1, x0, x1)
 
 
 @threefry2x32.register_fake

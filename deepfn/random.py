@@ -20,23 +20,12 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _threefry, _threefry_native
+from . import _threefry, _threefry_draw
 from ._checks import describe
-from ._threefry import threefry2x32 as _threefry_op
 
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
 
-# The registered operator itself, not its CustomOpDef wrapper: Dynamo puts the operator into
-# the graph directly, where it would trace the wrapper's Python on every draw (~30 ms each).
-_threefry_overload = _threefry_op._opoverload
-
-
-def _threefry2x32(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
-    """The cipher: its kernel straight away on plain eager tensors, else the operator (one
-    graph node under compile, its batching rule under vmap)."""
-    if _threefry.directly_callable(k0, k1, x0, x1):
-        return _threefry.kernel(k0, k1, x0, x1)
-    return _threefry_overload(k0, k1, x0, x1)
+_threefry2x32 = _threefry.call
 
 
 _MASK = 0xFFFFFFFF
@@ -79,8 +68,8 @@ def key(seed: int) -> torch.Tensor:
 
 def _drawn(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
     """``bits(key, n)`` (``dtype`` int64), or its top 24 bits times 2**-24 (float32, float64),
-    in one pass of the C loop: eagerly, for one plain CPU key. ``None`` otherwise."""
-    return _threefry_native.draw(key, n, dtype) if key.ndim == 1 and _threefry.directly_callable(key) else None
+    in one pass of the C loop (:mod:`deepfn._threefry_draw`) where that pays; ``None`` otherwise."""
+    return _threefry_draw.draw(key, n, dtype) if key.ndim == 1 else None
 
 
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,14 +78,7 @@ def bits(key: torch.Tensor, n: int) -> torch.Tensor:
     if not _is_int(n) or n < 0:
         raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
     drawn = _drawn(key, n, torch.int64)
-    if drawn is not None:
-        return drawn
-    half = (n + 1) // 2
-    counter = torch.arange(half, dtype=torch.int64, device=key.device)
-    k0, k1 = key.chunk(2, dim=-1)
-    y0, y1 = _threefry2x32(k0, k1, counter.new_zeros(1), counter)   # words broadcast: (0, i) for i < half
-    words = torch.cat([y0, y1], dim=-1)
-    return words if 2 * half == n else words.narrow(-1, 0, n)
+    return drawn if drawn is not None else _threefry_draw.words(key, n)
 
 
 def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:

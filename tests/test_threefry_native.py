@@ -5,8 +5,10 @@ input layout, the threaded path), one extern call in compiled code, and the tens
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import stat
+import subprocess
 
 import pytest
 import torch
@@ -37,13 +39,17 @@ def test_builds_where_there_is_a_compiler():
     [(3, 1), (1,), (4,), (3, 4)],            # broadcasting keys and counters
     [(5,), (5,), (5,), (5,)],                # one key per counter (split of a batch of keys)
     [(), (1,), (2, 70_000), (1,)],           # large: the threaded path
-    [(), (), (2, 70_000), (2, 70_000)],      # one key, many counters (how bits are drawn): its own loop
+    [(), (), (2, 70_000), (2, 70_000)],      # one key, many counters: its own loop
+    [(), (), (1,), (2, 70_000)],             # one key, one high word, many counters (how bits are drawn)
 ])
 @needs_loop
-def test_equals_tensor_code(shapes):
+def test_equals_tensor_code(shapes, monkeypatch):
     words = [_words(i, s) for i, s in enumerate(shapes)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(4)   # large draws are cut into one slice per thread, whatever the machine
+    # Large draws are cut into one slice per thread, whatever the machine: with slices of at
+    # least 2**14 the 140,000-word inputs run on 4 threads.
+    monkeypatch.setattr(_threefry_native, "_PARALLEL_MIN", 1 << 14)
+    torch.set_num_threads(4)
     try:
         native = _threefry_native.threefry2x32(*words)
     finally:
@@ -63,10 +69,11 @@ def _tensor_code_bits(key: torch.Tensor, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 2 * 70_001 + 1])   # the last: odd, threaded
 @needs_loop
-def test_draw_equals_the_tensor_code_in_every_output_type(n):
+def test_draw_equals_the_tensor_code_in_every_output_type(n, monkeypatch):
     key = random.key(11)
     words = _tensor_code_bits(key, n)
     threads = torch.get_num_threads()
+    monkeypatch.setattr(_threefry_native, "_PARALLEL_MIN", 1 << 14)   # the largest n: 4 slices
     torch.set_num_threads(4)
     try:
         drawn = {dtype: _threefry_native.draw(key, n, dtype) for dtype in (torch.int64, torch.float32, torch.float64)}
@@ -235,3 +242,35 @@ def test_broadcast_shape_equals_torchs(shapes):
             _threefry_native._broadcast_shape(*sizes)
         return
     assert _threefry_native._broadcast_shape(*sizes) == want
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512f"])
+@needs_loop
+def test_every_vector_variant_gives_the_tensor_codes_bits(isa, tmp_path, monkeypatch):
+    # The library holds one copy per ISA and the loader picks the machine's best one; this
+    # builds each copy alone, so that the ones this machine would not pick are checked too.
+    if platform.machine() != "x86_64" or (isa != "default" and isa not in _cpu_flags()):
+        pytest.skip(f"this CPU cannot run {isa} code")
+    attribute = "" if isa == "default" else f'__attribute__((target("{isa}")))'
+    src, lib_path = tmp_path / "threefry.c", tmp_path / "threefry.so"
+    src.write_text(_threefry_native._SOURCE)
+    subprocess.run([*_threefry_native._compiler(), *_threefry_native._FLAGS, f"-DVECTOR_CLONES={attribute}",
+                    "-o", str(lib_path), str(src)], check=True, capture_output=True, timeout=120)
+    monkeypatch.setattr(_threefry_native, "native", lambda: _threefry_native._load(lib_path))
+    key, n = random.key(12), 2 * 1031 + 1
+    words = _tensor_code_bits(key, n)
+    assert torch.equal(_threefry_native.draw(key, n, torch.int64), words)
+    assert torch.equal(_threefry_native.draw(key, n, torch.float32), (words >> 8).to(torch.float32) * 2.0 ** -24)
+    assert torch.equal(_threefry_native.draw(key, n, torch.float64), (words >> 8).to(torch.float64) * 2.0 ** -24)
+    for shapes in ([(), (), (777,), (777,)], [(), (), (), (777,)], [(5,), (5,), (5,), (5,)]):
+        cipher = [_words(i, s) for i, s in enumerate(shapes)]
+        native, tensor = _threefry_native.threefry2x32(*cipher), _threefry._eager(*cipher)
+        assert torch.equal(native[0], tensor[0]) and torch.equal(native[1], tensor[1])

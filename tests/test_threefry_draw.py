@@ -1,0 +1,107 @@
+"""``deepfn::threefry_draw``: random words and uniforms in one C pass inside compiled CPU code and
+under transforms, with the values of the tensor code everywhere (batches of keys, odd counts,
+no C loop), and small draws left to Inductor's fused code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+from deepfn import _threefry, _threefry_draw, _threefry_native, random
+
+needs_loop = pytest.mark.skipif(_threefry_native.native() is None, reason="no C Threefry loop here")
+LARGE = 2 * _threefry._EXTERN_MIN_PAIRS + 1      # odd: the last pair's second word is cut
+DTYPES = [torch.int64, torch.float32, torch.float64]
+
+
+def _expected(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    return _threefry_draw.as_dtype(_threefry_draw.words(key, n), dtype)
+
+
+def _compiled(fn, *args):
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        out, codes = run_and_get_code(torch.compile(fn, fullgraph=True), *args)
+    torch._dynamo.reset()
+    return out, "\n".join(codes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 7, LARGE])
+def test_operator_equals_tensor_code(dtype, n):
+    key = random.key(3)
+    out = _threefry_draw.threefry_draw(key, n, dtype)
+    assert out.shape == (n,) and out.dtype == dtype
+    assert torch.equal(out, _expected(key, n, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_operator_without_the_loop_uses_tensor_code(monkeypatch, dtype):
+    key = random.key(4)
+    expected = _threefry_draw.threefry_draw(key, LARGE, dtype)
+    monkeypatch.setattr(_threefry_native, "native", lambda: None)
+    assert _threefry_native.draw(key, LARGE, dtype) is None
+    assert torch.equal(_threefry_draw.threefry_draw(key, LARGE, dtype), expected)
+
+
+def test_operator_passes_torch_library_checks():
+    for dtype in DTYPES:
+        torch.library.opcheck(_threefry_draw.threefry_draw, (random.key(5), LARGE, dtype))
+
+
+@needs_loop
+@pytest.mark.parametrize("sampler", ["uniform", "bits", "normal", "bernoulli"])
+def test_compiled_large_draws_call_the_loop_once_with_eager_values(sampler):
+    draw = {
+        "uniform": lambda k: random.uniform(k, (3, LARGE)),
+        "bits": lambda k: random.bits(k, LARGE),
+        "normal": lambda k: random.normal(k, (LARGE,)),
+        "bernoulli": lambda k: random.bernoulli(k, 0.3, (LARGE, 2)),
+    }[sampler]
+    key = random.key(6)
+    out, code = _compiled(draw, key)
+    assert torch.equal(out, draw(key))
+    assert code.count("= torch.ops.deepfn.threefry_draw.default(") == 1
+    assert "threefry2x32" not in code   # no counter array through the cipher operator
+
+
+@needs_loop
+def test_compiled_small_draws_stay_tensor_code():
+    # An extern call costs more than a small draw: Inductor inlines the cipher instead.
+    assert 3 * 700 < 2 * _threefry._EXTERN_MIN_PAIRS
+    key = random.key(7)
+    out, code = _compiled(lambda k: random.uniform(k, (3, 700)), key)
+    assert torch.equal(out, random.uniform(key, (3, 700)))
+    assert "threefry_draw" not in code
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vmap_over_keys_equals_one_draw_per_key(dtype):
+    keys = random.split(random.key(8), 3)
+    n = LARGE
+    batched = torch.func.vmap(lambda k: _threefry_draw.draw(k, n, dtype))(keys)
+    assert batched.shape == (3, n)
+    for b in range(3):
+        assert torch.equal(batched[b], _expected(keys[b], n, dtype))
+
+
+def test_vmap_with_an_unbatched_key_draws_the_same_for_every_lane():
+    key = random.key(9)
+    out = torch.func.vmap(lambda x: x + random.uniform(key, (LARGE,)))(torch.zeros(2, LARGE))
+    assert torch.equal(out[0], random.uniform(key, (LARGE,))) and torch.equal(out[1], out[0])
+
+
+def test_under_grad_the_dropout_mask_is_the_eager_one():
+    key, x = random.key(10), torch.randn(LARGE)
+
+    def loss(x):
+        return torch.where(random.bernoulli(key, 0.8, x.shape), x, 0.0).sum()
+
+    g = torch.func.grad(loss)(x)
+    assert torch.equal(g, random.bernoulli(key, 0.8, x.shape).to(x.dtype))
+
+
+def test_other_devices_and_dtypes_are_left_to_the_tensor_code():
+    assert _threefry_draw.draw(random.key(0).to("meta"), LARGE, torch.float32) is None
+    assert _threefry_draw.draw(random.key(0), LARGE, torch.float16) is None
