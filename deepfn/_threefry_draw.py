@@ -10,12 +10,11 @@ two ``int64`` halves; a uniform adds a shift-and-convert pass. In a compiled gra
 
 ``draw(key, n, dtype)`` gives the same values by :func:`deepfn._threefry_native.draw`, which
 writes the words (``int64``) or ``(word >> 8) * 2**-24`` (``float32``, ``float64``) straight
-into the result: directly on a plain eager CPU key, and through the operator
+into the result: directly on plain eager CPU keys, and through the operator
 ``deepfn::threefry_draw`` under ``torch.compile`` (one extern call in Inductor's code) and
-under functorch transforms (its batching rule falls back to :func:`words` for a batch of
-keys). Small draws and other devices keep the tensor code, which Inductor fuses into its
-consumers (an extern call costs more than a small draw; accelerators get one pointwise
-kernel).
+under functorch transforms (its batching rule draws one row per lane's key). Small draws and
+other devices keep the tensor code, which Inductor fuses into its consumers (an extern call
+costs more than a small draw; accelerators get one pointwise kernel).
 """
 
 from __future__ import annotations
@@ -46,21 +45,21 @@ _DTYPES = (torch.int64, torch.float32, torch.float64)
 
 @torch.library.custom_op("deepfn::threefry_draw", mutates_args=())
 def threefry_draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """``as_dtype(words(key, n), dtype)`` for one key ``int64 [2]``: ``[n]`` of ``dtype``."""
+    """``as_dtype(words(key, n), dtype)`` for keys ``int64 [..., 2]``: ``[..., n]`` of ``dtype``."""
     out = _threefry_native.draw(key, n, dtype)
     return out if out is not None else as_dtype(words(key, n), dtype)
 
 
 @threefry_draw.register_fake
 def _fake(key, n, dtype):
-    return key.new_empty((n,), dtype=dtype)
+    return key.new_empty((*key.shape[:-1], n), dtype=dtype)
 
 
 @threefry_draw.register_vmap
 def _vmap(info, in_dims, key, n, dtype):
     if in_dims[0] is None:
         return threefry_draw(key, n, dtype), None
-    return as_dtype(words(key.movedim(in_dims[0], 0), n), dtype), 0
+    return threefry_draw(key.movedim(in_dims[0], 0), n, dtype), 0   # one row per lane
 
 
 # See _threefry._overload: Dynamo puts the registered operator into the graph as it is.
@@ -74,14 +73,14 @@ def _native_available() -> bool:
 
 
 def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """``as_dtype(words(key, n), dtype)`` (``[n]``) for one key ``int64 [2]`` (or one key per
-    ``vmap`` lane) by the C loop, where that pays: a plain eager CPU key, or a CPU key in a
-    compiled graph or under a transform drawing at least ``_threefry._EXTERN_MIN_PAIRS`` word
-    pairs. ``None`` otherwise: the caller computes it as tensor code."""
+    """``as_dtype(words(key, n), dtype)`` (``[..., n]``) for keys ``int64 [..., 2]`` by the C
+    loop, where that pays: plain eager CPU keys, or CPU keys in a compiled graph or under a
+    transform drawing at least ``_threefry._EXTERN_MIN_PAIRS`` word pairs (per ``vmap`` lane).
+    ``None`` otherwise: the caller computes it as tensor code."""
     if dtype not in _DTYPES or key.device.type != "cpu":
         return None
     if _threefry.directly_callable(key):
         return _threefry_native.draw(key, n, dtype)
-    if (n + 1) // 2 >= _threefry._EXTERN_MIN_PAIRS and _native_available():
+    if key.shape[:-1].numel() * ((n + 1) // 2) >= _threefry._EXTERN_MIN_PAIRS and _native_available():
         return _overload(key, n, dtype)
     return None

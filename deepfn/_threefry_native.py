@@ -120,12 +120,26 @@ VECTOR_CLONES void deepfn_threefry2x32(const int64_t *restrict k0, int64_t s_k0,
 #define AS_FLOAT(y) ((float)(int32_t)((y) >> 8) * 0x1p-24f)
 #define AS_DOUBLE(y) ((double)(int32_t)((y) >> 8) * 0x1p-24)
 
-VECTOR_CLONES void deepfn_threefry_draw(const int64_t *key, int64_t begin, int64_t end, int64_t half, int64_t n, int kind,
-                          void *restrict out) {
+static inline void draw_range(const int64_t *key, int64_t begin, int64_t end, int64_t half, int64_t n, int kind,
+                              void *restrict out) {
     const uint32_t ks0 = (uint32_t)key[0], ks1 = (uint32_t)key[1];
     if (kind == 0) { DRAW(int64_t, AS_WORD) }
     else if (kind == 1) { DRAW(float, AS_FLOAT) }
     else { DRAW(double, AS_DOUBLE) }
+}
+
+VECTOR_CLONES void deepfn_threefry_draw(const int64_t *key, int64_t begin, int64_t end, int64_t half, int64_t n, int kind,
+                                        void *restrict out) {
+    draw_range(key, begin, end, half, n, kind, out);
+}
+
+/* Whole draws for keys [first, last) of an array of keys [count, 2]: row k of out ([count, n]
+   values of the kind) is the draw of key k. */
+VECTOR_CLONES void deepfn_threefry_draw_keys(const int64_t *keys, int64_t first, int64_t last, int64_t half, int64_t n,
+                                             int kind, void *restrict out) {
+    const int64_t size = kind == 1 ? 4 : 8;
+    for (int64_t k = first; k < last; k++)
+        draw_range(keys + 2 * k, 0, half, half, n, kind, (char *)out + k * n * size);
 }
 """
 
@@ -136,6 +150,9 @@ _PARALLEL_MIN = 1 << 18
 
 
 _FLAGS = ("-O3", "-shared", "-fPIC")
+# Tried in turn: one copy per vector ISA, else one plain copy (a compiler without
+# target_clones, or a C library without GNU ifunc, such as musl, fails on the first).
+_VARIANTS = ((), ("-DVECTOR_CLONES=",))
 
 
 def _cache_dir() -> Path:
@@ -155,13 +172,13 @@ def _compiler() -> list[str]:
     return cc
 
 
-def _build(compiler: list[str], target: Path) -> None:
+def _build(compiler: list[str], target: Path, variant: tuple[str, ...] = ()) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, lib = Path(tmp) / "threefry.c", Path(tmp) / target.name
         src.write_text(_SOURCE)
-        done = subprocess.run([*compiler, *_FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([*compiler, *_FLAGS, *variant, "-o", str(lib), str(src)], capture_output=True,
+                              text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(compiler)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
         os.replace(lib, target)   # atomic: a racing process sees no library or a whole one
@@ -172,14 +189,14 @@ def _load(target: Path) -> ctypes.CDLL:
     fn = lib.deepfn_threefry2x32
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    draw = lib.deepfn_threefry_draw
-    draw.restype = None
-    draw.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_int, ctypes.c_void_p]
+    for draw in (lib.deepfn_threefry_draw, lib.deepfn_threefry_draw_keys):
+        draw.restype = None
+        draw.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
-def _target(compiler: list[str]) -> Path:
-    recipe = "\0".join([_SOURCE, *compiler, *_FLAGS, platform.machine()])
+def _target(compiler: list[str], variant: tuple[str, ...] = ()) -> Path:
+    recipe = "\0".join([_SOURCE, *compiler, *_FLAGS, *variant, platform.machine()])
     return _cache_dir() / f"threefry2x32-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
 
 
@@ -189,26 +206,30 @@ def native() -> ctypes.CDLL | None:
 
     The cached file is named by a digest of the source, the compiler, its flags and the
     architecture (a home folder shared by x86 and ARM machines holds one of each); a cached
-    file that does not load is rebuilt once. A failed build warns once per process, with the
-    compiler's message, and the tensor code is used.
+    file that does not load is rebuilt once. Where the per-ISA build fails, a plain one is
+    tried (``_VARIANTS``). A failed build warns once per process, with the compiler's
+    message, and the tensor code is used.
     """
     if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
         return None
-    try:
-        compiler = _compiler()
-        target = _target(compiler)
-        if not target.exists():
-            _build(compiler, target)
+    failure: Exception | None = None
+    for variant in _VARIANTS:
         try:
-            return _load(target)
-        except OSError:   # truncated or foreign file: build again over it (atomically)
-            _build(compiler, target)
-            return _load(target)
-    except (OSError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"deepfn: the C Threefry loop could not be built ({exc}); random bits on the CPU use "
-                      "the (slower) tensor code instead, with the same values. Set DEEPFN_NO_NATIVE=1 to "
-                      "silence this.", RuntimeWarning, stacklevel=2)
-        return None
+            compiler = _compiler()
+            target = _target(compiler, variant)
+            if not target.exists():
+                _build(compiler, target, variant)
+            try:
+                return _load(target)
+            except OSError:   # truncated or foreign file: build again over it (atomically)
+                _build(compiler, target, variant)
+                return _load(target)
+        except (OSError, subprocess.SubprocessError) as exc:
+            failure = exc
+    warnings.warn(f"deepfn: the C Threefry loop could not be built ({failure}); random bits on the CPU use "
+                  "the (slower) tensor code instead, with the same values. Set DEEPFN_NO_NATIVE=1 to "
+                  "silence this.", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def _word(x: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
@@ -263,27 +284,33 @@ _DRAW_KINDS = {torch.int64: 0, torch.float32: 1, torch.float64: 2}
 
 
 def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """``random.bits(key, n)`` by the C loop in one pass, as ``int64 [n]`` words (``dtype``
+    """``random.bits(key, n)`` by the C loop in one pass, as ``int64 [..., n]`` words (``dtype``
     int64), or as ``(words >> 8) * 2**-24`` in float32 or float64 (``dtype``): the same values
-    as the tensor code, without its counter array, concatenation and conversion passes.
-    ``None`` without the loop, or unless ``key`` is one CPU ``int64 [2]`` key."""
-    if key.shape != (2,) or key.dtype != torch.int64 or key.device.type != "cpu":
+    as the tensor code, without its counter array, concatenation and conversion passes, for
+    CPU ``int64`` keys ``[..., 2]`` (one row of ``n`` per key). ``None`` without the loop or
+    for other keys."""
+    if key.ndim == 0 or key.shape[-1] != 2 or key.dtype != torch.int64 or key.device.type != "cpu":
         return None
     lib = native()
     if lib is None:
         return None
-    key = key.contiguous()
-    half = (n + 1) // 2
-    out = torch.empty(n, dtype=dtype, device="cpu")
-    kind = _DRAW_KINDS[dtype]
-    _in_slices(lambda lo, hi: lib.deepfn_threefry_draw(key.data_ptr(), lo, hi, half, n, kind, out.data_ptr()), half)
+    keys = key.reshape(-1, 2).contiguous()
+    count, half, kind = keys.shape[0], (n + 1) // 2, _DRAW_KINDS[dtype]
+    out = torch.empty((*key.shape[:-1], n), dtype=dtype, device="cpu")
+    if count == 1:   # slices of the counters
+        _in_slices(lambda lo, hi: lib.deepfn_threefry_draw(keys.data_ptr(), lo, hi, half, n, kind, out.data_ptr()),
+                   half)
+    else:            # slices of the keys
+        _in_slices(lambda lo, hi: lib.deepfn_threefry_draw_keys(keys.data_ptr(), lo, hi, half, n, kind,
+                                                                out.data_ptr()), count, pairs_each=half)
     return out
 
 
-def _in_slices(run: Callable[[int, int], None], n: int) -> None:
-    """``run(lo, hi)`` over ``[0, n)``: in one slice per intra-op thread for large ``n``
-    (ctypes releases the GIL during each call, so the slices run in parallel)."""
-    threads = max(1, min(torch.get_num_threads(), n // _PARALLEL_MIN))
+def _in_slices(run: Callable[[int, int], None], n: int, pairs_each: int = 1) -> None:
+    """``run(lo, hi)`` over ``[0, n)``, items of ``pairs_each`` word pairs: in one slice per
+    intra-op thread for large work (ctypes releases the GIL during each call, so the slices run
+    in parallel)."""
+    threads = max(1, min(torch.get_num_threads(), n, n * pairs_each // _PARALLEL_MIN))
     if threads == 1:
         run(0, n)
         return

@@ -68,8 +68,9 @@ def key(seed: int) -> torch.Tensor:
 
 def _drawn(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
     """``bits(key, n)`` (``dtype`` int64), or its top 24 bits times 2**-24 (float32, float64),
-    in one pass of the C loop (:mod:`deepfn._threefry_draw`) where that pays; ``None`` otherwise."""
-    return _threefry_draw.draw(key, n, dtype) if key.ndim == 1 else None
+    ``[..., n]`` for keys ``[..., 2]``, in one pass of the C loop where that pays
+    (:mod:`deepfn._threefry_draw`); ``None`` otherwise."""
+    return _threefry_draw.draw(key, n, dtype)
 
 
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:

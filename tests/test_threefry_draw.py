@@ -48,6 +48,7 @@ def test_operator_without_the_loop_uses_tensor_code(monkeypatch, dtype):
 def test_operator_passes_torch_library_checks():
     for dtype in DTYPES:
         torch.library.opcheck(_threefry_draw.threefry_draw, (random.key(5), LARGE, dtype))
+        torch.library.opcheck(_threefry_draw.threefry_draw, (random.split(random.key(5), 3), 9, dtype))
 
 
 @needs_loop
@@ -74,6 +75,25 @@ def test_compiled_small_draws_stay_tensor_code():
     out, code = _compiled(lambda k: random.uniform(k, (3, 700)), key)
     assert torch.equal(out, random.uniform(key, (3, 700)))
     assert "threefry_draw" not in code
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_operator_draws_a_row_per_key(dtype):
+    keys = random.split(random.key(14), 6).reshape(2, 3, 2)
+    out = _threefry_draw.threefry_draw(keys, LARGE, dtype)
+    assert out.shape == (2, 3, LARGE)
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(out[i, j], _expected(keys[i, j], LARGE, dtype))
+
+
+@needs_loop
+def test_compiled_draws_for_a_batch_of_keys_call_the_loop_once():
+    keys = random.split(random.key(15), 4)
+    draw = lambda k: random.uniform(k, (3, 1000))   # noqa: E731  (4 x 1,500 pairs: over the threshold together)
+    out, code = _compiled(draw, keys)
+    assert out.shape == (4, 3, 1000) and torch.equal(out, draw(keys))
+    assert code.count("= torch.ops.deepfn.threefry_draw.default(") == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

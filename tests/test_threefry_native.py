@@ -4,6 +4,7 @@ input layout, the threaded path), one extern call in compiled code, and the tens
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -96,17 +97,41 @@ def test_random_draws_take_the_one_pass_loop_eagerly_only(monkeypatch):
     calls.clear()
     torch.func.vmap(lambda k: random.bits(k, 5))(random.split(key, 2))          # a batched key
     torch.func.grad(lambda x: (x * random.uniform(key, (4,))).sum())(torch.ones(4))   # under a transform
-    random.bits(random.split(key, 2), 5)                                         # keys [2, 2]
-    assert calls == []
+    assert calls == []   # small draws under transforms: tensor code (large ones: test_threefry_draw.py)
+    random.bits(random.split(key, 2), 5)                                         # keys [2, 2]: one pass too
+    assert calls == [torch.int64]
 
 
 def test_draw_declines_what_the_loop_cannot_serve(monkeypatch):
     key = random.key(0)
-    assert _threefry_native.draw(random.split(key, 2), 4, torch.int64) is None     # several keys
+    assert _threefry_native.draw(torch.zeros(2, 3, dtype=torch.int64), 4, torch.int64) is None   # not keys [..., 2]
+    assert _threefry_native.draw(torch.tensor(5), 4, torch.int64) is None          # a scalar
     assert _threefry_native.draw(key.to("meta"), 4, torch.int64) is None           # not on the CPU
     assert _threefry_native.draw(key.int(), 4, torch.int64) is None                # not int64 words
     monkeypatch.setattr(_threefry_native, "native", lambda: None)
     assert _threefry_native.draw(key, 4, torch.int64) is None                      # no loop built
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.float64])
+@pytest.mark.parametrize("key_shape", [(3,), (2, 2), (0,), (5,)])
+@needs_loop
+def test_draw_for_many_keys_gives_one_row_per_key(key_shape, dtype, monkeypatch):
+    monkeypatch.setattr(_threefry_native, "_PARALLEL_MIN", 1 << 10)   # (5,): 5 keys on 4 threads
+    count = math.prod(key_shape)
+    keys = random.split(random.key(13), max(count, 1))[:count].reshape(*key_shape, 2)
+    keys = keys.transpose(0, -2) if keys.ndim == 3 else keys   # not contiguous
+    n = 1001 if key_shape != (5,) else 2 * 2000 + 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        out = _threefry_native.draw(keys, n, dtype)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.shape == (*keys.shape[:-1], n) and out.dtype == dtype
+    flat = out.reshape(-1, n)
+    for row, key in zip(flat, keys.reshape(-1, 2), strict=True):
+        words = _tensor_code_bits(key, n)
+        assert torch.equal(row, words if dtype == torch.int64 else (words >> 8).to(dtype) * 2.0 ** -24)
 
 
 @needs_loop
@@ -195,6 +220,23 @@ def test_failed_build_warns_and_gives_none(monkeypatch, tmp_path, compiler):
     assert not [p for p in cache.rglob("*") if p.is_file()]   # nothing half-written is left to load later
 
 
+@needs_loop
+def test_a_compiler_without_vector_clones_builds_the_plain_loop(monkeypatch, tmp_path):
+    # Old compilers and C libraries without GNU ifunc (musl) reject target_clones.
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no gcc or cc to wrap")
+    cc = _fake_compiler(tmp_path / "cc", f'case "$*" in *-DVECTOR_CLONES=*) exec {gcc} "$@";; esac\n'
+                                          'echo "target_clones is not supported" >&2; exit 1')
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path / "cache"))
+    lib = _threefry_native.native.__wrapped__()
+    assert lib is not None
+    monkeypatch.setattr(_threefry_native, "native", lambda: lib)
+    key = random.key(16)
+    assert torch.equal(_threefry_native.draw(key, 999, torch.int64), _tensor_code_bits(key, 999))
+
+
 def test_compiler_with_arguments(monkeypatch, tmp_path):
     # $CC as a shell would split it ("ccache gcc", "gcc -std=c11")
     monkeypatch.setenv("CC", "env gcc -std=c11")
@@ -270,6 +312,8 @@ def test_every_vector_variant_gives_the_tensor_codes_bits(isa, tmp_path, monkeyp
     assert torch.equal(_threefry_native.draw(key, n, torch.int64), words)
     assert torch.equal(_threefry_native.draw(key, n, torch.float32), (words >> 8).to(torch.float32) * 2.0 ** -24)
     assert torch.equal(_threefry_native.draw(key, n, torch.float64), (words >> 8).to(torch.float64) * 2.0 ** -24)
+    keys = random.split(key, 3)
+    assert torch.equal(_threefry_native.draw(keys, n, torch.float32)[2], _threefry_native.draw(keys[2], n, torch.float32))
     for shapes in ([(), (), (777,), (777,)], [(), (), (), (777,)], [(5,), (5,), (5,), (5,)]):
         cipher = [_words(i, s) for i, s in enumerate(shapes)]
         native, tensor = _threefry_native.threefry2x32(*cipher), _threefry._eager(*cipher)
