@@ -12,8 +12,8 @@ op also paid the transform's dispatch. As an operator the cipher is one graph no
 
 - eagerly it runs below every functorch layer: on the CPU as one C loop
   (:mod:`deepfn._threefry_native`, built on first use; ~9 ms per 2**20 word pairs on one
-  thread, most of it writing the int64 outputs, against ~140 ms as tensor code), elsewhere (or without a C compiler) as plain in-place
-  tensor code;
+  thread, most of it writing the int64 outputs, against ~140 ms as tensor code), elsewhere
+  (or without a C compiler) as plain in-place tensor code;
 - under ``vmap`` its batching rule moves the batch axis to the front and calls it once;
 - under ``torch.compile`` Dynamo and AOTAutograd see one node (the fake kernel gives shapes).
   Inductor (``_lower``) calls the C loop on the CPU as an extern kernel, so no cipher code is
@@ -21,9 +21,9 @@ op also paid the transform's dispatch. As an operator the cipher is one graph no
   Transformer step's generated C++); on accelerators, or without the loop, it lowers the
   op to a single fused pointwise kernel, realised once.
 
-The integer arithmetic is exact, so every path gives the same bits. Large draws of one key
-(``random.bits`` and the uniforms built on it) skip this operator in compiled CPU code: see
-:mod:`deepfn._threefry_draw`.
+The integer arithmetic is exact, so every path gives the same bits. Large draws
+(``random.bits`` and the uniforms built on it) skip this operator in compiled CPU code and
+under transforms: see :mod:`deepfn._threefry_draw`.
 """
 
 from __future__ import annotations
