@@ -125,3 +125,20 @@ def test_under_grad_the_dropout_mask_is_the_eager_one():
 def test_other_devices_and_dtypes_are_left_to_the_tensor_code():
     assert _threefry_draw.draw(random.key(0).to("meta"), LARGE, torch.float32) is None
     assert _threefry_draw.draw(random.key(0), LARGE, torch.float16) is None
+
+
+@needs_loop
+def test_compiled_vmap_of_grad_with_a_key_per_lane_draws_all_lanes_in_one_call():
+    # An ensemble's or per-example step's dropout: one key per lane, masks from one C call.
+    keys, x = random.split(random.key(17), 4), torch.randn(4, LARGE)
+
+    def loss(k, x):
+        return torch.where(random.bernoulli(k, 0.9, x.shape), x / 0.9, 0.0).sum()
+
+    def per_lane(keys, x):
+        return torch.func.vmap(torch.func.grad(loss, argnums=1))(keys, x)
+
+    out, code = _compiled(per_lane, keys, x)
+    assert code.count("= torch.ops.deepfn.threefry_draw.default(") == 1
+    for b in range(4):
+        assert torch.equal(out[b], torch.func.grad(loss, argnums=1)(keys[b], x[b]))
