@@ -46,7 +46,7 @@ _DTYPES = (torch.int64, torch.float32, torch.float64)
 @torch.library.custom_op("deepfn::threefry_draw", mutates_args=())
 def threefry_draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """``as_dtype(words(key, n), dtype)`` for keys ``int64 [..., 2]``: ``[..., n]`` of ``dtype``."""
-    out = _threefry_native.draw(key, n, dtype)
+    out = _threefry_native.draw(key, n, dtype)   # None without the C loop
     return out if out is not None else as_dtype(words(key, n), dtype)
 
 
@@ -84,3 +84,9 @@ def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
     if key.shape[:-1].numel() * ((n + 1) // 2) >= _threefry._EXTERN_MIN_PAIRS and _native_available():
         return _overload(key, n, dtype)
     return None
+
+
+def sample(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``as_dtype(words(key, n), dtype)``: by :func:`draw` where that pays, else as tensor code."""
+    out = draw(key, n, dtype)
+    return out if out is not None else as_dtype(words(key, n), dtype)

@@ -66,20 +66,12 @@ def key(seed: int) -> torch.Tensor:
     return torch.tensor([seed >> 32, seed & _MASK], dtype=torch.int64)
 
 
-def _drawn(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """``bits(key, n)`` (``dtype`` int64), or its top 24 bits times 2**-24 (float32, float64),
-    ``[..., n]`` for keys ``[..., 2]``, in one pass of the C loop where that pays
-    (:mod:`deepfn._threefry_draw`); ``None`` otherwise."""
-    return _threefry_draw.draw(key, n, dtype)
-
-
 def bits(key: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` random 32-bit words as ``int64 [n]`` in ``[0, 2**32)``."""
     _check_key(key, "bits")
     if not _is_int(n) or n < 0:
         raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
-    drawn = _drawn(key, n, torch.int64)
-    return drawn if drawn is not None else _threefry_draw.words(key, n)
+    return _threefry_draw.sample(key, n, torch.int64)
 
 
 def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -130,9 +122,7 @@ def _unit(key: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torc
         hi, lo = w[..., :n] >> 6, w[..., n:] >> 5         # 26 + 27 = 53 bits
         u = (hi * (1 << 27) + lo).to(torch.float64) * 2.0 ** -53
     else:
-        u = _drawn(key, n, torch.float32)
-        if u is None:
-            u = (bits(key, n) >> 8).to(torch.float32) * 2.0 ** -24
+        u = _threefry_draw.sample(key, n, torch.float32)
     return u.reshape((*key.shape[:-1], *shape))
 
 
@@ -170,11 +160,7 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
         k_radius, k_angle = split(key).unbind(-2)
         u, v = _unit(k_radius, shape, torch.float64), _unit(k_angle, shape, torch.float64)
     else:
-        u = _drawn(key, 2 * n, torch.float64)   # eagerly, the words' top 24 bits in one pass
-        if u is None:
-            w = bits(key, 2 * n)
-            w = w >> 8 if compiling else w.bitwise_right_shift_(8)   # in place eagerly: see _box_muller
-            u = w.to(torch.float64).mul_(2.0 ** -24)
+        u = _threefry_draw.sample(key, 2 * n, torch.float64)   # the words' top 24 bits
         batched = (*key.shape[:-1], *shape)
         u, v = u[..., :n].reshape(batched), u[..., n:].reshape(batched)
     return _box_muller(u, v, compiling).to(dtype)
@@ -187,7 +173,7 @@ def _box_muller(u: torch.Tensor, v: torch.Tensor, compiling: bool) -> torch.Tens
     Compiled: out of place, a chain Inductor fuses into one loop (written in place it fused
     less: 10^7 normals 0.34 -> 0.51 s). Eagerly: in place on ``u`` and ``v``, the same kernels
     and numbers without a fresh float64 tensor (and its page faults) per op (10^7 normals,
-    with the in-place shift above: ~0.88 -> ~0.5 s).
+    measured with the tensor-code draw: ~0.88 -> ~0.5 s).
     """
     if compiling:
         return torch.sqrt(-2.0 * torch.log(1.0 - u)) * torch.cos(2.0 * math.pi * v)
