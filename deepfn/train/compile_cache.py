@@ -61,6 +61,7 @@ from .. import tree
 from .._atomic import write_atomically
 from .._fingerprint import SCALAR_TYPES, fingerprint
 from .._own_code import with_own_code
+from ._guard_filter import library_globals_unguarded
 
 _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 1\n"
@@ -110,7 +111,8 @@ def inductor_options(args: tuple[Any, ...], training: bool = True) -> dict[str, 
 
 class CompileOnFirstCall:
     """``torch.compile(fn, fullgraph=True, options=inductor_options(args, training))``, made when
-    first called with ``args`` (later calls on other devices keep the first call's settings)."""
+    first called with ``args`` (later calls on other devices keep the first call's settings),
+    without guards on torch's and deepfn's globals (:mod:`deepfn.train._guard_filter`)."""
 
     def __init__(self, fn: Callable, *, training: bool = True) -> None:
         self._fn = fn
@@ -119,7 +121,8 @@ class CompileOnFirstCall:
 
     def __call__(self, *args: Any) -> Any:
         if self._run is None:
-            self._run = torch.compile(self._fn, fullgraph=True, options=inductor_options(args, self._training))
+            options = {**inductor_options(args, self._training), "guard_filter_fn": library_globals_unguarded(self._fn)}
+            self._run = torch.compile(self._fn, fullgraph=True, options=options)
         return self._run(*args)
 
 
