@@ -227,7 +227,7 @@ def test_non_finite_gradients_skip_the_step_on_the_device():
 def test_compiled_cnn_step_keeps_inductor_layout_defaults_and_equals_eager():
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(1))
-    expected_options = {"layout_optimization": False} if DEV.type == "cpu" else {}
+    expected_options = {"layout_optimization": False, "cpp_wrapper": True} if DEV.type == "cpu" else {}
     assert inductor_options((to(DEV, x),)) == expected_options
     model, opt = AdvancedCNN(3, 10, 8, (1, 1, 1, 1)), optim.sgd(0.05, momentum=0.9)
     ts = to(DEV, TrainState.create(model, opt, random.key(0)))

@@ -368,31 +368,61 @@ def test_rejects_a_compile_cache_that_is_not_a_path():
 
 
 
-def test_cpu_steps_compile_without_inductors_layout_optimization(monkeypatch):
+def test_large_cpu_steps_compile_without_inductors_layout_optimization(monkeypatch):
     # Channels-last copies of every convolution's tensors cost a whole CPU step ~18% (README).
-    from deepfn.train.compile_cache import compiled, inductor_options
+    from deepfn.train.compile_cache import SMALL_STEP_ELEMENTS, compiled, inductor_options
     seen, real = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
     double = compiled(lambda x: x * 2, None, "test")
     assert seen == []                                      # made on the first call, for its inputs
-    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and double(torch.ones(2)) is not None
+    big = torch.ones(SMALL_STEP_ELEMENTS + 1)
+    assert torch.equal(double(big), torch.full_like(big, 2.0)) and double(big) is not None
     assert seen == [{"fullgraph": True, "options": {"layout_optimization": False}}]
-    assert inductor_options(({"w": torch.ones(1)}, [torch.ones(2)], 3)) == {"layout_optimization": False}
-    assert inductor_options((torch.ones(1), torch.ones(1, device="meta"))) == {}   # not all on the CPU
+    assert inductor_options(({"w": big}, [torch.ones(2)], 3)) == {"layout_optimization": False}
+    assert inductor_options((big, torch.ones(1, device="meta"))) == {}   # not all on the CPU
     assert inductor_options((1, "no tensors")) == {}
+
+
+def test_small_cpu_steps_compile_with_inductors_cpp_wrapper(monkeypatch):
+    # A sub-millisecond step spends ~15-20% of its time in the Python wrapper (README).
+    from deepfn.train.compile_cache import (
+        SMALL_STEP_ELEMENTS,
+        SMALL_STEP_TENSORS,
+        inductor_options,
+    )
+    small = {"layout_optimization": False, "cpp_wrapper": True}
+    at_limit = [torch.ones(SMALL_STEP_ELEMENTS - 2), torch.ones(2)]
+    assert inductor_options((at_limit,)) == small
+    assert inductor_options((at_limit, torch.ones(1))) == {"layout_optimization": False}     # one number more
+    assert inductor_options(([torch.ones(1)] * SMALL_STEP_TENSORS,)) == small
+    assert inductor_options(([torch.ones(1)] * (SMALL_STEP_TENSORS + 1),)) == {"layout_optimization": False}
+    assert inductor_options((torch.ones(1), torch.ones(1, device="meta"))) == {}   # not all on the CPU
+    assert inductor_options((torch.ones(1),), training=False) == {"cpp_wrapper": True}
+    seen, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
+    model, opt = MLP(6, (8,), 3, dropout_rate=0.5), optim.adam(1e-2)
+    ts = TrainState.create(model, opt, random.key(0))
+    eager = make_train_step(model, losses.cross_entropy, opt, compile=False)
+    compiled_step = make_train_step(model, losses.cross_entropy, opt, compile=True)
+    assert [kw["options"]["cpp_wrapper"] for kw in seen] == []
+    new, _ = compiled_step(ts, _data(), random.key(1))
+    assert [kw["options"].get("cpp_wrapper") for kw in seen] == [True]
+    # The same kernels, called from C++: the eager step's numbers (dropout included).
+    expected, _ = eager(ts, _data(), random.key(1))
+    assert_trees_close((new.params, new.opt_state), (expected.params, expected.opt_state), rtol=1e-5, atol=1e-6)
 
 
 def test_eval_steps_keep_inductors_layout_optimization(monkeypatch, tmp_path):
     # Forward-only graphs gain from channels-last convolutions on the CPU (README: 1.4-1.8x).
-    from deepfn.train.compile_cache import SavedCompile, inductor_options
+    from deepfn.train.compile_cache import SMALL_STEP_ELEMENTS, SavedCompile, inductor_options
     seen, real = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
     model = MLP(6, (8,), 3)
     params, state = model.init(random.key(0))
     eval_step = make_eval_step(model, losses.cross_entropy)
     eval_step(params, state, _data())
-    assert seen == [{"fullgraph": True, "options": {}}]
-    assert inductor_options((torch.ones(1),), training=False) == {}
+    assert seen == [{"fullgraph": True, "options": {"cpp_wrapper": True}}]
+    assert inductor_options((torch.ones(SMALL_STEP_ELEMENTS + 1),), training=False) == {}
     # A saved program is named by its settings too: a training and an eval compile of one
     # function never share a file.
     fn = with_own_code(lambda x: x * 2)
