@@ -221,17 +221,18 @@ def test_failed_build_warns_and_gives_none(monkeypatch, tmp_path, compiler):
 
 
 @needs_loop
-def test_a_compiler_without_vector_clones_builds_the_plain_loop(monkeypatch, tmp_path):
-    # Old compilers and C libraries without GNU ifunc (musl) reject target_clones.
+def test_a_compiler_without_vector_flags_builds_the_plain_loop(monkeypatch, tmp_path):
+    # A compiler for another target, or an old one, rejects -mavx512f and -mavx2.
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         pytest.skip("no gcc or cc to wrap")
-    cc = _fake_compiler(tmp_path / "cc", f'case "$*" in *-DVECTOR_CLONES=*) exec {gcc} "$@";; esac\n'
-                                          'echo "target_clones is not supported" >&2; exit 1')
+    cc = _fake_compiler(tmp_path / "cc", 'case "$*" in *-mavx*) echo "unknown option -mavx" >&2; exit 1;; esac\n'
+                                          f'exec {gcc} "$@"')
     monkeypatch.setenv("CC", cc)
     monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_threefry_native, "_cpu_capability", lambda: "AVX512")
     lib = _threefry_native.native.__wrapped__()
-    assert lib is not None
+    assert lib is not None and lib.deepfn_threefry_isa() == 0
     monkeypatch.setattr(_threefry_native, "native", lambda: lib)
     key = random.key(16)
     assert torch.equal(_threefry_native.draw(key, 999, torch.int64), _tensor_code_bits(key, 999))
@@ -255,7 +256,8 @@ def test_cache_dir_without_a_home(monkeypatch):
 @needs_loop
 def test_a_cached_file_that_does_not_load_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path))
-    built = _threefry_native._target(_threefry_native._compiler())
+    first = _threefry_native._variants(_threefry_native._cpu_capability())[0]   # the build native() loads
+    built = _threefry_native._target(_threefry_native._compiler(), first)
     built.write_bytes(b"not a shared library")     # e.g. truncated by a full disk
     assert _threefry_native.native.__wrapped__() is not None
     assert built.read_bytes()[:4] == b"\x7fELF"
@@ -297,15 +299,16 @@ def _cpu_flags() -> set[str]:
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512f"])
 @needs_loop
 def test_every_vector_variant_gives_the_tensor_codes_bits(isa, tmp_path, monkeypatch):
-    # The library holds one copy per ISA and the loader picks the machine's best one; this
-    # builds each copy alone, so that the ones this machine would not pick are checked too.
+    # The loader builds the machine's variant only; this builds each one, so that the ones
+    # this machine would not pick are checked too.
     if platform.machine() != "x86_64" or (isa != "default" and isa not in _cpu_flags()):
         pytest.skip(f"this CPU cannot run {isa} code")
-    attribute = "" if isa == "default" else f'__attribute__((target("{isa}")))'
+    capability = {"default": "DEFAULT", "avx2": "AVX2", "avx512f": "AVX512"}[isa]
     src, lib_path = tmp_path / "threefry.c", tmp_path / "threefry.so"
     src.write_text(_threefry_native._SOURCE)
-    subprocess.run([*_threefry_native._compiler(), *_threefry_native._FLAGS, f"-DVECTOR_CLONES={attribute}",
+    subprocess.run([*_threefry_native._compiler(), *_threefry_native._FLAGS, *_threefry_native._ISA_FLAGS[capability],
                     "-o", str(lib_path), str(src)], check=True, capture_output=True, timeout=120)
+    assert _threefry_native._load(lib_path).deepfn_threefry_isa() == _threefry_native._ISA_BITS[capability]
     monkeypatch.setattr(_threefry_native, "native", lambda: _threefry_native._load(lib_path))
     key, n = random.key(12), 2 * 1031 + 1
     words = _tensor_code_bits(key, n)
@@ -318,3 +321,25 @@ def test_every_vector_variant_gives_the_tensor_codes_bits(isa, tmp_path, monkeyp
         cipher = [_words(i, s) for i, s in enumerate(shapes)]
         native, tensor = _threefry_native.threefry2x32(*cipher), _threefry._eager(*cipher)
         assert torch.equal(native[0], tensor[0]) and torch.equal(native[1], tensor[1])
+
+
+@needs_loop
+def test_the_loaded_loop_is_the_build_for_torchs_cpu_capability(monkeypatch, tmp_path):
+    # The vector build is 2-6x faster than the plain one; a loader that fell back to the plain
+    # copy on a vector CPU would give the same bits, so only this check would see it.
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path / "cache"))
+    capability = _threefry_native._cpu_capability()
+    want = _threefry_native._ISA_BITS.get(capability, 0)
+    assert _threefry_native.native.__wrapped__().deepfn_threefry_isa() == want
+    for lower, bits in (("AVX2", 256), ("DEFAULT", 0)):
+        if want >= bits:
+            monkeypatch.setattr(_threefry_native, "_cpu_capability", lambda lower=lower: lower)
+            assert _threefry_native.native.__wrapped__().deepfn_threefry_isa() == bits
+
+
+def test_variants_are_tried_from_the_cpus_isa_down():
+    flags = _threefry_native._ISA_FLAGS
+    assert _threefry_native._variants("AVX512") == (flags["AVX512"], flags["AVX2"], ())
+    assert _threefry_native._variants("AVX2") == (flags["AVX2"], ())
+    assert _threefry_native._variants("DEFAULT") == ((),)
+    assert _threefry_native._variants("SVE256") == ((),)   # another architecture's capability: plain C
