@@ -130,14 +130,14 @@ static inline void draw_range(const int64_t *key, int64_t begin, int64_t end, in
 }
 
 void deepfn_threefry_draw(const int64_t *key, int64_t begin, int64_t end, int64_t half, int64_t n, int kind,
-                                        void *restrict out) {
+                          void *restrict out) {
     draw_range(key, begin, end, half, n, kind, out);
 }
 
 /* Whole draws for keys [first, last) of an array of keys [count, 2]: row k of out ([count, n]
    values of the kind) is the draw of key k. */
 void deepfn_threefry_draw_keys(const int64_t *keys, int64_t first, int64_t last, int64_t half, int64_t n,
-                                             int kind, void *restrict out) {
+                               int kind, void *restrict out) {
     const int64_t size = kind == 1 ? 4 : 8;
     for (int64_t k = first; k < last; k++)
         draw_range(keys + 2 * k, 0, half, half, n, kind, (char *)out + k * n * size);
@@ -228,8 +228,9 @@ def native() -> ctypes.CDLL | None:
     The cached file is named by a digest of the source, the compiler, its flags and the
     architecture (a home folder shared by x86 and ARM machines holds one of each); a cached
     file that does not load is rebuilt once. The build is the one for the CPU's vector ISA
-    (``_variants``); where the compiler rejects its flag, the next narrower one is tried. A failed build warns once per process, with the compiler's
-    message, and the tensor code is used.
+    (``_variants``); where the compiler rejects its flag, the next narrower one is tried. A
+    failed build warns once per process, with the compiler's message, and the tensor code is
+    used.
     """
     if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
         return None
