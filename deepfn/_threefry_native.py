@@ -158,7 +158,6 @@ _FLAGS = ("-O3", "-shared", "-fPIC")
 # ``__builtin_cpu_supports`` reported AVX2 and AVX-512 (10^7 uniforms: 30 ms plain, 14 ms
 # AVX2, 5.4 ms AVX-512, one thread), and it needs GNU ifunc, which musl lacks.
 _ISA_FLAGS = {"AVX512": ("-mavx512f",), "AVX2": ("-mavx2",), "DEFAULT": ()}
-_ISA_BITS = {"AVX512": 512, "AVX2": 256, "DEFAULT": 0}
 
 
 def _variants(capability: str) -> tuple[tuple[str, ...], ...]:

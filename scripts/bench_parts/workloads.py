@@ -17,7 +17,8 @@ Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the 
 (``_flax_models``) when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16, eager
 and compiled, against eager ``torch.autocast("cpu", torch.bfloat16)``) for the CNNs and Transformers.
 The contenders of one comparison are started one after another (cold compiles, each into its own
-fresh cache) and then timed in turns (``_timing``), so the machine's drift falls on all of them.
+fresh cache) and then timed in turns (``_timing``), so the machine's drift falls on all of them;
+the matmul peak behind each row's share is measured right before and after those timings.
 
 Quick mode runs mlp-seed, mlp-wide, cnn-small and transformer-small with few steps. Pick
 workloads with ``run(quick, only="mlp-seed,cnn-seed")`` or ``DEEPFN_BENCH_WORKLOADS``, and
@@ -270,6 +271,19 @@ def matmul_peak(dtype: torch.dtype, n: int | None = None, repeats: int = 10) -> 
     return 2 * n ** 3 / min(times)
 
 
+def time_with_peak(contenders: list, steps: int, dtype: torch.dtype) -> float:
+    """Time ``contenders`` in turns (``time_interleaved``) and return the ``dtype`` matmul peak
+    measured right before and right after them, the higher of the two.
+
+    This shared machine's speed drifts by up to 2x within an hour, so a peak measured once at
+    the start of a run would misstate the share of steps timed later; the higher of the two
+    readings keeps the share on the low side.
+    """
+    before = matmul_peak(dtype)
+    time_interleaved(contenders, steps)
+    return max(before, matmul_peak(dtype))
+
+
 def _figures(prefix: str, t: dict, wl: Workload, flops: int, peak: float) -> dict:
     rate = flops / t["median_s"]
     out = {f"{prefix}compile_s": t["first_s"], f"{prefix}min_s": t["min_s"],
@@ -287,7 +301,7 @@ def _row(wl, mode, ours, base_name, base, flops, peak, note) -> dict:
     row = {"group": GROUP, "name": f"{wl.name} train step ({mode})", "deepfn_s": ours["median_s"],
            "baseline": base_name, "baseline_s": None if base is None else base["median_s"],
            "ratio": None if base is None else ours["median_s"] / base["median_s"], "note": note,
-           "batch": wl.batch, "step_gflop": flops / 1e9}
+           "batch": wl.batch, "step_gflop": flops / 1e9, "peak_gflops": peak / 1e9}
     row.update(_figures("", ours, wl, flops, peak))
     if base is not None:
         row.update(_figures("baseline_", base, wl, flops, peak))
@@ -312,26 +326,26 @@ def _compile_note(*ts: dict) -> str:
             + " / ".join(f"{t['warm_start_s']:.1f} s" for t in ts if "warm_start_s" in t) + saved)
 
 
-def bench_workload(wl: Workload, steps: int, peaks: dict[torch.dtype, float],
-                   contenders: tuple[str, ...] = CONTENDERS) -> list[dict]:
+def bench_workload(wl: Workload, steps: int, contenders: tuple[str, ...] = CONTENDERS) -> list[dict]:
     """The rows of one workload; ``contenders`` picks the comparisons to run. The contenders of
-    one comparison are timed in turns (``_timing.time_interleaved``)."""
+    one comparison are timed in turns, between two measurements of the matmul peak
+    (``time_with_peak``), whose higher reading is the row's ``peak_gflops``."""
     flops = step_flops(wl)
     rows = []
     if "eager" in contenders:
         ours = start(lambda: deepfn_runner(wl, compile=False), False)
         base = start(lambda: torch_runner(wl, compile=False), False)
-        time_interleaved([ours, base], steps)
+        peak = time_with_peak([ours, base], steps, torch.float32)
         rows.append(_row(wl, "eager fp32", ours.figures, "nn.Module + torch.optim eager", base.figures, flops,
-                         peaks[torch.float32], "peak RSS is the process's running maximum (getrusage)"))
+                         peak, "peak RSS is the process's running maximum (getrusage)"))
     if "compiled" in contenders or "jax" in contenders:
-        rows += _compiled_rows(wl, steps, peaks[torch.float32], flops, contenders)
+        rows += _compiled_rows(wl, steps, flops, contenders)
     if "bf16" in contenders and not isinstance(wl.model, MLP):
-        rows += _bf16_rows(wl, steps, peaks[torch.bfloat16], flops, "compiled" in contenders)
+        rows += _bf16_rows(wl, steps, flops, "compiled" in contenders)
     return rows
 
 
-def _compiled_rows(wl: Workload, steps: int, peak: float, flops: int, contenders: tuple[str, ...]) -> list[dict]:
+def _compiled_rows(wl: Workload, steps: int, flops: int, contenders: tuple[str, ...]) -> list[dict]:
     """deepfn's compiled step (and split step) against ``torch.compile(nn.Module)`` and Flax:
     compiled one after another, timed in turns, then their warm and saved starts."""
     clear_in_memory_compile_caches()   # no compiled frames of earlier workloads
@@ -344,7 +358,7 @@ def _compiled_rows(wl: Workload, steps: int, peak: float, flops: int, contenders
     split = start(lambda: deepfn_runner(wl, compile="split", donate=True), True) if split_too else None
     base = start(lambda: torch_runner(wl, compile=True), True) if torch_too else None
     flax = start(lambda: flax_runner(wl), False) if jax_too else None
-    time_interleaved([c for c in (ours, split, base, flax) if c is not None], steps)
+    peak = time_with_peak([c for c in (ours, split, base, flax) if c is not None], steps, torch.float32)
     rows = []
     if torch_too:
         ours.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile=True), ours.cache_dir)
@@ -373,13 +387,13 @@ def _jax_skipped_row(wl: Workload) -> dict:
             "note": "skipped: jax not installed (pip install -e .[bench])"}
 
 
-def _bf16_rows(wl: Workload, steps: int, peak: float, flops: int, compiled_too: bool) -> list[dict]:
+def _bf16_rows(wl: Workload, steps: int, flops: int, compiled_too: bool) -> list[dict]:
     """deepfn's bf16 policy, eager and compiled, against eager autocast, timed in turns."""
     clear_in_memory_compile_caches()
     compiled = start(lambda: deepfn_runner(wl, compile=True, policy=BF16), True) if compiled_too else None
     ours = start(lambda: deepfn_runner(wl, compile=False, policy=BF16), False)
     base = start(lambda: torch_runner(wl, compile=False, bf16=True), False)
-    time_interleaved([c for c in (ours, base, compiled) if c is not None], steps)
+    peak = time_with_peak([c for c in (ours, base, compiled) if c is not None], steps, torch.bfloat16)
     autocast = f"nn.Module + torch.autocast('{bench_device().type}', bfloat16)"
     rows = [_row(wl, "eager bf16", ours.figures, autocast, base.figures, flops, peak,
                  "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak")]
@@ -434,21 +448,23 @@ def run(quick: bool = False, only: str | None = None) -> list[dict]:
     device = bench_device()
     if device.type != "cpu":
         contenders = tuple(c for c in contenders if c != "jax")
-    peaks = {dt: matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
     if "compiled" in contenders:
         _pay_once_per_process_compile_costs()
     rows = []
     for name in selected(quick, only):
         wl = WORKLOADS[name]
         steps = max(2, wl.steps // 5) if quick else wl.steps
-        done = bench_workload(wl, steps if device.type == "cpu" else 5 * steps, peaks, contenders)
+        done = bench_workload(wl, steps if device.type == "cpu" else 5 * steps, contenders)
         for r in done:   # as they come: a run stopped by a time limit still leaves its finished rows
             print(f"[bench] {_summary(r)}", file=sys.stderr, flush=True)
         rows += done
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"on {device}"
     for r in rows:
-        r["note"] += (f"; fp32 mm peak {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 "
-                      f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s, {where}")
+        if "peak_gflops" in r:
+            kind = "bf16" if "bf16" in r["name"] else "fp32"
+            r["note"] += (f"; {kind} mm peak {r['peak_gflops']:.0f} GFLOP/s (the higher of two readings, "
+                          f"right before and after these timings)")
+        r["note"] += f"; {where}"
     return rows
 
 
