@@ -1,8 +1,8 @@
 """A mixed-precision policy: three dtypes, passed explicitly (the jmp design).
 
-Twin: the dtype choices of ``torch.autocast`` made explicit. deepfn does not use autocast
-inside transforms (TORCH_NOTES, "Mixed precision"): params and inputs are cast to the
-compute dtype, and blocks compute norm statistics, softmax and the loss in float32.
+Twin: the dtype choices of ``torch.autocast`` made explicit. deepfn does not use autocast, a
+thread-local mode that a pure function's arguments would not show: params and inputs are cast
+to the compute dtype, and blocks compute norm statistics, softmax and the loss in float32.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ is ``attend`` over ``project_kv`` of its own inputs.
 
 Two kernels compute the same function. ``F.scaled_dot_product_attention`` (SDPA) is used
 on the plain path; inside ``torch.func`` transforms the CPU flash kernel has no batching
-rule (a slow per-example loop under ``vmap``, see TORCH_NOTES), and its dropout reads the
-global RNG, so transformed calls and attention dropout take a matmul + softmax path.
+rule (``vmap`` runs it once per example, with a performance warning), and its dropout reads
+the global RNG, so transformed calls and attention dropout take a matmul + softmax path.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ T=16, E=32). The baseline is ``torch.nn.MultiheadAttention(batch_first=True)`` w
 same weights, forward + ``backward()`` through autograd, as are the deepfn rows
 ``impl="sdpa"`` and ``impl="math"`` (parameters and input require grad). A ``vmap`` row
 compares an ensemble of 4 stacked parameter sets under ``vmap(grad)`` (``impl="auto"``
-takes the matmul path there) with forcing SDPA, which has no CPU batching rule.
+takes the matmul path there) with forcing SDPA, which has no CPU batching rule; another
+compares per-example gradients over the batch the same way.
 """
 
 from __future__ import annotations
@@ -89,6 +90,22 @@ def run(quick: bool = False) -> list[dict]:
     rows.append(_row(f"mha ensemble of {n} vmap(grad) auto(math) B{b} T{t} E{e} ({device})", ens["auto"],
                      "same with impl='sdpa' (per-example fallback)", ens["sdpa"],
                      "impl='auto' picks the matmul path under torch.func transforms"))
+
+    # Per-example gradients of one parameter set over the batch: the other side of the choice,
+    # where SDPA's fallback runs once per example.
+    per_example = {}
+    xs = x.detach().unsqueeze(1)                                   # [b, 1, t, e]
+    for impl in ("auto", "sdpa"):
+        mha = MultiHeadAttention(e, h, impl=impl)
+        params = tree.map(lambda p: p.to(device), mha.init(random.key(0))[0])
+        loss = lambda p, xi, mha=mha: mha.apply(p, {}, xi, mask=causal_mask(t, device=device))[0].pow(2).mean()  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            per_example[impl] = _median_time(
+                lambda loss=loss, params=params: vmap(grad(loss), in_dims=(None, 0))(params, xs), max(3, repeats // 3))
+    rows.append(_row(f"mha per-example grads vmap(grad) auto(math) B{b} T{t} E{e} ({device})", per_example["auto"],
+                     "same with impl='sdpa' (per-example fallback)", per_example["sdpa"],
+                     "one parameter set, one gradient per example"))
     return rows
 
 
