@@ -45,6 +45,18 @@ def _row(name: str, deepfn_s: float, baseline: str, baseline_s: float, note: str
             "baseline_s": baseline_s, "ratio": deepfn_s / baseline_s, "note": note}
 
 
+def _auto_and_sdpa_times(e: int, h: int, make_call, repeats: int) -> dict[str, float]:
+    """Median seconds of ``make_call(mha)()`` for a ``MultiHeadAttention(e, h)`` with
+    ``impl="auto"`` and with ``impl="sdpa"``, SDPA's "no batching rule" warning silenced."""
+    times = {}
+    for impl in ("auto", "sdpa"):
+        call = make_call(MultiHeadAttention(e, h, impl=impl))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times[impl] = _median_time(call, repeats)
+    return times
+
+
 def run(quick: bool = False) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     b, t, e, h, repeats = (4, 16, 32, 4, 5) if quick else (32, 64, 256, 4, 30)
@@ -77,34 +89,29 @@ def run(quick: bool = False) -> list[dict]:
     # Ensemble of 4 parameter sets under vmap(grad): why "auto" avoids SDPA under transforms.
     n = 4
     xs = x.detach()
-    ens = {}
-    for impl in ("auto", "sdpa"):
-        mha = MultiHeadAttention(e, h, impl=impl)
-        stacked = tree.stack([mha.init(random.key(i))[0] for i in range(n)])
-        stacked = tree.map(lambda p: p.to(device), stacked)
-        loss = lambda p, mha=mha: mha.apply(p, {}, xs, mask=causal_mask(t, device=device))[0].pow(2).mean()  # noqa: E731
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # SDPA's "no batching rule" performance warning
-            ens[impl] = _median_time(lambda loss=loss, stacked=stacked: vmap(grad(loss))(stacked),
-                                     max(3, repeats // 3))
+
+    def ensemble(mha):
+        stacked = tree.map(lambda p: p.to(device), tree.stack([mha.init(random.key(i))[0] for i in range(n)]))
+        loss = lambda p: mha.apply(p, {}, xs, mask=causal_mask(t, device=device))[0].pow(2).mean()  # noqa: E731
+        return lambda: vmap(grad(loss))(stacked)
+
+    ens = _auto_and_sdpa_times(e, h, ensemble, max(3, repeats // 3))
     rows.append(_row(f"mha ensemble of {n} vmap(grad) auto(math) B{b} T{t} E{e} ({device})", ens["auto"],
                      "same with impl='sdpa' (per-example fallback)", ens["sdpa"],
                      "impl='auto' picks the matmul path under torch.func transforms"))
 
     # Per-example gradients of one parameter set over the batch: the other side of the choice,
     # where SDPA's fallback runs once per example.
-    per_example = {}
-    xs = x.detach().unsqueeze(1)                                   # [b, 1, t, e]
-    for impl in ("auto", "sdpa"):
-        mha = MultiHeadAttention(e, h, impl=impl)
+    examples = xs.unsqueeze(1)                                     # [b, 1, t, e]
+
+    def per_example(mha):
         params = tree.map(lambda p: p.to(device), mha.init(random.key(0))[0])
-        loss = lambda p, xi, mha=mha: mha.apply(p, {}, xi, mask=causal_mask(t, device=device))[0].pow(2).mean()  # noqa: E731
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            per_example[impl] = _median_time(
-                lambda loss=loss, params=params: vmap(grad(loss), in_dims=(None, 0))(params, xs), max(3, repeats // 3))
-    rows.append(_row(f"mha per-example grads vmap(grad) auto(math) B{b} T{t} E{e} ({device})", per_example["auto"],
-                     "same with impl='sdpa' (per-example fallback)", per_example["sdpa"],
+        loss = lambda p, xi: mha.apply(p, {}, xi, mask=causal_mask(t, device=device))[0].pow(2).mean()  # noqa: E731
+        return lambda: vmap(grad(loss), in_dims=(None, 0))(params, examples)
+
+    each = _auto_and_sdpa_times(e, h, per_example, max(3, repeats // 3))
+    rows.append(_row(f"mha per-example grads vmap(grad) auto(math) B{b} T{t} E{e} ({device})", each["auto"],
+                     "same with impl='sdpa' (per-example fallback)", each["sdpa"],
                      "one parameter set, one gradient per example"))
     return rows
 

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-from bench_parts import attention  # noqa: E402
+from bench_parts import attention  # scripts/ is put on the path by conftest.py
 
 
 def test_quick_run_reports_every_comparison():

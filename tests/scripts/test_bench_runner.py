@@ -2,14 +2,10 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
+import bench  # scripts/ is put on the path by conftest.py
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import bench  # noqa: E402
 
 ROW = {"group": "optim", "name": "update", "deepfn_s": 0.002, "baseline": "torch", "baseline_s": 0.004,
        "ratio": 0.5, "note": "stub"}

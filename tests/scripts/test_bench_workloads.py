@@ -7,21 +7,15 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from bench_parts import _timing as T
+from bench_parts import workloads as W
+from bench_parts._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-from bench_parts import _timing as T  # noqa: E402
-from bench_parts import workloads as W  # noqa: E402
-from bench_parts._workload_models import Seq2SeqTransformer, SEResNet, torch_mlp  # noqa: E402
-
-from deepfn import interop, optim, random  # noqa: E402
-from deepfn.models import MLP, AdvancedCNN, Transformer  # noqa: E402
+from deepfn import interop, optim, random
+from deepfn.models import MLP, AdvancedCNN, Transformer
 
 KEYS = ("group", "name", "deepfn_s", "baseline", "baseline_s", "ratio", "note")
 
