@@ -11,7 +11,8 @@ Workloads (fixed seeds, synthetic data, the seed's optimizers):
 | transformer-small | enc-dec, vocab 8000, d 256, 4 heads, 3+3 layers, ff 1024, len 32 | 64 | Adam 1e-4 (0.9, 0.98), clip 1.0, smoothing 0.1 |
 | transformer-seed | vocab 10000, d 512, 8 heads, 6+6 layers, ff 2048, len 32 | 16 | as transformer-small |
 
-Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)``; the torch twin
+Contenders: deepfn ``make_train_step(compile=False)`` / ``(compile=True)`` / ``(compile="split")``,
+all with ``donate=True`` (``torch.optim`` updates in place too); the torch twin
 (``_workload_models``, loaded with deepfn's initial weights through ``deepfn.interop``) with
 ``torch.optim`` eagerly and under ``torch.compile(module)``; Flax+Optax under ``jax.jit``
 (``_flax_models``) when the ``bench`` extra is installed; bf16 (``amp.Policy`` compute bfloat16, eager
@@ -165,14 +166,14 @@ def _torch_loss(wl: Workload, logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 def deepfn_runner(wl: Workload, *, compile: bool | str, policy: amp.Policy | None = None,
-                  donate: bool = False, compile_cache: str | None = None) -> Callable[[], torch.Tensor]:
+                  donate: bool = True, compile_cache: str | None = None) -> Callable[[], torch.Tensor]:
     """``one_step()``: one deepfn update on the fixed batch, carrying the train state.
 
-    ``donate=True`` updates params and optimizer state in their buffers, as ``torch.optim``
-    updates the twin's and as the training scripts do; the compiled contenders donate (the
-    whole-graph mlp-wide step: 14.2 / 13.8 ms donated against 16.2 / 16.5 ms pure, two runs
-    timed in turns, where fresh buffers for 1.86M parameters and both Adam moments cost every
-    step), the eager and bf16 contenders run the pure step.
+    ``donate=True`` (every contender here) updates params and optimizer state in their
+    buffers, as ``torch.optim`` updates the twin's and as the training scripts do; the pure
+    step writes fresh buffers for every parameter and both Adam moments each step (measured,
+    timed in turns: the whole-graph mlp-wide step 14.2 / 13.8 ms donated against 16.2 / 16.5 ms
+    pure; the eager one 17.1 against 18.6 ms, eager mlp-seed 2.06 against 2.14 ms).
     """
     inputs, labels = make_batch(wl)
     opt = wl.deepfn_opt()
@@ -338,7 +339,8 @@ def bench_workload(wl: Workload, steps: int, contenders: tuple[str, ...] = CONTE
         base = start(lambda: torch_runner(wl, compile=False), False)
         peak = time_with_peak([ours, base], steps, torch.float32)
         rows.append(_row(wl, "eager fp32", ours.figures, "nn.Module + torch.optim eager", base.figures, flops,
-                         peak, "peak RSS is the process's running maximum (getrusage)"))
+                         peak, "deepfn compile=False, donate=True; peak RSS is the process's running maximum "
+                         "(getrusage)"))
     if "compiled" in contenders or "jax" in contenders:
         rows += _compiled_rows(wl, steps, flops, contenders)
     if "bf16" in contenders and not isinstance(wl.model, MLP):
@@ -355,23 +357,23 @@ def _compiled_rows(wl: Workload, steps: int, flops: int, contenders: tuple[str, 
     jax_too = "jax" in contenders and jax_available()
     if not torch_too and not jax_too:
         return [_jax_skipped_row(wl)]
-    ours = start(lambda: deepfn_runner(wl, compile=True, donate=True), True)
-    split = start(lambda: deepfn_runner(wl, compile="split", donate=True), True) if split_too else None
+    ours = start(lambda: deepfn_runner(wl, compile=True), True)
+    split = start(lambda: deepfn_runner(wl, compile="split"), True) if split_too else None
     base = start(lambda: torch_runner(wl, compile=True), True) if torch_too else None
     flax = start(lambda: flax_runner(wl), False) if jax_too else None
     peak = time_with_peak([c for c in (ours, split, base, flax) if c is not None], steps, torch.float32)
     rows = []
     if torch_too:
-        ours.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile=True, donate=True),
+        ours.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile=True),
                                                   ours.cache_dir)
-        ours.figures["saved_start_s"] = _saved_start(wl, ours.cache_dir, compile=True, donate=True)
+        ours.figures["saved_start_s"] = _saved_start(wl, ours.cache_dir, compile=True)
         base.figures["warm_start_s"] = warm_start(lambda: torch_runner(wl, compile=True), base.cache_dir)
         rows.append(_row(wl, "compiled fp32", ours.figures, "torch.compile(nn.Module) + torch.optim", base.figures,
                          flops, peak, "deepfn compile=True, donate=True; " + _compile_note(ours.figures, base.figures)))
     if split is not None:
-        split.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile="split", donate=True),
+        split.figures["warm_start_s"] = warm_start(lambda: deepfn_runner(wl, compile="split"),
                                                    split.cache_dir)
-        split.figures["saved_start_s"] = _saved_start(wl, split.cache_dir, compile="split", donate=True)
+        split.figures["saved_start_s"] = _saved_start(wl, split.cache_dir, compile="split")
         rows.append(_row(wl, "compiled split fp32", split.figures, "torch.compile(nn.Module) + torch.optim",
                          base.figures, flops, peak, "deepfn compile='split', donate=True (forward+backward by "
                          "AOTAutograd, the update eager in-place foreach); "
@@ -398,10 +400,10 @@ def _bf16_rows(wl: Workload, steps: int, flops: int, compiled_too: bool) -> list
     peak = time_with_peak([c for c in (ours, base, compiled) if c is not None], steps, torch.bfloat16)
     autocast = f"nn.Module + torch.autocast('{bench_device().type}', bfloat16)"
     rows = [_row(wl, "eager bf16", ours.figures, autocast, base.figures, flops, peak,
-                 "deepfn amp.Policy compute bfloat16; share of the bf16 mm peak")]
+                 "deepfn amp.Policy compute bfloat16, donate=True; share of the bf16 mm peak")]
     if compiled is not None:
         rows.append(_row(wl, "compiled bf16", compiled.figures, autocast, base.figures, flops, peak,
-                         "deepfn compile=True, amp.Policy compute bfloat16, against the eager autocast step; "
+                         "deepfn compile=True, donate=True, amp.Policy compute bfloat16, against the eager autocast step; "
                          "share of the bf16 mm peak"))
     return rows
 
