@@ -4,13 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test doctest docs bench lint clean
 
+# What both README commands need: the scripts' extras (scikit-learn, matplotlib, tokenizers,
+# sacrebleu) and the test tools; the `test` extra pulls in `scripts`.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[scripts,test]'
 	touch $(STAMP)
 
 # The optional competitors of the benchmark (jax, flax, optax, opacus), on top of the above.
@@ -18,13 +21,27 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# mkdocs, Material and mkdocstrings, for `make docs`.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[scripts,test,docs]'
+	touch $(DOCS_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/train_cnn.py --out runs/demo
 
+# The suite, then the examples in the package's docstrings.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15
+	$(MAKE) doctest
+
+doctest: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules deepfn
+
+# The site (guides and API reference) into site/; --strict fails on any warning.
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(BENCH_STAMP)
 	$(PY) scripts/bench.py
@@ -33,4 +50,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check deepfn tests scripts
 
 clean:
-	rm -rf runs outputs .pytest_cache .hypothesis
+	rm -rf runs outputs site .pytest_cache .hypothesis

@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+__all__ = ["Block", "Key", "Params", "PyTree", "State", "Tensor"]
+
 Tensor = torch.Tensor
 #: A pytree of tensors: nested ``dict[str, ...]`` with ``Tensor`` leaves.
 PyTree = Any

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from .. import random
 from .._checks import check_rank, describe
 
+__all__ = ["random_crop", "random_flip"]
+
 
 def _check_key(fn: str, key: object) -> None:
     if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or key.shape != (2,):

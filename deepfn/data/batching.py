@@ -9,6 +9,8 @@ import torch
 from .. import random
 from .._checks import describe
 
+__all__ = ["batches"]
+
 _WHERE = "deepfn.data.batches"
 
 

@@ -9,6 +9,8 @@ import torch
 from .. import random
 from .._checks import describe
 
+__all__ = ["bucket_by_length"]
+
 _WHERE = "deepfn.data.bucket_by_length"
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["cifar10"]
+
 
 def _dataset_class() -> type:
     # Imported on use: torchvision pulls in torch._dynamo and more, which `import deepfn`

@@ -11,15 +11,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._extras import import_extra
+
+__all__ = ["SPLITS", "digits"]
+
 SPLITS = ("train", "val", "test")
 _SEED = 0
 
 
-def _split_indices() -> dict[str, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _sklearn(module: str):
+    return import_extra(module, package="scikit-learn", extra="data", needed_by="deepfn.data.digits")
 
-    y = load_digits().target
+
+def _split_indices() -> dict[str, np.ndarray]:
+    train_test_split = _sklearn("sklearn.model_selection").train_test_split
+    y = _sklearn("sklearn.datasets").load_digits().target
     idx = np.arange(len(y))
     train, rest = train_test_split(idx, test_size=0.30, random_state=_SEED, stratify=y)
     val, test = train_test_split(rest, test_size=0.50, random_state=_SEED, stratify=y[rest])
@@ -46,9 +52,7 @@ def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if split not in SPLITS:
         raise ValueError(f"deepfn.data.digits: split must be one of {list(SPLITS)}; got {split!r}")
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = _sklearn("sklearn.datasets").load_digits()
     rows = _split_indices()[split]
     x = torch.from_numpy(bunch.data[rows].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(bunch.target[rows].astype(np.int64))

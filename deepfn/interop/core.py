@@ -11,6 +11,8 @@ from .._checks import describe
 from ..typing import Params, State
 from . import renames
 
+__all__ = ["from_torch", "to_torch"]
+
 Shapes = dict[str, torch.Size]
 # Keyed by repr (the frozen config; blocks with list fields are unhashable). Initialising a
 # large model only to read its names and shapes costs seconds, so it happens once per config.

@@ -14,6 +14,8 @@ import torch
 
 from . import seed_names, torchvision
 
+__all__ = ["find"]
+
 Rename = Callable[[str], str]
 #: ``(matches(block, module), make_rename(block, module))`` pairs, tried in order.
 _TABLES: list[tuple[Callable[[Any, torch.nn.Module], bool], Callable[[Any, torch.nn.Module], Rename]]] = [

@@ -14,6 +14,8 @@ import torch
 
 from .._checks import describe
 
+__all__ = ["matches_sequential_mlp", "sequential_mlp"]
+
 
 def matches_sequential_mlp(block: Any, module: torch.nn.Module) -> bool:
     from ..models.mlp import MLP

@@ -27,6 +27,8 @@ from ..nn.squeeze_excite import SEBlock
 from ..remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["STEMS", "AdvancedCNN"]
+
 STEMS = ("imagenet", "cifar")
 
 

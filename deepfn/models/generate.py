@@ -20,6 +20,10 @@ from .._checks import where
 from ..nn.masks import padding_mask
 from ..typing import Params, State, Tensor
 
+__all__ = [
+    "init_cache", "decode_step", "reorder_cache", "greedy_decode", "beam_search", "length_normalizer",
+]
+
 #: Per decoder layer: ``{"self": (k, v) [b, h, t, d] or None, "cross": (k, v) [b, h, s, d]}``.
 Cache = list[dict[str, Any]]
 

@@ -23,6 +23,8 @@ from ..nn.dense import Dense
 from ..nn.dropout import dropout
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["MLP", "num_parameters"]
+
 
 @dataclass(frozen=True)
 class MLP:

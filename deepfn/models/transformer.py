@@ -38,6 +38,8 @@ from ..remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 from . import generate
 
+__all__ = ["Transformer"]
+
 
 @dataclass(frozen=True)
 class Transformer:

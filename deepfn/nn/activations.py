@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+__all__ = ["register", "get", "names"]
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 _REGISTRY: dict[str, Activation] = {

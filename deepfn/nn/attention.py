@@ -36,6 +36,8 @@ from . import initializers
 from .dropout import dropout as _dropout
 from .masks import check_mask
 
+__all__ = ["MultiHeadAttention"]
+
 try:  # Private API; Dynamo folds it to a constant at trace time (checked on torch 2.14.1).
     from torch._C._functorch import peek_interpreter_stack as _peek_transforms
 except ImportError:  # pragma: no cover - older/newer torch without it: always take the math path

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from .._checks import check_dim, check_floating, check_rank, describe, where
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["BatchNorm"]
+
 _HALF = (torch.float16, torch.bfloat16)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from .. import random
 from ..typing import Block, Key, Params, State
 
+__all__ = ["split_key", "init_children", "child_state", "merge_state"]
+
 
 def split_key(key: Key | None, num: int) -> list[Key | None]:
     """``num`` keys from ``key``, or ``num`` ``None``s when ``key`` is ``None`` (as stax)."""

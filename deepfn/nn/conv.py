@@ -11,6 +11,8 @@ from .._checks import check_dim, check_floating, check_rank, describe, where
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 
+__all__ = ["Conv2d"]
+
 IntPair = int | tuple[int, int]
 
 

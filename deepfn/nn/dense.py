@@ -11,6 +11,8 @@ from .._checks import check_dim, check_floating, check_positive
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 
+__all__ = ["Dense"]
+
 
 @dataclass(frozen=True)
 class Dense:

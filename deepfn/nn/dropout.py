@@ -10,6 +10,8 @@ from .. import random
 from .._checks import check_probability, check_tensor, require_key
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["Dropout", "dropout"]
+
 
 def dropout(x: Tensor, rate: float, key: Key | None, train: bool, owner: object = "dropout") -> Tensor:
     """Zero each element with probability ``rate`` and scale the rest by ``1 / (1 - rate)``.

@@ -11,6 +11,8 @@ from .._checks import check_integer
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 
+__all__ = ["Embedding"]
+
 
 @dataclass(frozen=True)
 class Embedding:

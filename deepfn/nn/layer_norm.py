@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from .._checks import check_floating, check_positive, describe, where
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["LayerNorm"]
+
 
 @dataclass(frozen=True)
 class LayerNorm:

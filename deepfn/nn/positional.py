@@ -10,6 +10,8 @@ import torch
 from .._checks import check_dim, check_floating, check_rank, describe, where
 from ..typing import Key, Params, State, Tensor
 
+__all__ = ["PositionalEncoding", "sinusoidal_table"]
+
 _HALF = (torch.float16, torch.bfloat16)
 
 

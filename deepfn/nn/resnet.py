@@ -26,6 +26,8 @@ from .batch_norm import BatchNorm
 from .block import init_children
 from .conv import Conv2d
 
+__all__ = ["ConvBlock", "ResidualBlock", "Shortcut"]
+
 
 def _check_image(owner: object, x: Tensor, channels: int, hyper: str) -> None:
     check_floating(owner, "x", x)

@@ -11,6 +11,8 @@ from ..typing import Key, Params, State, Tensor
 from .block import init_children
 from .conv import Conv2d
 
+__all__ = ["SpatialAttention"]
+
 
 @dataclass(frozen=True)
 class SpatialAttention:

@@ -12,6 +12,8 @@ from ..typing import Key, Params, State, Tensor
 from .block import init_children
 from .dense import Dense
 
+__all__ = ["SEBlock"]
+
 
 @dataclass(frozen=True)
 class SEBlock:

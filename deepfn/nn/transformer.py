@@ -35,6 +35,8 @@ from .dropout import dropout as _dropout
 from .layer_norm import LayerNorm
 from .masks import check_mask, combine
 
+__all__ = ["TransformerDecoderLayer", "TransformerEncoderLayer"]
+
 #: Self-attention cache of a decoder layer: keys and values of the prefix, each ``[b, h, p, d]``.
 KVCache = tuple[Tensor, Tensor]
 

@@ -26,3 +26,11 @@ from .transforms import TraceState as TraceState
 from .transforms import add_decayed_weights as add_decayed_weights
 from .transforms import scale_by_learning_rate as scale_by_learning_rate
 from .transforms import trace as trace
+
+__all__ = [
+    "EmptyState", "GradientTransformation", "Schedule", "ScaleByAdamState", "ScaleByScheduleState",
+    "TraceState", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain",
+    "clip_by_global_norm", "constant", "cosine_decay", "donates", "identity", "join",
+    "linear_warmup", "noam", "one_cycle", "one_cycle_momentum", "scale_by_adam",
+    "scale_by_learning_rate", "schedules", "sgd", "trace",
+]

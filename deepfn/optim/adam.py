@@ -29,6 +29,8 @@ from .transforms import (
     scale_by_learning_rate,
 )
 
+__all__ = ["ScaleByAdamState", "adam", "adamw", "scale_by_adam"]
+
 
 class ScaleByAdamState(NamedTuple):
     count: Tensor

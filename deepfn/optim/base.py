@@ -23,6 +23,10 @@ from .._checks import describe
 from ..typing import PyTree, Tensor
 from . import _ops
 
+__all__ = [
+    "EmptyState", "GradientTransformation", "Schedule", "ScalarOrSchedule", "apply_updates", "chain", "donates", "identity", "mark",
+]
+
 #: ``step -> learning rate``; a step is an ``int`` or a 0-d integer tensor.
 Schedule = Callable[[Any], Any]
 ScalarOrSchedule = float | Schedule

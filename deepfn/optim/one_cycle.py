@@ -21,6 +21,8 @@ import torch
 from . import _steps as S
 from .base import Schedule
 
+__all__ = ["one_cycle", "one_cycle_momentum"]
+
 _NAME = "deepfn.optim.one_cycle"
 
 

@@ -6,6 +6,8 @@ from . import _steps as S
 from .base import GradientTransformation, ScalarOrSchedule, chain
 from .transforms import Mask, add_decayed_weights, scale_by_learning_rate, trace
 
+__all__ = ["sgd"]
+
 
 def sgd(lr: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, mask: Mask | None = None) -> GradientTransformation:

@@ -21,6 +21,10 @@ from .base import (
     zero_count,
 )
 
+__all__ = [
+    "ScaleByScheduleState", "TraceState", "add_decayed_weights", "scale_by_learning_rate", "trace",
+]
+
 Mask = PyTree | Callable[[str, Tensor], bool]
 
 

@@ -21,6 +21,8 @@ from .._checks import describe
 from .._own_code import with_own_code
 from ._report import compare_trees, guarded, owner_name
 
+__all__ = ["CHECKS", "check_block"]
+
 CHECKS = ("pure", "deterministic", "eval_state", "batch_independent", "vmap", "compile")
 EVAL_ONLY = ("eval_state", "batch_independent")
 

@@ -20,6 +20,8 @@ from .. import random
 from .._checks import describe
 from ._report import compare_trees, guarded, owner_name
 
+__all__ = ["check_causal", "check_mask_invariance"]
+
 
 def _replacement(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Values unlike ``x`` but of its kind: floats spread wider than ``x``, integers (token

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._atomic import write_atomically
+from .._extras import import_extra
 
 __all__ = ["write_history", "append_history", "read_history", "plot_history"]
 
@@ -63,6 +64,10 @@ def _series(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[float], lis
     return xs, ys
 
 
+def _matplotlib(module: str):
+    return import_extra(module, package="matplotlib", extra="plot", needed_by="deepfn.train.plot_history")
+
+
 def plot_history(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str | None = None) -> None:
     """Save learning curves (loss, accuracy and learning rate per epoch) as a PNG.
 
@@ -74,8 +79,8 @@ def plot_history(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, tit
     """
     if not rows:
         raise ValueError("deepfn.train.plot_history: rows must hold at least one epoch; got []")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = _matplotlib("matplotlib.backends.backend_agg").FigureCanvasAgg
+    Figure = _matplotlib("matplotlib.figure").Figure
 
     names = {k[len("train_"):] for r in rows for k in r if k.startswith("train_")}
     names |= {k[len("val_"):] for r in rows for k in r if k.startswith("val_")}
