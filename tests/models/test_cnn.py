@@ -90,7 +90,8 @@ def test_to_torch_round_trip(getkey):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(use_attention=True), "no attention; build the block with use_attention=False"),
     (dict(spatial_attention=True), "no attention; build the block with spatial_attention=False"),
-    (dict(stem="cifar"), "stem='imagenet'"),
+    (dict(stem="cifar"), r"stem='cifar' needs conv1 = Conv2d\(kernel_size=3, stride=1, padding=1, bias=False\); "
+                         r"got conv1 = Conv2d\(3, 64, kernel_size=\(7, 7\).*match stem='imagenet'"),
     (dict(num_blocks=(3, 4, 6, 3)), r"num_blocks must equal the ResNet's blocks per stage \(2, 2, 2, 2\)"),
 ])
 def test_torchvision_mismatch_is_rejected(kwargs, match, resnet18):
@@ -103,6 +104,60 @@ def test_torchvision_mismatch_is_rejected(kwargs, match, resnet18):
 @pytest.fixture(scope="module")
 def resnet18():
     return torchvision.models.resnet18(num_classes=10)
+
+
+def _cifar_adapted(net, kernel=3, pool=False):
+    """The usual CIFAR adaptation of a torchvision ResNet: a 3x3 stride-1 stem, no max-pool."""
+    net.conv1 = torch.nn.Conv2d(3, net.conv1.out_channels, kernel, 1, kernel // 2, bias=False)
+    if not pool:
+        net.maxpool = torch.nn.Identity()
+    return net
+
+
+def test_cifar_adapted_resnet18_from_torch():
+    torch.manual_seed(5)
+    net = _randomise_stats(_cifar_adapted(torchvision.models.resnet18(num_classes=10))).eval()
+    model = AdvancedCNN(use_attention=False, dropout_rate=0.0, stem="cifar")
+    _compare(model, net, torch.randn(2, 3, 32, 32), torch.tensor([2, 9]), dict(rtol=1e-4, atol=1e-4))
+
+
+def test_cifar_adapted_resnet18_to_torch(getkey):
+    net = _cifar_adapted(torchvision.models.resnet18(num_classes=10)).eval()
+    model = AdvancedCNN(use_attention=False, dropout_rate=0.0, stem="cifar")
+    params, state = model.init(getkey())
+    state = tree.map(lambda t: t + 1 if t.is_floating_point() else t + 3, state)
+    interop.to_torch(model, params, state, net)
+    assert torch.equal(net.conv1.weight, params["conv1"]["conv"]["weight"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.apply(params, state, x)[0], net(x), rtol=1e-4, atol=1e-4)
+    assert tree.all_equal(interop.from_torch(model, net), (params, state))
+
+
+NARROW = dict(base_channels=4, use_attention=False, dropout_rate=0.0)
+
+
+@pytest.mark.parametrize("adapt, stem, match", [
+    (dict(kernel=5), "cifar", r"stem='cifar' needs conv1 = Conv2d\(kernel_size=3, stride=1, padding=1, bias=False\); "
+                              r"got conv1 = Conv2d\(3, 64, kernel_size=\(5, 5\)"),
+    (dict(pool=True), "cifar", r"stem='cifar' needs maxpool = Identity\(\) \(no pooling\); got maxpool = MaxPool2d"),
+    (dict(), "imagenet", r"stem='imagenet' needs conv1 = Conv2d\(kernel_size=7, stride=2, padding=3, bias=False\); "
+                         r"got conv1 = .*the module's layers match stem='cifar': build the block with it"),
+])
+def test_cifar_adaptation_mismatch_names_the_layer(adapt, stem, match):
+    net = _cifar_adapted(torchvision.models.resnet18(num_classes=10), **adapt)
+    block = AdvancedCNN(stem=stem, **NARROW)   # the layer checks come before any shape template
+    for convert in (lambda: interop.from_torch(block, net), lambda: interop.to_torch(block, *block.init(random.key(0)), net)):
+        with pytest.raises(ValueError, match=match):
+            convert()
+
+
+def test_stem_conv_with_bias_is_rejected():
+    net = _cifar_adapted(torchvision.models.resnet18(num_classes=10))
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=True)
+    with pytest.raises(ValueError, match=r"needs conv1 = Conv2d\(kernel_size=3, stride=1, padding=1, bias=False\); "
+                                         r"got conv1 = Conv2d\(3, 64, kernel_size=\(3, 3\), stride=\(1, 1\), padding=\(1, 1\)\)"):
+        interop.from_torch(AdvancedCNN(stem="cifar", **NARROW), net)
 
 
 @pytest.mark.parametrize("config", [
