@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ._download import data_home
+
 __all__ = ["cifar10"]
 
 
@@ -29,11 +31,12 @@ def _missing_files(root: Path) -> list[str]:
     return [name for name in names if not (folder / name).is_file()]
 
 
-def cifar10(root: str | Path, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def cifar10(root: str | Path | None, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The CIFAR-10 training (50,000 images) or test (10,000 images) set.
 
     Args:
-        root: the folder that holds (or will hold) ``cifar-10-batches-py/``.
+        root: the folder that holds (or will hold) ``cifar-10-batches-py/``; None is the
+            per-user folder, ``$DEEPFN_DATA_DIR/cifar10`` or else ``~/.cache/deepfn/data/cifar10``.
         train: the training set if True, else the test set.
         download: fetch and extract the archive into ``root`` when files are missing.
             Never done unless asked.
@@ -48,7 +51,7 @@ def cifar10(root: str | Path, train: bool, download: bool = False) -> tuple[torc
     """
     if not isinstance(train, bool) or not isinstance(download, bool):
         raise TypeError(f"deepfn.data.cifar10: train and download must be bool; got {train!r}, {download!r}")
-    root = Path(root).expanduser()
+    root = data_home("cifar10") if root is None else Path(root).expanduser()
     missing = _missing_files(root)
     if missing and not download:
         folder = root / _dataset_class().base_folder

@@ -1,43 +1,25 @@
 """deepfn.data.cifar10 on tiny files in CIFAR-10's python-pickle batch format.
 
 torchvision verifies every batch file's md5 against the real archive's; the tests write
-small fake batches and switch that verification off on the real class (monkeypatch), so
-the library code runs unchanged through ``torchvision.datasets.CIFAR10``.
+small fake batches and switch that verification off on the real class (monkeypatch), or
+point the class at a small archive (and its md5s) served locally, so the library code runs
+unchanged through ``torchvision.datasets.CIFAR10``.
 """
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
 import torchvision
 
 from deepfn.data import cifar10
-
-CLS = torchvision.datasets.CIFAR10
-
-
-def _write_fake(root, per_batch: int = 3) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / CLS.base_folder
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name, _md5 in CLS.train_list + CLS.test_list:
-        data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
-        written[name] = (data, labels)
-    with open(folder / CLS.meta["filename"], "wb") as f:
-        pickle.dump({CLS.meta["key"]: [f"class{i}" for i in range(10)]}, f)
-    return written
+from tests.data.cifar10_fake import CLS, fake_archive, write_fake
+from tests.data.local_server import serving
 
 
 @pytest.fixture
 def fake_root(tmp_path, monkeypatch):
-    written = _write_fake(tmp_path)
+    written = write_fake(tmp_path)
     monkeypatch.setattr(CLS, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
     return tmp_path, written
@@ -60,7 +42,7 @@ def test_train_and_test_tensors(fake_root):
 
 
 def test_corrupted_files_still_rejected_by_torchvision(tmp_path):
-    _write_fake(tmp_path)            # md5 check left on: fake files fail it
+    write_fake(tmp_path)            # md5 check left on: fake files fail it
     with pytest.raises(RuntimeError, match="corrupted"):
         cifar10(tmp_path, train=True)
 
@@ -72,7 +54,7 @@ def test_missing_files_without_download(tmp_path):
 
 
 def test_partially_missing_files_named(tmp_path):
-    _write_fake(tmp_path)
+    write_fake(tmp_path)
     (tmp_path / CLS.base_folder / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing data_batch_3\); pass download=True"):
         cifar10(tmp_path, train=False)
@@ -91,7 +73,7 @@ def test_download_true_goes_to_torchvision(tmp_path, monkeypatch):
 
     def fake_download(self):
         calls.append(self.root)
-        _write_fake(tmp_path)
+        write_fake(tmp_path)
 
     monkeypatch.setattr(CLS, "download", fake_download)
     monkeypatch.setattr(CLS, "_check_integrity", lambda self: bool(calls))
@@ -103,3 +85,29 @@ def test_download_true_goes_to_torchvision(tmp_path, monkeypatch):
 def test_bad_flag_type(tmp_path):
     with pytest.raises(TypeError, match=r"deepfn\.data\.cifar10: train and download must be bool; got 'yes'"):
         cifar10(tmp_path, train="yes")
+
+
+def test_download_through_torchvision_from_a_local_server(tmp_path, monkeypatch):
+    # torchvision's own download, md5 checks and extraction run unchanged; only the class's
+    # address and digests point at a small archive served here.
+    served = tmp_path / "served"
+    served.mkdir()
+    attrs = fake_archive(served, per_batch=2)
+    for name, value in attrs.items():
+        monkeypatch.setattr(CLS, name, value)
+    with serving(served) as (server, url):
+        monkeypatch.setattr(CLS, "url", url + CLS.filename)
+        x, y = cifar10(tmp_path / "root", train=True, download=True)
+        assert server.requests[-1] == "/" + CLS.filename
+    assert x.shape == (10, 3, 32, 32) and y.shape == (10,)
+    assert (tmp_path / "root" / CLS.base_folder / "data_batch_5").is_file()
+
+
+def test_default_root_is_the_per_user_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPFN_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match=rf"not found in {tmp_path}/data/cifar10/{CLS.base_folder}"):
+        cifar10(None, train=True)
+    write_fake(tmp_path / "data" / "cifar10")
+    monkeypatch.setattr(CLS, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    assert cifar10(None, train=False)[0].shape == (3, 3, 32, 32)

@@ -6,19 +6,17 @@ The sample's digests differ from the published files', so most tests pass their 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import importlib
 import re
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from deepfn.data import multi30k
 from deepfn.data._download import data_home
+from tests.data.local_server import QuietHandler, serving
 
 # deepfn.data.multi30k is the function; its module holds the constants.
 M30K = importlib.import_module("deepfn.data.multi30k")
@@ -27,12 +25,7 @@ SAMPLE_SHA256 = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in SAM
 VAL = ["val.de.gz", "val.en.gz"]
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):   # keep pytest's output clean
-        pass
-
-
-class _Truncating(_Quiet):
+class _Truncating(QuietHandler):
     """Promises 1,000 bytes, sends 10, closes: a connection cut mid-transfer."""
 
     def do_GET(self):
@@ -45,27 +38,10 @@ class _Truncating(_Quiet):
         self.close_connection = True
 
 
-class _Recording(_Quiet):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-
-def _serve(handler, directory: Path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
 @pytest.fixture
 def server():
-    srv, thread = _serve(_Recording, SAMPLE)
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}/"
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(SAMPLE) as running:
+        yield running
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -142,30 +118,18 @@ def test_server_down_names_url_and_manual_placement(tmp_path):
 
 
 def test_missing_on_server(tmp_path):
-    srv, thread = _serve(_Recording, tmp_path / "empty")
     (tmp_path / "empty").mkdir()
-    try:
-        with pytest.raises(OSError, match=r"val\.de\.gz \(HTTP 404 File not found\)"):
-            multi30k(tmp_path / "root", "val", download=True, base_url=f"http://127.0.0.1:{srv.server_address[1]}",
-                     digests=SAMPLE_SHA256)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
+    with serving(tmp_path / "empty") as (_, url), pytest.raises(OSError, match=r"val\.de\.gz \(HTTP 404 File not found\)"):
+        multi30k(tmp_path / "root", "val", download=True, base_url=url, digests=SAMPLE_SHA256)
     assert _leftovers(tmp_path / "root") == []
 
 
 def test_cut_transfer_leaves_no_partial_file(tmp_path):
-    srv, thread = _serve(_Truncating, tmp_path)
-    try:
+    with serving(tmp_path, _Truncating) as (srv, url):
         with pytest.raises(OSError, match=r"could not download .*val\.de\.gz \(IncompleteRead"):
-            multi30k(tmp_path / "root", "val", download=True, base_url=f"http://127.0.0.1:{srv.server_address[1]}/",
-                     digests=SAMPLE_SHA256)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
-    assert srv.requests == ["/val.de.gz"] and _leftovers(tmp_path / "root") == []
+            multi30k(tmp_path / "root", "val", download=True, base_url=url, digests=SAMPLE_SHA256)
+        assert srv.requests == ["/val.de.gz"]
+    assert _leftovers(tmp_path / "root") == []
 
 
 def test_base_url_from_environment(server, tmp_path, monkeypatch):
