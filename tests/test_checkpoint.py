@@ -14,6 +14,7 @@ from deepfn.models import MLP
 from deepfn.train import TrainState, make_train_step
 
 
+@checkpoint.register          # a user type: load rebuilds only registered ones
 class Pair(NamedTuple):
     first: torch.Tensor
     second: object
