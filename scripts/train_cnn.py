@@ -2,10 +2,15 @@
 
     python scripts/train_cnn.py --out runs/cnn                       # digits, minutes on 2 CPU cores
     torchrun --nproc_per_node 2 scripts/train_cnn.py --distributed --out runs/cnn_ddp
-    python scripts/train_cnn.py --dataset cifar10 --data-dir data/cifar10 --download --augment --amp
+    python scripts/train_cnn.py --dataset cifar10 --download --augment --out runs/cifar10  # make cifar10
 
 Digits use the 3x3 stride-1 ("cifar") stem, since 8x8 images cannot afford the 7x7 stride-2
-stem and max-pool. Writes config.json, history.jsonl, curves.png, checkpoints/ and
+stem and max-pool. CIFAR-10 (``--dataset cifar10``) is read from --data-dir, by default the
+per-user folder ``~/.cache/deepfn/data/cifar10`` (or ``$DEEPFN_DATA_DIR/cifar10``); with
+``--download`` torchvision fetches it there first (about 170 MB, md5-checked). The last
+--val-size training images are the validation split. The CIFAR-10 defaults (ResNet-18 widths,
+30 epochs, crops and flips with --augment) are untested at full scale: no machine this project
+ran on could download the data set, so no accuracy is claimed for them. Writes config.json, history.jsonl, curves.png, checkpoints/ and
 result.json into --out and ends with ``RESULT test_acc=... params=... wall_s=...``.
 """
 
@@ -24,8 +29,11 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=3e-3, out="runs/cnn")
     p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
-    p.add_argument("--data-dir", default="data/cifar10", help="CIFAR-10 folder (torchvision layout)")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (torchvision layout; default: "
+                   "$DEEPFN_DATA_DIR/cifar10, else ~/.cache/deepfn/data/cifar10)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-dir")
+    p.add_argument("--val-size", type=int, default=5000,
+                   help="cifar10: the last N training images form the validation split")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--base-channels", type=int, default=None, help="width of stage 1 (default 16 digits, 64 cifar10)")
     p.add_argument("--blocks", type=int, nargs=4, default=None, help="residual blocks per stage (default 1 1 1 1 "
@@ -54,8 +62,12 @@ def load(args, device):
         mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
         norm = lambda u8: (u8.float() / 255 - mean) / std  # noqa: E731
-        # The last 5,000 training images are the validation split.
-        splits = [(norm(x[:-5000]), y[:-5000]), (norm(x[-5000:]), y[-5000:]), (norm(x_te), y_te)]
+        n_val = args.val_size
+        if not 0 < n_val < x.shape[0]:
+            raise ValueError(f"train_cnn: --val-size must be between 1 and {x.shape[0] - 1} (the training set "
+                             f"holds {x.shape[0]} images); got {n_val}")
+        # The last n_val training images are the validation split.
+        splits = [(norm(x[:-n_val]), y[:-n_val]), (norm(x[-n_val:]), y[-n_val:]), (norm(x_te), y_te)]
     if args.limit is not None:
         splits[0] = tuple(t[:args.limit] for t in splits[0])
     return [tuple(t.to(device) for t in s) for s in splits]

@@ -1,8 +1,12 @@
 """Train a Transformer to translate Multi30k German to English; report BLEU (sacrebleu).
 
-    python scripts/train_transformer.py --out runs/transformer                 # --time-budget-min 20
+    python scripts/train_transformer.py --download --out runs/transformer      # --time-budget-min 20
     python scripts/train_transformer.py --max-steps 20 --limit 256 --d-model 32  # smoke test
     torchrun --nproc_per_node 2 scripts/train_transformer.py --distributed     # data parallel
+
+The data is Multi30k task 1 (de, en) in ``--data-dir``, by default the per-user folder
+``~/.cache/deepfn/data/multi30k`` (or ``$DEEPFN_DATA_DIR/multi30k``); ``--download`` fetches
+the missing files there once, checked against fixed SHA-256 digests.
 
 A joint byte-pair tokenizer (``tokenizers``, vocabulary ~8000, ``<pad>=0 <bos>=1 <eos>=2
 <unk>=3``) is trained on the training split and saved as ``--out/tokenizer.json``. Training
@@ -19,7 +23,7 @@ import os
 import _common
 import torch
 
-from deepfn import data, distributed, losses, optim, random
+from deepfn import data, distributed, losses, optim, random, tree
 from deepfn.models import Transformer
 from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
 
@@ -30,8 +34,11 @@ PAD, BOS, EOS = 0, 1, 2
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=1e-3, out="runs/transformer")
     p.set_defaults(patience=3)
-    p.add_argument("--data-dir", default=os.path.join(_common.REPO_ROOT, "..", "shared", "data", "multi30k"),
-                   help="folder with Multi30k's {split}.{de,en}.gz")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with Multi30k's {split}.{de,en}.gz (default: $DEEPFN_DATA_DIR/multi30k, "
+                        "else ~/.cache/deepfn/data/multi30k)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the missing Multi30k files into --data-dir (SHA-256 checked)")
     p.add_argument("--time-budget-min", type=float, default=20.0, help="stop training after this many minutes")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs of every split")
     p.add_argument("--vocab-size", type=int, default=8000)
@@ -106,7 +113,7 @@ def translate(model, params, state, tok, src, beam_size, max_len, batch_size=100
 
 
 def params_device(params):
-    return next(iter(torch.utils._pytree.tree_leaves(params))).device
+    return next(iter(tree.leaves(params))).device
 
 
 def bleu(hypotheses, references):
@@ -118,7 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     run = _common.setup(args)
     dev = run["device"]
-    splits = {s: data.multi30k(args.data_dir, s)[:args.limit] for s in ("train", "val", "test_2016_flickr")}
+    if not distributed.is_main():
+        distributed.barrier()   # rank 0 downloads alone; the others read (and verify) its files
+    splits = {s: data.multi30k(args.data_dir, s, download=args.download)[:args.limit]
+              for s in ("train", "val", "test_2016_flickr")}
+    if distributed.is_main():
+        distributed.barrier()
     if not distributed.is_main():
         distributed.barrier()   # rank 0 trains and saves the tokenizer; the others load its file
     tok = tokenizer_for(os.path.join(args.out, "tokenizer.json"), splits["train"], args.vocab_size)
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn,
                    distributed=args.distributed)
     figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),
-                   params=sum(t.numel() for t in torch.utils._pytree.tree_leaves(ts.params)),
+                   params=tree.size(ts.params),
                    vocab=tok.get_vocab_size(), steps=history.rows[-1]["step"])
     if distributed.is_main():   # beam search over the test set: once, on rank 0
         hyps = translate(model, ts.params, ts.state, tok, tensors["test_2016_flickr"][0], args.beam_size,

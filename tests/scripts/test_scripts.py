@@ -15,7 +15,8 @@ import pytest
 from deepfn import checkpoint
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
-MULTI30K = os.path.join(os.path.dirname(SCRIPTS), "..", "shared", "data", "multi30k")
+# The committed sample of Multi30k (300 lines per file), so the test needs no download.
+MULTI30K = os.path.join(os.path.dirname(SCRIPTS), "tests", "data", "multi30k_sample")
 TINY = ["--no-compile", "--no-progress", "--epochs", "1", "--batch-size", "32"]
 
 
@@ -161,3 +162,26 @@ def test_train_transformer_and_resume(tmp_path):
     assert len(open(os.path.join(out, "test_translations.txt")).readlines()) == 48
     again = main([*args, "--max-steps", "2", "--resume"])
     assert again["steps"] == 2
+
+
+def test_train_transformer_downloads_into_the_per_user_folder(tmp_path, monkeypatch):
+    """``--download`` without ``--data-dir``: the six files land in $DEEPFN_DATA_DIR/multi30k,
+    fetched from a local server that serves the sample (whose digests replace the real ones)."""
+    import hashlib
+    import importlib
+
+    from tests.data.local_server import serving
+
+    names = sorted(n for n in os.listdir(MULTI30K) if n.endswith(".gz"))
+    digests = {n: hashlib.sha256(open(os.path.join(MULTI30K, n), "rb").read()).hexdigest() for n in names}
+    monkeypatch.setattr(importlib.import_module("deepfn.data.multi30k"), "SHA256", digests)
+    monkeypatch.setenv("DEEPFN_DATA_DIR", str(tmp_path / "data"))
+    with serving(MULTI30K) as (server, url):
+        monkeypatch.setenv("DEEPFN_MULTI30K_URL", url)
+        result = _script("train_transformer").main([
+            *TINY, "--out", str(tmp_path / "tr"), "--download", "--limit", "8", "--vocab-size", "100",
+            "--d-model", "8", "--n-heads", "1", "--n-layers", "1", "--d-ff", "8", "--max-len", "8",
+            "--bleu-subset", "2", "--beam-size", "1", "--batch-size", "8", "--max-steps", "1"])
+        assert sorted(server.requests) == sorted("/" + n for n in names)
+    assert result["steps"] == 1
+    assert sorted(os.listdir(tmp_path / "data" / "multi30k")) == names
