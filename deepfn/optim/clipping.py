@@ -34,8 +34,22 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
                 raise TypeError(f"{name}: every update leaf must be a floating tensor; got {type(x).__name__}")
         fe = _ops.use_foreach(xs)
-        norm = _ops.global_norm(xs, fe)
-        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        return _flat.unflatten(spec, _ops.mul(xs, coef, fe, inplace=_owned)), state
+        return _flat.unflatten(spec, _scaled(xs, max_norm, _ops.global_norm(xs, fe), fe, _owned)), state
 
     return GradientTransformation(lambda params: EmptyState(), mark(update, fresh=True, reuses=True))
+
+
+def clip_given_norm(updates: PyTree, max_norm: float, norm: torch.Tensor, *, inplace: bool = False) -> PyTree:
+    """``updates * min(1, max_norm / (norm + 1e-6))``: :func:`clip_by_global_norm`'s clip, given
+    the updates' global 2-norm ``norm`` (0-d; a train step reuses the norm it reports).
+
+    ``inplace``: eagerly, multiply the caller's own tensors in place (one foreach kernel).
+    Returns a tree like ``updates``.
+    """
+    xs, spec = _flat.flatten(updates)
+    return _flat.unflatten(spec, _scaled(xs, max_norm, norm, _ops.use_foreach(xs), inplace))
+
+
+def _scaled(xs: list[torch.Tensor], max_norm: float, norm: torch.Tensor, fe: bool, inplace: bool) -> list[torch.Tensor]:
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return _ops.mul(xs, coef, fe, inplace=inplace)

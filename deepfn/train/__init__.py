@@ -6,6 +6,7 @@ from .distill import teacher_logits as teacher_logits
 from .ensemble import ensemble_init as ensemble_init
 from .ensemble import ensemble_train_state as ensemble_train_state
 from .ensemble import make_ensemble_train_step as make_ensemble_train_step
+from .eval_step import make_eval_step as make_eval_step
 from .fit import History as History
 from .fit import evaluate as evaluate
 from .fit import fit as fit
@@ -16,7 +17,6 @@ from .per_example import dp_sgd_grads as dp_sgd_grads
 from .per_example import per_example_grads as per_example_grads
 from .state import TrainState as TrainState
 from .step import build_train_step as build_train_step
-from .step import make_eval_step as make_eval_step
 from .step import make_train_step as make_train_step
 
 __all__ = [

@@ -19,7 +19,8 @@ from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
 from .compile_cache import compiled, require_compiled
 from .state import TrainState
-from .step import _check_batch, build_train_step
+from .step import build_train_step
+from .step_checks import check_batch
 
 __all__ = ["ensemble_init", "ensemble_train_state", "make_ensemble_train_step"]
 
@@ -85,7 +86,7 @@ def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *,
         if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or tuple(keys.shape) != (n, 2):
             raise ValueError(f"{where}: keys must be int64 [{n}, 2] (one per member, random.split(key, {n})); "
                              f"got {describe(keys)}")
-        _check_batch(where, batch if shared_batch else tree.map(lambda t: t[0], tuple(batch)), accumulation_steps)
+        check_batch(where, batch if shared_batch else tree.map(lambda t: t[0], tuple(batch)), accumulation_steps)
         return run(train_state, tuple(batch), keys)
 
     return step

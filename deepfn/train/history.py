@@ -1,4 +1,4 @@
-"""Per-epoch training history: JSON-lines files and learning-curve plots.
+"""Per-epoch training history: :class:`History`, JSON-lines files and learning-curve plots.
 
 A history is a list of flat dicts, one per epoch (``epoch``, ``step``, ``train_loss``,
 ``val_loss``, ``lr``, ``epoch_time``, ...). JSON lines keep it appendable and readable
@@ -14,12 +14,36 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._atomic import write_atomically
 from .._extras import import_extra
 
-__all__ = ["write_history", "append_history", "read_history", "plot_history"]
+__all__ = ["History", "write_history", "append_history", "read_history", "plot_history"]
+
+
+@dataclass
+class History:
+    """What :func:`~deepfn.train.fit` did: one row per evaluated epoch, plus the early-stopping outcome.
+
+    Attributes:
+        rows: per-epoch dicts: ``epoch``, ``step``, ``train_loss`` (and every other train
+            metric as ``train_<name>``, float metrics averaged over the finite steps),
+            ``skipped_steps`` (steps whose loss or gradients were not finite), ``val_<name>``,
+            ``lr``, ``epoch_time``, ``samples_per_s``, ``partial`` (the epoch was cut short).
+        best_epoch, best_value: the epoch with the best ``monitor`` value (None if unmonitored).
+        stopped_early: patience ran out.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+
+    def column(self, name: str) -> list[Any]:
+        """The value of ``name`` in every row (None where a row lacks it)."""
+        return [row.get(name) for row in self.rows]
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

@@ -229,13 +229,12 @@ def test_batch_order_is_applied_and_checked():
 
 
 def test_curves_drawn_after_the_first_epoch_and_at_the_end_not_every_epoch(tmp_path, monkeypatch):
-    import sys
-    fit_module = sys.modules["deepfn.train.fit"]   # the module (deepfn.train.fit is the function)
+    from deepfn.train import fit_report
     drawn = []
-    monkeypatch.setattr(fit_module, "plot_history", lambda rows, path: drawn.append(len(rows)))
+    monkeypatch.setattr(fit_report, "plot_history", lambda rows, path: drawn.append(len(rows)))
     _run(tmp_path, epochs=5, plot_path=str(tmp_path / "curves.png"))
     assert drawn == [1, 5]
-    monkeypatch.setattr(fit_module, "PLOT_EVERY_S", 0.0)
+    monkeypatch.setattr(fit_report, "PLOT_EVERY_S", 0.0)
     drawn.clear()
     _run(tmp_path, epochs=3, plot_path=str(tmp_path / "curves.png"))
     assert drawn == [1, 2, 3]
