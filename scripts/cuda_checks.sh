@@ -15,7 +15,8 @@
 # script, LIMIT_BENCH=150, LIMIT_COMPILED=300), so one slow stage leaves the others their time.
 # OUT gets one log per stage (pytest -v names the test that was running when a limit struck)
 # and the bench's JSON; the bench logs each finished row as it comes. PYTHON picks the
-# interpreter (default python3), MULTI30K the data folder (default ../shared/data/multi30k).
+# interpreter (default python3), MULTI30K the data folder (default tests/data/multi30k_sample, the
+# committed 300-line sample).
 #
 # Seen on an H200 with torch 2.11 (2026-12-04): a compiled step's first call took tens of
 # seconds (Triton), so the first run's limits (150 s for all tests, 45 s a script) stopped the
@@ -25,7 +26,7 @@ out=${1:?usage: scripts/cuda_checks.sh OUT [tests|scripts|bench-eager|bench-comp
 shift
 stages=${*:-tests scripts bench-eager bench-compiled}
 py=${PYTHON:-python3}
-data=${MULTI30K:-../shared/data/multi30k}
+data=${MULTI30K:-tests/data/multi30k_sample}
 runs=$(mktemp -d)
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 DEEPFN_TEST_DEVICE=cuda
