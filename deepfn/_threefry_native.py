@@ -6,10 +6,20 @@ Inductor's C++ backend inlines those ~140 operations into every kernel that draw
 time). One C loop is a single pass eagerly and a single extern call in a compiled graph.
 
 The shared library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``),
-once per source version, compiler and architecture, into ``$DEEPFN_CACHE_DIR`` (default
-``~/.cache/deepfn``), written atomically so that parallel processes can race. Without a
-compiler, or if the build fails (a warning says why), :func:`native` returns ``None`` and
-callers use the tensor code: the bits are the same (both are exact integer arithmetic; tests compare them).
+once per source version, compiler and architecture, into deepfn's cache folder
+(:func:`deepfn._private_files.cache_root`: ``$DEEPFN_CACHE_DIR``, default ``~/.cache/deepfn``),
+written atomically so that parallel processes can race. Without a compiler, or if the build
+fails (a warning says why), :func:`native` returns ``None`` and callers use the tensor code: the
+bits are the same (both are exact integer arithmetic; tests compare them).
+
+The library is code (loading it runs its constructors), so its folder is kept private
+(:func:`deepfn._private_files.private_dir`: ``0700``, the current user's, writable by nobody
+else) and a cached file is loaded only when it is a regular file of the current user's that
+nobody else can write (:func:`deepfn._private_files.trusted`). A file that fails is never
+loaded: a warning, then it is built afresh over it; where the folder itself fails (the
+temporary-folder fallback created by another user), the loop is built for this process alone in
+a new private temporary folder. The check and the load are two steps, which is safe because
+only the current user can write in a private folder.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from ._private_files import cache_root, private_dir, trusted
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -173,15 +185,6 @@ def _cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("DEEPFN_CACHE_DIR"):
-        return Path(os.environ["DEEPFN_CACHE_DIR"])
-    try:
-        return Path.home() / ".cache" / "deepfn"
-    except RuntimeError:   # no $HOME and no passwd entry (containers run as an arbitrary user)
-        return Path(tempfile.gettempdir()) / f"deepfn-cache-{os.getuid()}"
-
-
 def _compiler() -> list[str]:
     """The compiler's command line: ``$CC`` split like a shell would ("ccache gcc"), else cc or gcc."""
     cc = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
@@ -190,20 +193,39 @@ def _compiler() -> list[str]:
     return cc
 
 
-def _build(compiler: list[str], target: Path, variant: tuple[str, ...] = ()) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / "threefry.c", Path(tmp) / target.name
+def _build(compiler: list[str], variant: tuple[str, ...], target: Path | None) -> ctypes.CDLL:
+    """Compile the loop in a new private temporary folder (in ``target``'s folder, or the
+    system's when ``target`` is ``None``), load it from there (checking its symbols), then move
+    it to ``target``: atomic, a racing process sees no library or a whole one. Loading from a
+    fresh name also gets this build, not a stale library already loaded from ``target``'s name
+    (the dynamic loader reuses a library loaded under the same name)."""
+    with tempfile.TemporaryDirectory(dir=None if target is None else target.parent,   # 0700
+                                     prefix=".threefry-") as tmp:
+        src, built = Path(tmp) / "threefry.c", Path(tmp) / "threefry.so"
         src.write_text(_SOURCE)
-        done = subprocess.run([*compiler, *_FLAGS, *variant, "-o", str(lib), str(src)], capture_output=True,
+        done = subprocess.run([*compiler, *_FLAGS, *variant, "-o", str(built), str(src)], capture_output=True,
                               text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(compiler)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
-        os.replace(lib, target)   # atomic: a racing process sees no library or a whole one
+        os.chmod(built, 0o700)
+        lib = _load(built)
+        if target is not None:
+            os.replace(built, target)
+    return lib
 
 
-def _load(target: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(target))
+# Every function the loader binds: a library lacking one (an older build, say) is rebuilt.
+_SYMBOLS = ("deepfn_threefry2x32", "deepfn_threefry_isa", "deepfn_threefry_draw", "deepfn_threefry_draw_keys")
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """The library at ``path`` with its functions' types set; ``OSError`` when it does not load
+    or lacks one of :data:`_SYMBOLS`. Loading runs the library's constructors: callers check
+    the file first (:func:`_cached`)."""
+    lib = ctypes.CDLL(str(path))
+    missing = [name for name in _SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        raise OSError(f"{path} lacks {', '.join(missing)}")
     fn = lib.deepfn_threefry2x32
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
@@ -217,7 +239,25 @@ def _load(target: Path) -> ctypes.CDLL:
 
 def _target(compiler: list[str], variant: tuple[str, ...] = ()) -> Path:
     recipe = "\0".join([_SOURCE, *compiler, *_FLAGS, *variant, platform.machine()])
-    return _cache_dir() / f"threefry2x32-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
+    return cache_root() / f"threefry2x32-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
+
+
+def _cached(compiler: list[str], variant: tuple[str, ...]) -> ctypes.CDLL:
+    """The library from deepfn's (private) cache folder, built there when it is missing, when
+    it fails the owner and mode checks (a warning; it is never loaded), or when it does not load
+    or lacks a symbol."""
+    target = _target(compiler, variant)
+    if not os.path.lexists(target):
+        return _build(compiler, variant, target)
+    reason = trusted(target)
+    if reason is not None:
+        warnings.warn(f"deepfn: not loading the C Threefry loop's library ({reason}); building it afresh",
+                      RuntimeWarning, stacklevel=4)
+        return _build(compiler, variant, target)
+    try:
+        return _load(target)
+    except OSError:   # truncated, foreign, or an older build lacking a symbol: build again over it
+        return _build(compiler, variant, target)
 
 
 @functools.cache
@@ -226,25 +266,23 @@ def native() -> ctypes.CDLL | None:
 
     The cached file is named by a digest of the source, the compiler, its flags and the
     architecture (a home folder shared by x86 and ARM machines holds one of each); a cached
-    file that does not load is rebuilt once. The build is the one for the CPU's vector ISA
-    (``_variants``); where the compiler rejects its flag, the next narrower one is tried. A
-    failed build warns once per process, with the compiler's message, and the tensor code is
-    used.
+    file that does not load, or lacks a function, is rebuilt once, and one that fails the owner
+    and mode checks is never loaded (see the module's docstring). The build is the one for the
+    CPU's vector ISA (``_variants``); where the compiler rejects its flag, the next narrower one
+    is tried. A failed build warns once per process, with the compiler's message, and the
+    tensor code is used.
     """
     if sys.platform == "win32" or os.environ.get("DEEPFN_NO_NATIVE") == "1":
         return None
+    untrusted = private_dir(cache_root())
+    if untrusted is not None:
+        warnings.warn(f"deepfn: the C Threefry loop is not loaded from deepfn's cache folder ({untrusted}); it is "
+                      "built for this process alone in a new private temporary folder", RuntimeWarning, stacklevel=2)
     failure: Exception | None = None
     for variant in _variants(_cpu_capability()):
         try:
             compiler = _compiler()
-            target = _target(compiler, variant)
-            if not target.exists():
-                _build(compiler, target, variant)
-            try:
-                return _load(target)
-            except OSError:   # truncated or foreign file: build again over it (atomically)
-                _build(compiler, target, variant)
-                return _load(target)
+            return _build(compiler, variant, None) if untrusted is not None else _cached(compiler, variant)
         except (OSError, subprocess.SubprocessError) as exc:
             failure = exc
     warnings.warn(f"deepfn: the C Threefry loop could not be built ({failure}); random bits on the CPU use "

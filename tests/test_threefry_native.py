@@ -10,6 +10,9 @@ import platform
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,15 +249,6 @@ def test_compiler_with_arguments(monkeypatch, tmp_path):
     assert _threefry_native._compiler() == ["env", "gcc", "-std=c11"]
 
 
-def test_cache_dir_without_a_home(monkeypatch):
-    monkeypatch.delenv("DEEPFN_CACHE_DIR", raising=False)
-
-    def no_home():
-        raise RuntimeError("Could not determine home directory.")
-    monkeypatch.setattr(_threefry_native.Path, "home", staticmethod(no_home))
-    assert _threefry_native._cache_dir().name.startswith("deepfn-cache-")
-
-
 @needs_loop
 def test_a_cached_file_that_does_not_load_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path))
@@ -345,3 +339,163 @@ def test_variants_are_tried_from_the_cpus_isa_down():
     assert _threefry_native._variants("AVX2") == (flags["AVX2"], ())
     assert _threefry_native._variants("DEFAULT") == ((),)
     assert _threefry_native._variants("SVE256") == ((),)   # another architecture's capability: plain C
+
+
+# Planted libraries: loading one runs its constructor, which here leaves a marker file (at the
+# path in $DEEPFN_PLANTED_MARKER). Nothing may load them.
+_CONSTRUCTOR = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    const char *marker = getenv("DEEPFN_PLANTED_MARKER");
+    FILE *f = marker ? fopen(marker, "w") : NULL;
+    if (f) { fputs("ran", f); fclose(f); }
+}
+"""
+_OTHER_USER = 12345
+
+
+def _as_other_user(path) -> None:
+    try:
+        os.chown(path, _OTHER_USER, _OTHER_USER, follow_symlinks=False)
+    except PermissionError:
+        pytest.skip("simulating another user's file needs root (os.chown)")
+
+
+def _planted_library(path, tmp_path, source: str = _threefry_native._SOURCE):
+    """A library at ``path`` with the loop's functions (``source``) and a constructor that leaves
+    a marker; checked to leave one when a process loads it (else these tests could not fail)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "planted.c"
+    src.write_text(source + _CONSTRUCTOR)
+    subprocess.run([*_threefry_native._compiler(), "-shared", "-fPIC", "-o", str(path), str(src)], check=True,
+                   capture_output=True, timeout=120)
+    proof = tmp_path / "proof"
+    subprocess.run([sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(path)], check=True,
+                   env={**os.environ, "DEEPFN_PLANTED_MARKER": str(proof)}, timeout=120)
+    assert proof.read_text() == "ran"
+    return path
+
+
+def _cached_target():
+    first = _threefry_native._variants(_threefry_native._cpu_capability())[0]   # the build native() loads
+    return _threefry_native._target(_threefry_native._compiler(), first)
+
+
+def _assert_draws_right(lib, monkeypatch):
+    assert lib is not None and all(hasattr(lib, name) for name in _threefry_native._SYMBOLS)
+    monkeypatch.setattr(_threefry_native, "native", lambda: lib)
+    key = random.key(21)
+    assert torch.equal(_threefry_native.draw(key, 777, torch.int64), _tensor_code_bits(key, 777))
+    words = [_words(i, (33,)) for i in range(4)]
+    native, tensor = _threefry_native.threefry2x32(*words), _threefry._eager(*words)
+    assert torch.equal(native[0], tensor[0]) and torch.equal(native[1], tensor[1])
+
+
+@pytest.mark.parametrize("planted", ["another user's", "group-writable", "a symbolic link"])
+@needs_loop
+def test_a_planted_library_in_the_cache_folder_is_never_loaded(planted, monkeypatch, tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(cache))
+    monkeypatch.setenv("DEEPFN_PLANTED_MARKER", str(marker))
+    cache.mkdir(mode=0o700)
+    target = _cached_target()
+    if planted == "a symbolic link":
+        target.symlink_to(_planted_library(tmp_path / "elsewhere" / "lib.so", tmp_path))
+        reason = "is a symbolic link"
+    else:
+        _planted_library(target, tmp_path)
+        if planted == "group-writable":
+            target.chmod(0o775)
+            reason = r"is writable by group or others \(mode 0o775\)"
+        else:
+            _as_other_user(target)
+            reason = f"is owned by user id {_OTHER_USER}"
+    with pytest.warns(RuntimeWarning, match=f"not loading the C Threefry loop's library .*{reason}.*building it"):
+        lib = _threefry_native.native.__wrapped__()
+    assert not marker.exists()
+    _assert_draws_right(lib, monkeypatch)
+    built = os.lstat(target)   # replaced by our own build
+    assert stat.S_ISREG(built.st_mode) and built.st_uid == os.getuid() and stat.S_IMODE(built.st_mode) == 0o700
+
+
+@pytest.mark.parametrize("folder", ["shared and writable by all", "another user's"])
+@needs_loop
+def test_a_library_in_a_cache_folder_others_can_write_is_never_loaded(folder, monkeypatch, tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(cache))
+    monkeypatch.setenv("DEEPFN_PLANTED_MARKER", str(marker))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))   # where the private build goes
+    cache.mkdir()
+    target = _planted_library(_cached_target(), tmp_path)
+    if folder == "another user's":
+        cache.chmod(0o755)
+        _as_other_user(target)
+        _as_other_user(cache)
+    else:
+        cache.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match=rf"not loaded from deepfn's cache folder \(the folder {cache} .*built for "
+                                            r"this process alone"):
+        lib = _threefry_native.native.__wrapped__()
+    assert not marker.exists()
+    _assert_draws_right(lib, monkeypatch)
+    assert os.lstat(target).st_uid == (_OTHER_USER if folder == "another user's" else os.getuid())   # left alone
+    assert not list(tmp_path.glob(".threefry-*"))   # the private build folder is gone
+
+
+@needs_loop
+def test_the_temporary_fallback_folder_created_by_another_user_is_not_used(monkeypatch, tmp_path):
+    # Without a home folder the cache is <tmp>/deepfn-cache-<uid>: another user can create it first.
+    shared_tmp, marker = tmp_path / "tmp", tmp_path / "marker"
+    shared_tmp.mkdir()
+    shared_tmp.chmod(0o1777)
+    monkeypatch.delenv("DEEPFN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("DEEPFN_PLANTED_MARKER", str(marker))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(shared_tmp))
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    fallback = shared_tmp / f"deepfn-cache-{os.getuid()}"
+    target = _planted_library(_cached_target(), tmp_path)
+    assert target.parent == fallback
+    fallback.chmod(0o777)
+    _as_other_user(target)
+    _as_other_user(fallback)
+    with pytest.warns(RuntimeWarning, match=rf"the folder {fallback} is owned by user id {_OTHER_USER}"):
+        lib = _threefry_native.native.__wrapped__()
+    assert not marker.exists()
+    _assert_draws_right(lib, monkeypatch)
+
+
+@needs_loop
+def test_a_library_of_ours_lacking_a_function_is_rebuilt(monkeypatch, tmp_path):
+    # An older build, say: it loads, but binding its functions raised AttributeError on every draw.
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir(mode=0o700)
+    target = _cached_target()
+    src = tmp_path / "old.c"
+    src.write_text("int deepfn_threefry_isa(void) { return 0; }\n")
+    subprocess.run([*_threefry_native._compiler(), "-shared", "-fPIC", "-o", str(target), str(src)], check=True,
+                   capture_output=True, timeout=120)
+    with pytest.raises(OSError, match=r"lacks deepfn_threefry2x32, deepfn_threefry_draw, deepfn_threefry_draw_keys"):
+        _threefry_native._load(target)
+    lib = _threefry_native.native.__wrapped__()
+    _assert_draws_right(lib, monkeypatch)
+    copy = tmp_path / "rebuilt.so"   # a new name: the loader would hand back the old library for this one
+    shutil.copy(target, copy)
+    assert _threefry_native._load(copy) is not None
+
+
+@needs_loop
+def test_the_cache_folder_is_made_private_and_the_library_written_privately(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEEPFN_CACHE_DIR", str(cache))
+    old = os.umask(0)
+    try:
+        assert _threefry_native.native.__wrapped__() is not None
+    finally:
+        os.umask(old)
+    (built,) = cache.glob("threefry2x32-*.so")
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700 and stat.S_IMODE(os.stat(built).st_mode) == 0o700
+    assert [p.name for p in cache.iterdir()] == [built.name]   # no temporary folder left
