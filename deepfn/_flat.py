@@ -8,8 +8,8 @@ the optimizers).
 Python object (~5 ms of tracing per node). Plain ``dict`` nodes and tensor leaves are walked
 here directly, in plain loops (generators cost Dynamo more); anything else (lists, tuples,
 NamedTuples, registered classes) is opened one level at a time with the flatten function
-``torch.utils._pytree`` registered for its type, so the leaves and their order are always
-``torch.utils._pytree``'s. A spec is a nested tuple: comparing two
+``torch.utils._pytree`` registered for its type (through :mod:`deepfn._torch`), so the leaves
+and their order are always ``torch.utils._pytree``'s. A spec is a nested tuple: comparing two
 is a C-level tuple comparison.
 """
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
+
+from ._torch import open_node, pytree, rebuild_node
 
 Spec = Any
 
@@ -52,12 +53,11 @@ def _walk(node: Any, out: list[Any]) -> Spec:
     # Any other node one level at a time through torch's registry (lists, tuples, NamedTuples,
     # registered dataclasses): the same children in the same order as torch.utils._pytree,
     # without a TreeSpec object per node.
-    node_type = pytree._get_node_type(node)
-    node_def = pytree.SUPPORTED_NODES.get(node_type)
-    if node_def is None:   # a leaf that is not a tensor (a Python number, a mask's bool)
+    opened = open_node(node)
+    if opened is None:   # a leaf that is not a tensor (a Python number, a mask's bool)
         out.append(node)
         return None
-    children, context = node_def.flatten_fn(node)
+    children, node_type, context = opened
     subs = []
     for child in children:
         subs.append(_walk(child, out))
@@ -104,7 +104,7 @@ def _build(spec: Spec, it: Any) -> Any:
     children = []
     for sub in spec[3]:
         children.append(_build(sub, it))
-    return pytree.SUPPORTED_NODES[spec[1]].unflatten_fn(children, spec[2])
+    return rebuild_node(spec[1], spec[2], children)
 
 
 def paths(tree: Any, prefix: str = "") -> list[str]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from . import _threefry_native
+from ._torch import plain_eager, register_pointwise_lowering, transforms_active
 
 _MASK = 0xFFFFFFFF
 _PARITY = 0x1BD11BDA
@@ -74,10 +75,7 @@ def directly_callable(*words: torch.Tensor) -> bool:
     ``vmap``/``grad`` wrappers, no subclasses). The operator's dispatch through its Python
     autograd and CPU kernels costs ~50 us a call, more than the C loop takes for a thousand
     word pairs."""
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and torch._C._functorch.peek_interpreter_stack() is None
-            and all(type(w) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(w)
-                    for w in words))
+    return plain_eager(words) and not transforms_active() and all(type(w) is torch.Tensor for w in words)
 
 
 @torch.library.custom_op("deepfn::threefry2x32", mutates_args=())
@@ -137,58 +135,36 @@ def _extern_worthy(size: list) -> bool:
 
 
 def _register_inductor_lowering() -> None:
-    """Teach Inductor the cipher: the C loop on the CPU, else one pointwise kernel (called when
-    the op is first traced).
+    """Teach Inductor the cipher (called when the op is first traced): the C loop on the CPU
+    for large draws, else one pointwise kernel.
 
-    Without it Inductor would call the eager tensor code from compiled code (same bits, ~15x
-    slower on large masks). Uses Inductor internals of the pinned torch; if they moved, the
-    op stays correct through that fallback.
+    Without it Inductor calls the operator's kernel from compiled code (same bits, ~15x slower
+    on large masks); :mod:`deepfn._torch` falls back to that whenever its hook is off or fails.
     """
     if _LOWERING["registered"]:
         return
     _LOWERING["registered"] = True
-    try:
-        from torch._inductor import ir
-        from torch._inductor.lowering import fallback_handler, lowerings, register_lowering
-        from torch._inductor.virtualized import ops
-    except ImportError:
-        return
-    aten = torch.ops.aten
+    register_pointwise_lowering(threefry2x32._opoverload, 2, _chain, _extern_wanted, torch.int64)
 
-    def chain(k0, k1, x0, x1):
-        const = lambda v: ops.constant(v, torch.int64)  # noqa: E731
-        mask = const(_MASK)
-        ks = (k0, k1, ops.bitwise_xor(ops.bitwise_xor(k0, k1), const(_PARITY)))
-        x0 = ops.add(x0, ks[0])
-        x1 = ops.bitwise_and(ops.add(x1, ks[1]), mask)
-        for group in range(5):
-            for r in _rotations(group):
-                x0 = ops.add(x0, x1)
-                rot = ops.bitwise_or(ops.bitwise_left_shift(x1, const(r)), ops.bitwise_right_shift(x1, const(32 - r)))
-                x1 = ops.bitwise_and(ops.bitwise_xor(rot, x0), mask)
-            x0 = ops.add(x0, ks[(group + 1) % 3])
-            x1 = ops.bitwise_and(ops.add(x1, ops.add(ks[(group + 2) % 3], const(group + 1))), mask)
-        return ops.bitwise_and(x0, mask), x1
 
-    extern = fallback_handler(threefry2x32._opoverload, add_to_fallback_set=False)
+def _extern_wanted(device: torch.device, size: list) -> bool:
+    """One call of the C loop: no ~140-op chain in the generated C++ (compile time)."""
+    return device.type == "cpu" and _extern_worthy(size) and _threefry_native.native() is not None
 
-    @register_lowering(threefry2x32._opoverload, type_promotion_kind=None)
-    def _lower(k0, k1, x0, x1):
-        words = lowerings[aten.broadcast_tensors.default]([k0, k1, x0, x1])
-        size = list(words[0].get_size())
-        if k0.get_device().type == "cpu" and _extern_worthy(size) and _threefry_native.native() is not None:
-            # One call of the C loop: no ~140-op chain in the generated C++ (compile time).
-            return tuple(extern(k0, k1, x0, x1))
-        loaders = [w.make_loader() for w in words]
 
-        def word(i):
-            def inner(index):
-                return chain(*(load(index) for load in loaders))[i]
-            # Realised: consumers read a buffer instead of inlining ~140 ops each. The two
-            # nodes share their loop, so the scheduler fuses them and CSE computes it once.
-            out = ir.Pointwise.create(device=words[0].get_device(), dtype=torch.int64,
-                                      inner_fn=inner, ranges=size)
-            out.realize()
-            return out
-
-        return word(0), word(1)
+def _chain(ops, k0, k1, x0, x1):
+    """The cipher written with an ``ops`` namespace (Inductor's, in a lowering): ``add``,
+    ``bitwise_*``, ``constant(value, dtype)``; returns ``(y0, y1)``."""
+    const = lambda v: ops.constant(v, torch.int64)  # noqa: E731
+    mask = const(_MASK)
+    ks = (k0, k1, ops.bitwise_xor(ops.bitwise_xor(k0, k1), const(_PARITY)))
+    x0 = ops.add(x0, ks[0])
+    x1 = ops.bitwise_and(ops.add(x1, ks[1]), mask)
+    for group in range(5):
+        for r in _rotations(group):
+            x0 = ops.add(x0, x1)
+            rot = ops.bitwise_or(ops.bitwise_left_shift(x1, const(r)), ops.bitwise_right_shift(x1, const(32 - r)))
+            x1 = ops.bitwise_and(ops.bitwise_xor(rot, x0), mask)
+        x0 = ops.add(x0, ks[(group + 1) % 3])
+        x1 = ops.bitwise_and(ops.add(x1, ops.add(ks[(group + 2) % 3], const(group + 1))), mask)
+    return ops.bitwise_and(x0, mask), x1

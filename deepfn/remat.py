@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 import torch.utils.checkpoint
+
+from ._torch import pytree
 
 __all__ = ["remat", "differentiated_outside"]
 

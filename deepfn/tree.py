@@ -1,4 +1,4 @@
-"""Pytree utilities over ``torch.utils._pytree``.
+"""Pytree utilities over ``torch.utils._pytree`` (reached through :mod:`deepfn._torch`).
 
 A tree is any nesting of ``dict``, ``list``, ``tuple``, ``NamedTuple`` (and registered
 dataclasses such as ``TrainState``) with tensor leaves. Every function here is pure and
@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
 from . import _flat
+from ._torch import foreach, foreach_usable, pytree
 from .typing import PyTree
 
 __all__ = [
@@ -92,18 +92,11 @@ def global_norm(tree: PyTree) -> torch.Tensor:
     xs = [x for x in leaves(tree) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     if not xs:
         raise ValueError("deepfn.tree.global_norm: the tree has no floating-point leaves")
-    if _plain_eager(xs):
-        norms = torch._foreach_norm(xs, 2.0)
+    if foreach_usable(xs):
+        norms = foreach("norm", xs, 2.0)
     else:
         norms = [torch.linalg.vector_norm(x, 2.0) for x in xs]
     return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)
-
-
-def _plain_eager(xs: Sequence[torch.Tensor]) -> bool:
-    """True eagerly on plain tensors; False while compiling or under a ``torch.func`` transform."""
-    if torch.compiler.is_compiling():
-        return False
-    return not builtins.any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:

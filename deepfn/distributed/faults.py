@@ -13,8 +13,8 @@ import hashlib
 
 import torch
 import torch.distributed as dist
-import torch.utils._pytree as pytree
 
+from .._torch import pytree
 from ..typing import PyTree
 from .process import is_initialized, rank, world_size
 

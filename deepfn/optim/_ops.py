@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .._eager import plain_eager
+from .._torch import foreach, foreach_usable, plain_eager
 
 Tensor = torch.Tensor
 Leaves = Sequence[Tensor]
@@ -29,8 +29,9 @@ Scalar = Any  # float | int | 0-d Tensor
 
 
 def use_foreach(xs: Leaves) -> bool:
-    """True eagerly on plain tensors; False while compiling or under a ``torch.func`` transform."""
-    return plain_eager(xs)
+    """True eagerly on plain tensors with torch's foreach kernels usable; False while compiling,
+    under a ``torch.func`` transform, or with the kernels' hook off (see :mod:`deepfn._torch`)."""
+    return foreach_usable(xs)
 
 
 def _cast(x: Tensor, s: Scalar) -> Scalar:
@@ -72,8 +73,7 @@ def write_back(olds: Leaves, news: Leaves) -> list[Tensor]:
     transform (wrapped tensors) nothing is written and ``news`` come back: a donation is a
     permission, never needed for the numbers.
     """
-    if not torch.compiler.is_compiling() and any(
-            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (*olds, *news)):
+    if not torch.compiler.is_compiling() and not plain_eager((*olds, *news)):
         return list(news)
     for old, new in zip(olds, news, strict=True):
         old.copy_(new)
@@ -85,9 +85,9 @@ def _scalar_op(name: str, xs: Leaves, s: Scalar, fe: bool, inplace: bool) -> lis
     if fe and (not isinstance(s, torch.Tensor) or len({x.dtype for x in xs}) == 1):
         s = _cast(xs[0], s)
         if inplace:
-            getattr(torch, f"_foreach_{name}_")(xs, s)
+            foreach(f"{name}_", xs, s)
             return list(xs)
-        return list(getattr(torch, f"_foreach_{name}")(xs, s))
+        return list(foreach(name, xs, s))
     op = getattr(torch, name)
     # zip without strict=: Dynamo traces the strict form through a polyfill, a call per leaf.
     return [op(x, c) for x, c in zip(xs, _per_leaf(xs, s))]  # noqa: B905 (equal lengths by construction)
@@ -99,10 +99,6 @@ def mul(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
     return _scalar_op("mul", xs, s, fe, inplace)
 
 
-def div(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
-    return _scalar_op("div", xs, s, fe, inplace)
-
-
 def add_scalar(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
     return _scalar_op("add", xs, s, fe, inplace)
 
@@ -110,15 +106,11 @@ def add_scalar(xs: Leaves, s: Scalar, fe: bool, inplace: bool = False) -> list[T
 def add(xs: Leaves, ys: Leaves, fe: bool, alpha: float = 1.0, inplace: bool = False) -> list[Tensor]:
     """``x + alpha * y`` (one rounding, like ``Tensor.add(y, alpha=...)``)."""
     if fe and inplace:
-        torch._foreach_add_(xs, ys, alpha=alpha)
+        foreach("add_", xs, ys, alpha=alpha)
         return list(xs)
     if fe:
-        return list(torch._foreach_add(xs, ys, alpha=alpha))
+        return list(foreach("add", xs, ys, alpha=alpha))
     return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
-
-
-def mul_lists(xs: Leaves, ys: Leaves, fe: bool) -> list[Tensor]:
-    return list(torch._foreach_mul(xs, ys)) if fe else [x * y for x, y in zip(xs, ys, strict=True)]
 
 
 def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Tensor]:
@@ -131,7 +123,7 @@ def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Te
         for x, y in zip(xs, ys, strict=True):
             torch.div(x, y, out=y)
         return list(ys)
-    return list(torch._foreach_div(xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
+    return list(foreach("div", xs, ys)) if fe else [x / y for x, y in zip(xs, ys, strict=True)]
 
 
 def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool, inplace: bool = False) -> list[Tensor]:
@@ -142,9 +134,9 @@ def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool, inplace: bool = False
     """
     if fe and not isinstance(weight, torch.Tensor):
         if inplace:
-            torch._foreach_lerp_(xs, ys, weight)
+            foreach("lerp_", xs, ys, weight)
             return list(xs)
-        return list(torch._foreach_lerp(xs, ys, weight))
+        return list(foreach("lerp", xs, ys, weight))
     weight = hoist(weight)
     if fe and inplace:
         return [x.lerp_(y, w) for x, y, w in zip(xs, ys, _per_leaf(xs, weight))]  # noqa: B905
@@ -154,18 +146,12 @@ def lerp(xs: Leaves, ys: Leaves, weight: Scalar, fe: bool, inplace: bool = False
 def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float, fe: bool, inplace: bool = False) -> list[Tensor]:
     """``x + value * y * z``."""
     if fe and inplace:
-        torch._foreach_addcmul_(xs, ys, zs, value)
+        foreach("addcmul_", xs, ys, zs, value)
         return list(xs)
     if fe:
-        return list(torch._foreach_addcmul(xs, ys, zs, value))
+        return list(foreach("addcmul", xs, ys, zs, value))
     return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
 
 
 def sqrt(xs: Leaves, fe: bool) -> list[Tensor]:
-    return list(torch._foreach_sqrt(xs)) if fe else [torch.sqrt(x) for x in xs]
-
-
-def global_norm(xs: Leaves, fe: bool) -> Tensor:
-    """``clip_grad_norm_``'s total: the 2-norm of the per-leaf 2-norms, in the first leaf's dtype."""
-    norms = torch._foreach_norm(xs, 2.0) if fe else [torch.linalg.vector_norm(x, 2.0) for x in xs]
-    return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)
+    return list(foreach("sqrt", xs)) if fe else [torch.sqrt(x) for x in xs]

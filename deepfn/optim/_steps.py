@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .._checks import describe
+from .._torch import plain_eager
 
 Num = Any  # float | float64 0-d Tensor
 
@@ -62,11 +63,7 @@ def where(cond: Any, a: Num, b: Num) -> Num:
 
 def concrete(x: Any) -> bool:
     """True when a tensor's value may be read without breaking a graph or a transform."""
-    if not is_tensor(x):
-        return True
-    if torch.compiler.is_compiling():
-        return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return not is_tensor(x) or plain_eager([x])
 
 
 def check_number(where_: str, name: str, value: Any, *, low: float | None = None,

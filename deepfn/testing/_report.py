@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-import torch.utils._pytree as pytree
+
+from .._torch import pytree
 
 T = TypeVar("T")
 

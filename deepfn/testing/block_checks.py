@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
 from .. import random, tree
 from .._checks import describe
 from .._own_code import with_own_code
+from .._torch import pytree
 from ._report import compare_trees, guarded, owner_name
 
 __all__ = ["CHECKS", "check_block"]

@@ -1,30 +1,40 @@
-"""A pickler for Dynamo's saved guard inputs that keeps a nested function whole (imported only
-when a step is compiled for ``compile_cache``: it imports ``torch._dynamo``).
+"""Dynamo's saved guard inputs keep a nested function whole, when a step is compiled for
+``compile_cache`` (imported only then: the pickler is Dynamo's, reached through
+:mod:`deepfn._torch`).
 
 torch 2.14.1 saves the objects its guards read, and rebuilds a nested function from its code,
 positional defaults and closure only: a guard on a keyword-only default (every
 ``deepfn.optim`` update has some) or on a function attribute then cannot be rebuilt when the
-file is loaded ("'NoneType' object is not subscriptable"). This subclass also saves
-``__kwdefaults__`` and the function's attributes. It lives at module level because the saved
-file names its class to unpickle.
+file is loaded ("'NoneType' object is not subscriptable"). :func:`keep_functions_whole` also
+saves ``__kwdefaults__`` and the function's attributes. :func:`rebuild_function` lives at
+module level because the saved file names it to unpickle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import types
 from typing import Any
 
-from torch._dynamo.guards import GuardsStatePickler
+from .._torch import guard_pickler_class, guard_pickler_patched
 
 
-class WholeFunctionPickler(GuardsStatePickler):
-    def reducer_override(self, obj: Any) -> Any:
-        if inspect.isfunction(obj) and "<locals>" in obj.__qualname__:
-            return rebuild_function, (obj.__code__, obj.__module__, obj.__qualname__, obj.__defaults__,
-                                      obj.__kwdefaults__, obj.__closure__, dict(obj.__dict__))
-        return super().reducer_override(obj)
+def reduce_nested_function(obj: Any) -> Any:
+    """How to save ``obj`` when it is a nested function: :func:`rebuild_function` with all its
+    parts; ``NotImplemented`` for anything else (Dynamo's own rule)."""
+    if inspect.isfunction(obj) and "<locals>" in obj.__qualname__:
+        return rebuild_function, (obj.__code__, obj.__module__, obj.__qualname__, obj.__defaults__,
+                                  obj.__kwdefaults__, obj.__closure__, dict(obj.__dict__))
+    return NotImplemented
+
+
+def keep_functions_whole() -> contextlib.AbstractContextManager[bool]:
+    """While inside, Dynamo saves nested functions with :func:`reduce_nested_function`; yields
+    False (Dynamo's own pickler: such a step is compiled again instead of loaded) when the
+    hook is off."""
+    return guard_pickler_patched(reduce_nested_function)
 
 
 def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults: tuple | None,
@@ -33,3 +43,8 @@ def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults:
     f.__kwdefaults__ = kwdefaults
     f.__dict__.update(attributes)
     return f
+
+
+# Transitional, for compile_cache's current ``mock.patch.object(guards, "GuardsStatePickler",
+# WholeFunctionPickler)``: remove once it uses ``keep_functions_whole()``.
+WholeFunctionPickler = guard_pickler_class(reduce_nested_function)

@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-from torch._inductor.utils import clear_caches
+from deepfn import _torch
 
 COLD_ENV = "DEEPFN_BENCH_COLD_CACHES"
 BLOCKS = 5   # turns per contender in time_interleaved
@@ -36,14 +35,12 @@ class Contender:
 
 def phase_seconds() -> dict[str, tuple[int, float]]:
     """Per compile phase (Dynamo's ``dynamo_timed`` names): how many timings so far, their sum."""
-    metrics = torch._dynamo.utils.compilation_time_metrics
-    return {k: (len(v), sum(v)) for k, v in metrics.items()}
+    return _torch.phase_seconds()
 
 
 def clear_in_memory_compile_caches() -> None:
     """What a new process would not have: Dynamo's compiled frames, Inductor's loaded kernels."""
-    torch._dynamo.reset()
-    clear_caches()
+    _torch.clear_compile_caches()
 
 
 def cold_cache() -> None:
@@ -64,13 +61,12 @@ def start(make: Callable[[], Callable[[], object]], compiled: bool) -> Contender
     """
     if compiled:
         cold_cache()
-        clear_caches()
-    counters = torch._dynamo.utils.counters["inductor"]
-    hits, phases = counters["fxgraph_cache_hit"], phase_seconds()
+        _torch.clear_kernel_caches()
+    hits, phases = _torch.fx_graph_cache_hits(), phase_seconds()
     one_step = make()
     t0 = time.perf_counter()
     one_step()
-    figures = {"first_s": time.perf_counter() - t0, "cache_hits": counters["fxgraph_cache_hit"] - hits}
+    figures = {"first_s": time.perf_counter() - t0, "cache_hits": _torch.fx_graph_cache_hits() - hits}
     if compiled:   # where the compile time went: the evidence for the compile-time rows
         spent = {k: round(v - phases.get(k, (0, 0.0))[1], 3) for k, (_, v) in phase_seconds().items()}
         figures["compile_phases"] = dict(sorted(((k, v) for k, v in spent.items() if v > 0), key=lambda kv: -kv[1]))

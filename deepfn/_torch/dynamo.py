@@ -1,0 +1,85 @@
+"""Dynamo's internals that saved compiles (``deepfn.train.compile_cache``) rely on: the
+compilers' settings and the CPU's vector instructions (part of a saved file's name), torch's
+per-process cache of module sources, and the pickler of Dynamo's saved guard state.
+
+Each has a safe fallback: no settings (the caller then does not save or load compiled steps),
+nothing to forget, the unpatched pickler (a step whose guard state cannot be saved compiles
+again instead of loading).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
+
+from .gate import hook_on, turn_off
+
+
+def compiler_settings() -> tuple[Any, ...] | None:
+    """Dynamo's, Inductor's and AOTAutograd's portable settings and Inductor's vector ISA
+    (``"avx512"``, ``"avx2"``, ...), or None when they cannot be read (hook off)."""
+    if not hook_on("compiler_settings"):
+        return None
+    try:
+        import torch._dynamo.config
+        import torch._functorch.config
+        import torch._inductor.config
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        configs = tuple(tuple(sorted(m.save_config_portable().items()))
+                        for m in (torch._dynamo.config, torch._inductor.config, torch._functorch.config))
+        return configs, str(pick_vec_isa())
+    except Exception as error:
+        turn_off("compiler_settings", error)
+        return None
+
+
+def forget_module_sources() -> None:
+    """Drop the source of each module that torch read once per process for the files it saves,
+    so a module edited and reloaded since is saved as it reads now."""
+    if not hook_on("compiler_settings"):
+        return
+    try:
+        from torch._dynamo import package
+        clear = getattr(getattr(package, "_get_module_content", None), "cache_clear", None)
+    except Exception as error:
+        turn_off("compiler_settings", error)
+        return
+    if clear is not None:
+        clear()
+
+
+def guard_pickler_class(reduce: Callable[[Any], Any]) -> type | None:
+    """A subclass of Dynamo's guard-state pickler whose ``reducer_override`` asks ``reduce(obj)``
+    first (``NotImplemented``: Dynamo's own rule), or None when the hook is off."""
+    if not hook_on("guard_pickler"):
+        return None
+    try:
+        from torch._dynamo.guards import GuardsStatePickler
+
+        class Pickler(GuardsStatePickler):
+            def reducer_override(self, obj: Any) -> Any:
+                out = reduce(obj)
+                return super().reducer_override(obj) if out is NotImplemented else out
+
+        return Pickler
+    except Exception as error:
+        turn_off("guard_pickler", error)
+        return None
+
+
+@contextlib.contextmanager
+def guard_pickler_patched(reduce: Callable[[Any], Any]) -> Iterator[bool]:
+    """While inside: Dynamo saves guard state with :func:`guard_pickler_class` ``(reduce)``.
+    Yields whether the patch is in place (False with the hook off: Dynamo's own pickler)."""
+    pickler = guard_pickler_class(reduce)
+    if pickler is None:
+        yield False
+        return
+    import torch._dynamo.guards as guards
+
+    with mock.patch.object(guards, "GuardsStatePickler", pickler):
+        yield True
+
