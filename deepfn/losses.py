@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_floating, check_integer, describe
+from ._torch import plain_eager
 from .typing import Tensor
 
 __all__ = ["cross_entropy", "distillation", "mse", "binary_cross_entropy_with_logits"]
@@ -33,7 +34,7 @@ def _check_reduction(where: str, reduction: Any) -> None:
 
 
 def _readable(x: Tensor) -> bool:
-    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return plain_eager([x])
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, *, label_smoothing: float = 0.0,

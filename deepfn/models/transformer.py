@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from .. import random, tree
@@ -25,6 +24,7 @@ from .._checks import (
     require_key,
     where,
 )
+from .._torch import plain_eager
 from ..nn import activations, initializers
 from ..nn.block import init_children, split_key
 from ..nn.dense import Dense
@@ -159,7 +159,7 @@ class Transformer:
             raise ValueError(f"{where(self, method)}: {name} must have 1 to {self.max_seq_len} positions "
                              f"(max_seq_len); got {x.shape[1]} positions, {describe(x)}")
         # A value check needs a host sync: skipped while compiling and under vmap/grad wrappers.
-        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if not plain_eager([x]):
             return
         bad = (x < 0) | (x >= self.vocab_size)
         if bool(bad.any()):

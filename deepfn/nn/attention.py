@@ -31,6 +31,7 @@ from .._checks import (
     require_key,
     where,
 )
+from .._torch import transforms_active
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 from .dropout import dropout as _dropout
@@ -38,17 +39,13 @@ from .masks import check_mask
 
 __all__ = ["MultiHeadAttention"]
 
-try:  # Private API; Dynamo folds it to a constant at trace time (checked on torch 2.14.1).
-    from torch._C._functorch import peek_interpreter_stack as _peek_transforms
-except ImportError:  # pragma: no cover - older/newer torch without it: always take the math path
-    _peek_transforms = None
-
 _HALF = (torch.float16, torch.bfloat16)
 
 
 def _plain_call() -> bool:
-    """True when no ``torch.func`` transform (vmap, grad, ...) is active."""
-    return _peek_transforms is not None and _peek_transforms() is None
+    """True when no ``torch.func`` transform (vmap, grad, ...) is active (Dynamo folds the probe
+    to a constant while it traces); False when that cannot be known: the math path."""
+    return not transforms_active()
 
 
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import _flat, tree
+from .._torch import foreach
 from ..typing import PyTree, Tensor
 from . import _ops
 from . import _steps as S
@@ -224,8 +225,8 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
             count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, state[0].count, beta1, b2, eps, True, True)
             rate = float(rate)
             if idx:
-                torch._foreach_mul_([ps[i] for i in idx], 1.0 - rate * weight_decay)
-            torch._foreach_addcdiv_(ps, mu, denom, -rate * float(scale))
+                foreach("mul_", [ps[i] for i in idx], 1.0 - rate * weight_decay)
+            foreach("addcdiv_", ps, mu, denom, -rate * float(scale))
         return _flat.unflatten(spec, ps), new_state(state, spec, count, mu, nu)
 
     update = mark(update, fresh=True, reuses=True, donates=True)

@@ -149,7 +149,7 @@ def apply_updates(params: PyTree, updates: PyTree, *, donate_updates: bool = Fal
     fe = _ops.use_foreach(p_leaves)
     if donate_updates and not donate_params and fe and all(
             u.dtype == p.dtype and u.shape == p.shape for u, p in zip(u_leaves, p_leaves, strict=True)):
-        torch._foreach_add_(u_leaves, p_leaves)   # u + p == p + u exactly (addition commutes)
+        _ops.add(u_leaves, p_leaves, fe, inplace=True)   # u + p == p + u exactly (addition commutes)
         return _flat.unflatten(p_spec, u_leaves)
     u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(u_leaves, p_leaves, strict=True)]
     # Donated params: eagerly one in-place foreach add; elsewhere the sum is copied back.

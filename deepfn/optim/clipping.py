@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _flat
+from .. import _flat, tree
 from ..typing import PyTree
 from . import _ops
 from . import _steps as S
@@ -34,7 +34,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
                 raise TypeError(f"{name}: every update leaf must be a floating tensor; got {type(x).__name__}")
         fe = _ops.use_foreach(xs)
-        return _flat.unflatten(spec, _scaled(xs, max_norm, _ops.global_norm(xs, fe), fe, _owned)), state
+        return _flat.unflatten(spec, _scaled(xs, max_norm, tree.global_norm(updates), fe, _owned)), state
 
     return GradientTransformation(lambda params: EmptyState(), mark(update, fresh=True, reuses=True))
 
