@@ -249,13 +249,23 @@ def _decode_like(spec: _Spec, node: Any, like: Any, path: str, problems: list[st
 
 def _match_fields(spec: _Spec, nodes: dict[str, Any], like: dict[str, Any], path: str,
                   problems: list[str]) -> dict[str, Any]:
-    missing = [_join(path, k) for k in like if k not in nodes]
-    unexpected = [_join(path, k) for k in nodes if k not in like]
+    # In like's order, so that the first problem is the first path that differs; a run of
+    # missing keys is one problem, keys only the file has come last.
+    out, missing = {}, []
+    for k, v in like.items():
+        if k not in nodes:
+            missing.append(_join(path, k))
+            continue
+        if missing:
+            problems.append(f"missing {_listed(missing)}")
+            missing = []
+        out[k] = _decode_like(spec, nodes[k], v, _join(path, k), problems)
     if missing:
         problems.append(f"missing {_listed(missing)}")
+    unexpected = [_join(path, k) for k in nodes if k not in like]
     if unexpected:
         problems.append(f"unexpected {_listed(unexpected)}")
-    return {k: _decode_like(spec, nodes[k], v, _join(path, k), problems) for k, v in like.items() if k in nodes}
+    return out
 
 
 def _listed(names: list[str], limit: int = 8) -> str:
