@@ -2,6 +2,7 @@
 resume (at epoch ends and mid-epoch), augmentation keys, ensembles, distillation, bad input."""
 
 import json
+import math
 import os
 
 import pytest
@@ -238,3 +239,22 @@ def test_curves_drawn_after_the_first_epoch_and_at_the_end_not_every_epoch(tmp_p
     drawn.clear()
     _run(tmp_path, epochs=3, plot_path=str(tmp_path / "curves.png"))
     assert drawn == [1, 2, 3]
+
+
+def test_epoch_loss_is_averaged_over_finite_steps_and_skipped_steps_are_reported():
+    ts, step, ev = _setup()
+    calls = []
+
+    def poisoning_step(train_state, batch, key):   # the third update of the run sees a NaN row
+        calls.append(1)
+        x, y = batch
+        if len(calls) == 3:
+            x = x.clone().index_fill_(0, torch.tensor([0]), float("nan"))
+        return step(train_state, (x, y), key)
+
+    lines = []
+    _, hist = fit(poisoning_step, ts, _data(0), epochs=2, batch_size=8, key=random.key(7), eval_step=ev,
+                  val_data=_data(1, 16), progress=False, log=lines.append)
+    assert [r["skipped_steps"] for r in hist.rows] == [1, 0]
+    assert all(map(math.isfinite, hist.column("train_loss") + hist.column("val_loss")))
+    assert "skipped_steps=1" in lines[0] and "skipped_steps" not in lines[1]
