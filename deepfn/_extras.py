@@ -32,7 +32,7 @@ def import_extra(module: str, *, package: str, extra: str, needed_by: str) -> Mo
             ``"deepfn.data.digits needs scikit-learn: pip install 'deepfn[data]'"`` and the
             original error is chained.
 
-    Example:
+    Examples:
         >>> import_extra("math", package="math", extra="none", needed_by="doc").sqrt(4.0)
         2.0
     """

@@ -53,7 +53,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, label_smoothing: float = 0.
         TypeError: non-floating logits or non-integer labels.
         ValueError: shapes that do not match, a bad argument, or (eagerly) a label out of range.
 
-    Example:
+    Examples:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
         >>> round(cross_entropy(logits, torch.tensor([0, 1])).item(), 4)
         0.1269

@@ -122,7 +122,7 @@ def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
     un-faked ``GradTrackingTensor`` inputs) nor a checkpoint there (saved-tensor hooks); values
     and gradients are the same either way.
 
-    Example:
+    Examples:
         >>> import torch, deepfn
         >>> f = deepfn.remat(lambda p, x: torch.tanh(x @ p["w"]).sum())
         >>> g = torch.func.grad(f)({"w": torch.ones(3, 2)}, torch.ones(4, 3))

@@ -4,7 +4,7 @@ A tree is any nesting of ``dict``, ``list``, ``tuple``, ``NamedTuple`` (and regi
 dataclasses such as ``TrainState``) with tensor leaves. Every function here is pure and
 traces under ``torch.compile`` and ``torch.func.vmap``.
 
-Example:
+Examples:
     >>> import torch, deepfn
     >>> t = {"a": torch.ones(2), "b": {"c": torch.zeros(3)}}
     >>> deepfn.tree.size(t)

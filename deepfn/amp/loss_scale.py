@@ -51,7 +51,7 @@ class DynamicLossScale:
     ``counter`` int64 (consecutive finite steps), ``growth_interval`` int64,
     ``growth_factor`` and ``backoff_factor`` float32.
 
-    Example:
+    Examples:
         >>> import torch
         >>> ls = DynamicLossScale(init_scale=8.0, growth_interval=1)
         >>> float(ls.adjust(torch.tensor(True)).loss_scale)

@@ -48,7 +48,7 @@ def _cast(x: PyTree, dtype: torch.dtype) -> PyTree:
 class Policy:
     """Which dtype parameters are stored in, computed in, and returned in.
 
-    Example:
+    Examples:
         >>> import torch
         >>> p = Policy.from_string("params=float32,compute=bf16,output=float32")
         >>> p.cast_to_compute({"w": torch.ones(2), "ids": torch.arange(2)})["w"].dtype

@@ -26,7 +26,7 @@ class CheckpointManager:
     a process killed mid-save. The manager holds no state besides its configuration: it reads
     the directory, so it resumes across processes (one writing process per directory).
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> m = CheckpointManager(tempfile.mkdtemp(), keep_last=2)
         >>> _ = m.save(0, {"w": torch.ones(2)}, metrics={"val_loss": 1.0})

@@ -45,7 +45,7 @@ def register(cls: type) -> type:
         TypeError: ``cls`` is not a NamedTuple class or a dataclass, or is a dataclass with
             ``init=False`` fields (which cannot be rebuilt by calling it).
 
-    Example:
+    Examples:
         >>> from typing import NamedTuple
         >>> import deepfn
         >>> @deepfn.checkpoint.register

@@ -35,7 +35,7 @@ def batches(data: Sequence[torch.Tensor], batch_size: int, *, key: torch.Tensor 
         TypeError: ``data`` is not a sequence of tensors, or ``key`` is not an int64 key.
         ValueError: ``data`` is empty, leading sizes differ, or ``batch_size`` is not positive.
 
-    Example:
+    Examples:
         >>> x, y = torch.arange(10).reshape(5, 2), torch.arange(5)
         >>> [b[1].tolist() for b in batches((x, y), 2)]
         [[0, 1], [2, 3], [4]]

@@ -41,7 +41,7 @@ def bucket_by_length(lengths: torch.Tensor, batch_size: int, *,
         TypeError: ``lengths`` is not a 1-D integer tensor.
         ValueError: ``batch_size`` or ``window`` is not a positive int.
 
-    Example:
+    Examples:
         >>> order = bucket_by_length(torch.tensor([5, 1, 4, 2]), 2, window=2)
         >>> rows = order(random.key(0), torch.arange(4))
         >>> sorted(rows.tolist()), sorted(sorted(torch.tensor([5, 1, 4, 2])[rows].tolist()[i:i + 2])

@@ -45,7 +45,7 @@ def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     Raises:
         ValueError: ``split`` is not one of the three names.
 
-    Example:
+    Examples:
         >>> x, y = digits("val")
         >>> x.shape, y.dtype
         (torch.Size([270, 1, 8, 8]), torch.int64)

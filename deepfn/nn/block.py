@@ -1,5 +1,20 @@
 """Helpers for composite blocks: one key per child, params/state trees that hold only
-what children own (dropout and activations appear nowhere, like a ``state_dict``)."""
+what children own (dropout and activations appear nowhere, like a ``state_dict``).
+
+A composite lists its children by name, initialises them with :func:`init_children`, and in
+``apply`` hands each stateful child its own part of the state (:func:`child_state`), then
+gathers the children's new states into a new state (:func:`merge_state`). The guide
+"Your own block" in the documentation builds one step by step.
+
+Examples:
+    >>> from deepfn import nn, random
+    >>> children = {"fc": nn.Dense(3, 4), "norm": nn.BatchNorm(4)}
+    >>> params, state = nn.init_children(children, random.key(0))
+    >>> sorted(params), sorted(state)                    # Dense has no state
+    (['fc', 'norm'], ['norm'])
+    >>> sorted(nn.child_state(state, "norm")), nn.child_state(state, "fc")
+    (['num_batches_tracked', 'running_mean', 'running_var'], {})
+"""
 
 from __future__ import annotations
 
@@ -38,11 +53,29 @@ def init_children(children: Mapping[str, Block], key: Key) -> tuple[Params, Stat
 
 
 def child_state(state: State, name: str) -> State:
+    """The state of child ``name``: ``state[name]``, or ``{}`` for a stateless child.
+
+    A parent's state holds only its stateful children, so a stateless child (``Dense``,
+    ``Dropout``) has no entry; this gives it the empty state its ``apply`` expects.
+    """
     return state.get(name, {})
 
 
 def merge_state(state: State, updates: Mapping[str, State]) -> State:
-    """A new state with the stateful children replaced; the input dict is not touched."""
+    """A new state with the stateful children replaced; the input dict is not touched.
+
+    Args:
+        state: the parent's state, keyed by child name.
+        updates: ``{name: new_child_state}`` from the children's ``apply``; empty states
+            (stateless children) are skipped, so the result keeps only stateful children.
+
+    Returns:
+        A new dict; ``state`` itself is not mutated, which keeps ``apply`` pure.
+
+    Examples:
+        >>> merge_state({"norm": {"n": 0}}, {"norm": {"n": 1}, "fc": {}})
+        {'norm': {'n': 1}}
+    """
     new = dict(state)
     for name, s in updates.items():
         if s:

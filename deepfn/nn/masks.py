@@ -6,7 +6,7 @@ Combine them with ``combine`` (logical and). Float masks are refused everywhere:
 additive mask (``0`` / ``-inf``) and a multiplicative one (``1`` / ``0``) look alike but
 mean opposite things, so deepfn only takes booleans.
 
-Example:
+Examples:
     >>> import torch
     >>> from deepfn import nn
     >>> tokens = torch.tensor([[5, 6, 0]])

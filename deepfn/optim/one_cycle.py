@@ -93,7 +93,7 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, anneal_st
             ``torch.compile`` or ``vmap`` cannot raise without a graph break; there the
             value past ``total_steps`` is NaN, which poisons the parameters at once.
 
-    Example:
+    Examples:
         >>> f = one_cycle(1.0, 10)
         >>> [round(f(n), 6) for n in (0, 2, 9)]
         [0.04, 1.0, 4e-06]

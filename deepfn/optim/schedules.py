@@ -103,7 +103,7 @@ def join(schedules: Sequence[Callable[[Any], Any]], boundaries: Sequence[int]) -
     At step n with ``b[i-1] <= n < b[i]`` the value is ``schedules[i](n - b[i-1])``.
     Twin: ``torch.optim.lr_scheduler.SequentialLR`` (with its milestones).
 
-    Example:
+    Examples:
         >>> from deepfn.optim import schedules as sch
         >>> f = sch.join([sch.linear_warmup(1.0, 2), sch.constant(0.5)], [2])
         >>> [f(n) for n in range(4)]

@@ -32,7 +32,7 @@ def sgd(lr: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.0, dampening: float
         ValueError: a negative ``lr``/``momentum``/``weight_decay``, or nesterov without
             momentum or with dampening (``torch.optim.SGD``'s checks).
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = sgd(lr=0.1, momentum=0.9)
         >>> p = {"w": torch.zeros(2)}

@@ -5,7 +5,7 @@ state, batch independence, vmap, compile); ``check_mask_invariance`` and ``check
 check sequence functions. ``deepfn.testing.strategies`` holds hypothesis strategies and is
 imported on first use, so nothing here needs hypothesis until you ask for it.
 
-Example:
+Examples:
     >>> import torch
     >>> from deepfn import nn
     >>> from deepfn.testing import check_block

@@ -1,7 +1,7 @@
 """``check_block``: the properties every deepfn block promises (API §0, §3), checked on any
 block that follows the ``init``/``apply`` protocol, a user's own included.
 
-Example:
+Examples:
     >>> import torch
     >>> from deepfn import nn
     >>> from deepfn.testing import check_block

@@ -3,7 +3,7 @@ do not leak into valid ones (``check_mask_invariance``), and no position sees th
 (``check_causal``). Replacement values come from ``deepfn.random`` with a fixed seed, so a
 failure reproduces exactly.
 
-Example:
+Examples:
     >>> import torch
     >>> from deepfn.testing import check_causal
     >>> check_causal(lambda x: x.cumsum(1), torch.ones(2, 5, 3))

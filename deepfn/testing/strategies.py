@@ -3,7 +3,7 @@
 Needs ``hypothesis`` (``pip install deepfn[testing]``); ``import deepfn`` and
 ``deepfn.testing.check_block`` do not. Sizes may be ints or strategies of ints.
 
-Example:
+Examples:
     >>> from hypothesis import given
     >>> from deepfn.testing import check_block, strategies as dst
     >>> @given(x=dst.arrays((4, 16)), k=dst.keys())

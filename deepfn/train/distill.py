@@ -32,7 +32,7 @@ def distillation_loss(temperature: float = 4.0, alpha: float = 0.5) -> Callable[
         temperature: ``T > 0``, the softmax temperature of both models.
         alpha: weight of the soft (teacher) term, in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss_fn = distillation_loss(temperature=2.0, alpha=1.0)
         >>> s = torch.zeros(2, 3)

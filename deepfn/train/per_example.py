@@ -34,7 +34,7 @@ def per_example_grads(loss_fn: Callable[..., Tensor]) -> Callable[..., PyTree]:
         tree with leaves ``[b, *param.shape]``: row ``i`` is ``grad(loss_fn)(params,
         *data[i:i+1])``. Compiles whole under ``torch.compile``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> f = per_example_grads(lambda p, x: (x @ p["w"]).sum())
         >>> f({"w": torch.ones(3)}, torch.ones(5, 3))["w"].shape
