@@ -1,8 +1,8 @@
 """Gradients of eager code on plain tensors through ``torch.autograd``, for eager train steps.
 
 Why: ``torch.func.grad`` wraps every tensor in its transform's dynamic layer, and that
-dispatch costs on each op of an eager step (measured: eager cnn-small 25.4 -> 18.9 ms per
-step, and about half the step's memory on a Transformer). Eagerly, on plain tensors, the
+dispatch costs time on each op of an eager step and memory for every saved tensor (figures
+in the documentation's benchmarks page). Eagerly, on plain tensors, the
 same gradients come from ``torch.autograd.grad`` on detached aliases of the parameters: the
 same backward formulas, no dynamic layer. Nothing outside is read or written (the aliases
 share memory but are never modified), so the step stays pure. Compiled steps and steps

@@ -1,13 +1,13 @@
 """Flatten trees fast for the usual nesting of ``dict``s of tensors (``deepfn.tree.map`` and
 the optimizers).
 
-``torch.utils._pytree`` spends ~5 µs per node in Python; an optimizer update over a
+``torch.utils._pytree`` spends its time per node in Python; an optimizer update over a
 100-leaf model flattens and rebuilds a dozen trees, which cost more than the arithmetic
-(measured: ~10 ms of tree work against ~1 ms for ``torch.optim.AdamW.step()``). Under
-``torch.compile`` the gap is wider: Dynamo models each ``TreeSpec`` it builds as a new
-Python object (~5 ms of tracing per node). Plain ``dict`` nodes and tensor leaves are walked
-here directly, in plain loops (generators cost Dynamo more); anything else (lists, tuples,
-NamedTuples, registered classes) is opened one level at a time with the flatten function
+(figures in the documentation's benchmarks page). Under ``torch.compile`` the gap is wider:
+Dynamo models each ``TreeSpec`` it builds as a new Python object and traces it. Plain
+``dict`` nodes and tensor leaves are walked here directly, in plain loops (generators cost
+Dynamo more); anything else (lists, tuples, NamedTuples, registered classes) is opened one
+level at a time with the flatten function
 ``torch.utils._pytree`` registered for its type (through :mod:`deepfn._torch`), so the leaves
 and their order are always ``torch.utils._pytree``'s. A spec is a nested tuple: comparing two
 is a C-level tuple comparison.

@@ -11,8 +11,8 @@ small Transformer step spent minutes compiling them); eagerly under ``torch.func
 op also paid the transform's dispatch. As an operator the cipher is one graph node:
 
 - eagerly it runs below every functorch layer: on the CPU as one C loop
-  (:mod:`deepfn._threefry_native`, built on first use; ~9 ms per 2**20 word pairs on one
-  thread, most of it writing the int64 outputs, against ~140 ms as tensor code), elsewhere
+  (:mod:`deepfn._threefry_native`, built on first use; an order of magnitude faster than
+  the tensor code, most of its time spent writing the int64 outputs), elsewhere
   (or without a C compiler) as plain in-place tensor code;
 - under ``vmap`` its batching rule moves the batch axis to the front and calls it once;
 - under ``torch.compile`` Dynamo and AOTAutograd see one node (the fake kernel gives shapes).
@@ -73,8 +73,8 @@ def directly_callable(*words: torch.Tensor) -> bool:
     tensors, ``make_fx``, flop counters), outside functorch transforms (whose layer would wrap
     the buffers the kernel allocates and writes through raw pointers) and plain tensors (no
     ``vmap``/``grad`` wrappers, no subclasses). The operator's dispatch through its Python
-    autograd and CPU kernels costs ~50 us a call, more than the C loop takes for a thousand
-    word pairs."""
+    autograd and CPU kernels costs more per call than the C loop takes for a thousand word
+    pairs."""
     return plain_eager(words) and not transforms_active() and all(type(w) is torch.Tensor for w in words)
 
 
@@ -138,7 +138,7 @@ def _register_inductor_lowering() -> None:
     """Teach Inductor the cipher (called when the op is first traced): the C loop on the CPU
     for large draws, else one pointwise kernel.
 
-    Without it Inductor calls the operator's kernel from compiled code (same bits, ~15x slower
+    Without it Inductor calls the operator's kernel from compiled code (same bits, much slower
     on large masks); :mod:`deepfn._torch` falls back to that whenever its hook is off or fails.
     """
     if _LOWERING["registered"]:

@@ -3,8 +3,8 @@
 Why: Dynamo checks every guard on every call, and most of a step's guards are on library
 globals its trace read (``torch.func.grad``'s helpers, the optimizer's and the tree walks'
 functions, module aliases, dtype constants: ~1,500 of the ~2,000 guard entries of the mlp-seed
-step, whose check took 116-182 us of a ~500-650 us call; 37-68 us without them, torch.profiler's
-"TorchDynamo Cache Lookup", two runs each). Those globals change only when
+step, whose check was a quarter of a call and a third of that without them; figures in the
+documentation's benchmarks page). Those globals change only when
 someone patches torch or deepfn at run time, so a step keeps the library code it was traced
 with, as ``jax.jit`` keeps the functions it traced. Kept: every guard on the step's inputs and
 closure (shapes, dtypes, structure, the model's and optimizer's settings), on global state
