@@ -1,7 +1,11 @@
 """deepfn.checkpoint: exact round trips of whole trees, atomic writes, the manager, and
 training resumed from a checkpoint continuing bit for bit."""
 
+import dataclasses
+import importlib
 import os
+import pkgutil
+import re
 from typing import NamedTuple
 
 import pytest
@@ -156,3 +160,145 @@ def test_load_rejects_foreign_safetensors(tmp_path):
     save_file({"w": torch.ones(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match=r"deepfn.checkpoint.load: .* without a deepfn tree"):
         checkpoint.load(tmp_path / "plain.safetensors")
+
+
+# --- the allow-list: deepfn's own types, and the user's registered ones ---------------------
+
+@dataclasses.dataclass(frozen=True)
+class EmaState:
+    decay: float
+    shadow: dict
+
+
+class Running(NamedTuple):
+    mean: torch.Tensor
+    count: int
+
+
+def test_register_round_trips_a_user_dataclass_and_namedtuple(tmp_path):
+    assert checkpoint.register(EmaState) is EmaState and checkpoint.register(Running) is Running
+    t = {"ema": EmaState(0.99, {"w": torch.randn(3)}), "run": Running(torch.zeros(2), 5)}
+    checkpoint.save(tmp_path / "a.safetensors", t)
+    back = checkpoint.load(tmp_path / "a.safetensors")
+    assert type(back["ema"]) is EmaState and type(back["run"]) is Running
+    assert back["ema"].decay == 0.99 and torch.equal(back["ema"].shadow["w"], t["ema"].shadow["w"])
+    assert torch.equal(back["run"].mean, t["run"].mean) and back["run"].count == 5
+
+
+def test_register_works_as_a_decorator(tmp_path):
+    @checkpoint.register
+    class Local(NamedTuple):
+        x: torch.Tensor
+    checkpoint.save(tmp_path / "a.safetensors", Local(torch.ones(1)))
+    assert type(checkpoint.load(tmp_path / "a.safetensors")) is Local
+
+
+def test_unregistered_user_type_raises_naming_it(tmp_path):
+    class Unknown(NamedTuple):
+        x: torch.Tensor
+    checkpoint.save(tmp_path / "a.safetensors", {"u": Unknown(torch.ones(1))})
+    name = f"{__name__}:test_unregistered_user_type_raises_naming_it.<locals>.Unknown"
+    with pytest.raises(ValueError, match=rf"names the type '{re.escape(name)}' at u, which is not registered; "
+                                         r"call deepfn.checkpoint.register\(cls\) for your own types"):
+        checkpoint.load(tmp_path / "a.safetensors")
+
+
+def test_unregistered_user_type_loads_with_like(tmp_path):
+    @dataclasses.dataclass
+    class Unknown:
+        x: torch.Tensor
+    checkpoint.save(tmp_path / "a.safetensors", Unknown(torch.arange(3.0)))
+    back = checkpoint.load(tmp_path / "a.safetensors", like=Unknown(torch.zeros(3)))
+    assert type(back) is Unknown and back.x.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_registered_class_with_other_fields_is_named(tmp_path):
+    class Versioned(NamedTuple):
+        a: torch.Tensor
+    checkpoint.register(Versioned)
+    checkpoint.save(tmp_path / "a.safetensors", Versioned(torch.ones(1)))
+
+    class Versioned(NamedTuple):   # noqa: F811  (the same name, a later version with another field)
+        a: torch.Tensor
+        b: torch.Tensor
+    checkpoint.register(Versioned)
+    with pytest.raises(ValueError, match=r"with the fields \['a'\]; the registered class has \['a', 'b'\]"):
+        checkpoint.load(tmp_path / "a.safetensors")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Running(torch.ones(1), 1), r"expected a NamedTuple class or a dataclass; got Running"),
+    ("os:system", r"expected a NamedTuple class or a dataclass; got str 'os:system'"),
+    (dict, r"expected a NamedTuple class or a dataclass; got the class builtins:dict, which is neither"),
+    (type("Plain", (), {}), r"expected a NamedTuple class or a dataclass; got the class .*Plain, which is neither"),
+])
+def test_register_rejects_what_is_not_a_namedtuple_or_dataclass(bad, message):
+    with pytest.raises(TypeError, match=rf"deepfn.checkpoint.register: {message}"):
+        checkpoint.register(bad)
+
+
+def test_register_rejects_a_dataclass_with_init_false_fields():
+    @dataclasses.dataclass
+    class Derived:
+        x: int
+        y: int = dataclasses.field(init=False, default=0)
+    with pytest.raises(TypeError, match=r"has fields that __init__ does not take \(\['y'\]\)"):
+        checkpoint.register(Derived)
+
+
+def _state_classes(module):
+    return {obj for obj in vars(module).values()
+            if isinstance(obj, type) and obj.__module__.startswith("deepfn.")
+            and (issubclass(obj, tuple) and hasattr(obj, "_fields") or dataclasses.is_dataclass(obj))}
+
+
+def test_every_deepfn_state_class_is_registered(tmp_path):
+    # A new optimizer state (or loss scale) must be added to the allow-list in
+    # deepfn/checkpoint/registry.py, or checkpoints holding it would not load.
+    from deepfn.checkpoint.registry import registered_type, type_name
+    found = {TrainState}
+    for package in (optim, amp):
+        for info in pkgutil.iter_modules(package.__path__):
+            found |= _state_classes(importlib.import_module(f"{package.__name__}.{info.name}"))
+    found.discard(optim.GradientTransformation)        # functions, never stored
+    found.discard(amp.Policy)                           # dtypes, never stored
+    missing = sorted(type_name(c) for c in found if registered_type(type_name(c)) is not c)
+    assert not missing, f"not registered for checkpoints: {missing}"
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda: optim.sgd(0.1), lambda: optim.sgd(0.1, momentum=0.9, nesterov=True), lambda: optim.adam(1e-3),
+    lambda: optim.adamw(optim.cosine_decay(1e-3, 10)),
+    lambda: optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(1e-3)),
+], ids=["sgd", "nesterov", "adam", "adamw-schedule", "clipped-adamw"])
+def test_optimizer_states_round_trip_without_like(tmp_path, make_opt):
+    model, opt = MLP(4, (8,), 3), make_opt()
+    ts = TrainState.create(model, opt, random.key(0), loss_scale=amp.DynamicLossScale())
+    checkpoint.save(tmp_path / "a.safetensors", ts)
+    back = checkpoint.load(tmp_path / "a.safetensors")
+    assert tree.all_equal(back, ts) and tree.structure(back) == tree.structure(ts)
+
+
+# --- checkpoint metrics are numbers ---------------------------------------------------------
+
+def test_manager_accepts_one_element_tensor_metrics(tmp_path):
+    m = checkpoint.CheckpointManager(tmp_path)
+    m.save(0, {"w": torch.ones(1)}, metrics={"val_loss": torch.tensor([0.25]), "acc": 1})
+    assert m.metadata(0)["metrics"] == {"val_loss": 0.25, "acc": 1.0}
+
+
+@pytest.mark.parametrize("metrics, error, message", [
+    ({"val_loss": "low"}, TypeError, r"metrics\['val_loss'\] must be a number .*; got str 'low'"),
+    ({"val_loss": None}, TypeError, r"metrics\['val_loss'\] must be a number .*; got NoneType None"),
+    ({"val_loss": torch.ones(2)}, ValueError, r"metrics\['val_loss'\] must be a number; got a tensor of shape "
+                                              r"\[2\] \(2 elements\)"),
+    ({"val_loss": torch.tensor(1 + 2j)}, TypeError, r"metrics\['val_loss'\] must be a number .*; got complex"),
+    ({"val_loss": [0.1]}, TypeError, r"metrics\['val_loss'\] must be a number .*; got list"),
+    ([("val_loss", 0.1)], TypeError, r"metrics must be a dict of numbers or None; got list"),
+    ({1: 0.1}, TypeError, r"metric names must be str; got 1"),
+], ids=["str", "None", "tensor-2", "complex", "list", "not-a-dict", "int-key"])
+def test_manager_rejects_non_numeric_metrics(tmp_path, metrics, error, message):
+    m = checkpoint.CheckpointManager(tmp_path)
+    with pytest.raises(error, match=rf"CheckpointManager.save: {message}"):
+        m.save(0, {"w": torch.ones(1)}, metrics=metrics)
+    assert m.steps() == []             # nothing written
