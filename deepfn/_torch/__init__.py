@@ -29,8 +29,6 @@ from .dynamo import (
     guard_pickler_class,
     guard_pickler_patched,
 )
-from .foreach import foreach, unscale_and_check_
-from .foreach import usable as foreach_usable
 from .gate import HOOKS, TESTED, hook_on, release, turn_off
 from .inductor import (
     clear_compile_caches,
@@ -39,6 +37,8 @@ from .inductor import (
     phase_seconds,
     register_pointwise_lowering,
 )
+from .kernels import foreach, unscale_and_check_
+from .kernels import usable as foreach_usable
 from .probes import plain_eager, transforms_active
 from .trees import open_node, pytree, rebuild_node
 

@@ -51,9 +51,13 @@ def forget_module_sources() -> None:
         clear()
 
 
-def guard_pickler_class(reduce: Callable[[Any], Any]) -> type | None:
+def guard_pickler_class(reduce: Callable[[Any], Any], module: str, name: str) -> type | None:
     """A subclass of Dynamo's guard-state pickler whose ``reducer_override`` asks ``reduce(obj)``
-    first (``NotImplemented``: Dynamo's own rule), or None when the hook is off."""
+    first (``NotImplemented``: Dynamo's own rule), or None when the hook is off.
+
+    Saved files name the class (Dynamo's rules rebuild objects through its class methods):
+    bind the result to ``name`` at module level in ``module``, where a later process finds it.
+    """
     if not hook_on("guard_pickler"):
         return None
     try:
@@ -64,6 +68,7 @@ def guard_pickler_class(reduce: Callable[[Any], Any]) -> type | None:
                 out = reduce(obj)
                 return super().reducer_override(obj) if out is NotImplemented else out
 
+        Pickler.__module__, Pickler.__name__, Pickler.__qualname__ = module, name, name
         return Pickler
     except Exception as error:
         turn_off("guard_pickler", error)
@@ -71,11 +76,10 @@ def guard_pickler_class(reduce: Callable[[Any], Any]) -> type | None:
 
 
 @contextlib.contextmanager
-def guard_pickler_patched(reduce: Callable[[Any], Any]) -> Iterator[bool]:
-    """While inside: Dynamo saves guard state with :func:`guard_pickler_class` ``(reduce)``.
-    Yields whether the patch is in place (False with the hook off: Dynamo's own pickler)."""
-    pickler = guard_pickler_class(reduce)
-    if pickler is None:
+def guard_pickler_patched(pickler: type | None) -> Iterator[bool]:
+    """While inside: Dynamo saves guard state with ``pickler`` (from :func:`guard_pickler_class`).
+    Yields whether the patch is in place (False for None or with the hook off: Dynamo's own)."""
+    if pickler is None or not hook_on("guard_pickler"):
         yield False
         return
     import torch._dynamo.guards as guards

@@ -64,6 +64,10 @@ def _lower(ir: Any, ops: Any, broadcast: Callable, extern: Callable, args: Seque
     if extern_when(device, size):
         return tuple(extern(*args))
     loaders = [w.make_loader() for w in words]
+    # Run the function once now, with Inductor's formatting handler: an ``ops`` call that no
+    # longer fits fails here, inside the lowering (caught: the kernel instead), not later in codegen.
+    ir.Pointwise(device=device, dtype=dtype, ranges=size,
+                 inner_fn=lambda index: pointwise(ops, *(load(index) for load in loaders))[0]).inner_fn_str()
 
     def output(i: int) -> Any:
         def inner(index: Any) -> Any:

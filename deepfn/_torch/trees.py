@@ -26,8 +26,9 @@ def open_node(node: Any) -> tuple[list[Any], Any, Any] | None:
     ``TreeSpec``); pass both back to :func:`rebuild_node` unchanged."""
     if hook_on("pytree_nodes"):
         try:
-            node_type = pytree._get_node_type(node)
-            node_def = pytree.SUPPORTED_NODES.get(node_type)
+            node_type_of, nodes = _registry()
+            node_type = node_type_of(node)
+            node_def = nodes.get(node_type)
             if node_def is None:
                 return None
             children, context = node_def.flatten_fn(node)
@@ -38,6 +39,11 @@ def open_node(node: Any) -> tuple[list[Any], Any, Any] | None:
     if spec.is_leaf():
         return None
     return children, None, spec
+
+
+def _registry() -> tuple[Any, Any]:
+    """The registry's lookup of a node's type and its table of node definitions."""
+    return pytree._get_node_type, pytree.SUPPORTED_NODES
 
 
 def rebuild_node(node_type: Any, context: Any, children: list[Any]) -> Any:

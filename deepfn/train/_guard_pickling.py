@@ -34,7 +34,7 @@ def keep_functions_whole() -> contextlib.AbstractContextManager[bool]:
     """While inside, Dynamo saves nested functions with :func:`reduce_nested_function`; yields
     False (Dynamo's own pickler: such a step is compiled again instead of loaded) when the
     hook is off."""
-    return guard_pickler_patched(reduce_nested_function)
+    return guard_pickler_patched(WholeFunctionPickler)
 
 
 def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults: tuple | None,
@@ -45,6 +45,6 @@ def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults:
     return f
 
 
-# Transitional, for compile_cache's current ``mock.patch.object(guards, "GuardsStatePickler",
-# WholeFunctionPickler)``: remove once it uses ``keep_functions_whole()``.
-WholeFunctionPickler = guard_pickler_class(reduce_nested_function)
+# Module level: saved files name it (None with the hook off). compile_cache may patch Dynamo
+# with it directly until it uses keep_functions_whole().
+WholeFunctionPickler = guard_pickler_class(reduce_nested_function, __name__, "WholeFunctionPickler")
