@@ -15,7 +15,8 @@ from .. import random
 from ..typing import Key
 
 __all__ = [
-    "BY_NAME", "fans", "get", "he_normal", "he_uniform", "normal", "ones", "torch_default", "torch_default_bias", "uniform", "xavier_normal", "xavier_uniform", "zeros",
+    "BY_NAME", "fans", "get", "he_normal", "he_uniform", "normal", "ones", "torch_default",
+    "torch_default_bias", "uniform", "xavier_normal", "xavier_uniform", "zeros",
 ]
 
 Initializer = Callable[[Key, Sequence[int], torch.dtype], torch.Tensor]
