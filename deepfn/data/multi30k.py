@@ -19,8 +19,6 @@ from ._download import check_digest, data_home, fetch_verified
 
 __all__ = ["BASE_URL", "BASE_URL_ENV", "SHA256", "SPLITS", "multi30k"]
 
-__all__ = ["SPLITS", "multi30k"]
-
 SPLITS = ("train", "val", "test_2016_flickr")
 #: Where ``download=True`` fetches ``{split}.{lang}.gz`` from (the dataset repository's raw files).
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
