@@ -180,12 +180,19 @@ def _digest(t):
     return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
-def _plant(path, spec, tensors=None, fmt="2"):
-    """A checkpoint crafted by hand with safetensors' own writer (correct digests)."""
+def _plant(path, spec, tensors=None, fmt="2", digests=None):
+    """A checkpoint crafted by hand with safetensors' own writer, its digests correct (the
+    format is described in deepfn/checkpoint/files.py)."""
     tensors = tensors or {}
     header = {"deepfn.tree": json.dumps(spec), "deepfn.metadata": "{}", "deepfn.format": fmt}
-    if fmt == "2":
-        header["deepfn.digests"] = json.dumps({k: _digest(v) for k, v in tensors.items()})
+    if fmt != "1":
+        digests = {k: _digest(v) for k, v in tensors.items()} if digests is None else digests
+        header["deepfn.digests"] = json.dumps(digests)
+        header["deepfn.tensors"] = json.dumps({k: [str(v.dtype).removeprefix("torch."), list(v.shape)]
+                                               for k, v in tensors.items()})
+        covered = [header[k] for k in ("deepfn.format", "deepfn.tree", "deepfn.metadata", "deepfn.digests",
+                                       "deepfn.tensors")]
+        header["deepfn.header_digest"] = hashlib.sha256(json.dumps(covered).encode()).hexdigest()
     save_file(tensors, str(path), metadata=header)
     return path
 
@@ -381,10 +388,7 @@ def test_tree_naming_an_absent_tensor_names_it(tmp_path):
 
 
 def test_tensor_without_digest_is_damage(tmp_path):
-    path = tmp_path / "a.safetensors"
-    save_file({"w": torch.ones(1)}, str(path), metadata={
-        "deepfn.tree": json.dumps({"t": "tensor", "name": "w"}), "deepfn.metadata": "{}",
-        "deepfn.format": "2", "deepfn.digests": "{}"})
+    path = _plant(tmp_path / "a.safetensors", {"t": "tensor", "name": "w"}, {"w": torch.ones(1)}, digests={})
     with pytest.raises(ValueError, match=r"the tensor 'w' has no digest"):
         checkpoint.load(path)
 
@@ -473,3 +477,45 @@ def test_manager_metadata_of_a_damaged_file_names_it(tmp_path):
         f.truncate(100)
     with pytest.raises(ValueError, match=rf"load_metadata: {re.escape(repr(m.path(2)))} is damaged"):
         m.metadata(2)
+
+
+def test_load_like_without_a_loss_scale_names_it(tmp_path):
+    model, opt = MLP(4, (8,), 3), optim.sgd(0.1)
+    checkpoint.save(tmp_path / "a.safetensors", TrainState.create(model, opt, random.key(0),
+                                                                  loss_scale=amp.DynamicLossScale()))
+    with pytest.raises(ValueError, match=r"config\?\): loss_scale: a dataclass "
+                                         r"'deepfn.amp.loss_scale:DynamicLossScale' in the file, None in like$"):
+        checkpoint.load(tmp_path / "a.safetensors", like=TrainState.create(model, opt, random.key(0)))
+
+
+def test_every_changed_byte_is_caught(tmp_path):
+    # One bit of every byte: the length prefix, the safetensors header, deepfn's entries,
+    # the tensor bytes. Each load raises a ValueError naming the file; none loads silently.
+    path = tmp_path / "a.safetensors"
+    checkpoint.save(path, {"p": {"w": torch.randn(2, 3), "b": torch.zeros(3, dtype=torch.bfloat16)},
+                           "step": 3, "n": torch.tensor(5)}, metadata={"epoch": 2})
+    good = path.read_bytes()
+    silent, other = [], []
+    for i in range(len(good)):
+        changed = bytearray(good)
+        changed[i] ^= 0x10
+        path.write_bytes(bytes(changed))
+        try:
+            checkpoint.load(path)
+            silent.append(i)
+        except checkpoint.DamagedCheckpointError as err:
+            assert repr(str(path)) in str(err)
+        except ValueError as err:       # the format's digit itself: "saved by a newer deepfn?"
+            other.append((i, str(err)))
+    assert not silent, f"changed bytes at {silent[:20]} loaded without an error"
+    assert all("checkpoint format" in e for _, e in other) and len(other) <= 1, other
+
+
+def test_changed_metadata_is_caught_by_load_metadata(tmp_path):
+    m = checkpoint.CheckpointManager(tmp_path)
+    m.save(0, {"w": torch.ones(2)}, metrics={"val_loss": 0.5})
+    data = pathlib.Path(m.path(0)).read_bytes()
+    pathlib.Path(m.path(0)).write_bytes(data.replace(b'val_loss\\": 0.5', b'val_loss\\": 0.1'))
+    assert pathlib.Path(m.path(0)).read_bytes() != data
+    with pytest.raises(ValueError, match=r"is damaged: its header .* does not match the SHA-256 digest"):
+        m.metadata(0)

@@ -16,10 +16,11 @@ A file naming any other type raises ``ValueError`` naming it. With ``load(..., l
 every container comes from the template instead (the names in the file are only compared),
 so a checkpoint of another model raises ``ValueError`` naming the first path that differs.
 
-Each tensor's bytes are stored with their SHA-256 digest (format 2) and checked on every
-load: a flipped byte raises :class:`DamagedCheckpointError` (a ``ValueError``) naming the file
-and the tensor, as does a truncated or malformed file. Format-1 files (saved before digests)
-still load, with a warning that their tensors cannot be verified.
+Each tensor's bytes are stored with their SHA-256 digest (format 2), and the header (tree,
+metadata, digests, each tensor's dtype and shape) with one more; both are checked on every
+load: a changed byte raises :class:`DamagedCheckpointError` (a ``ValueError``) naming the file
+and, in a tensor, the tensor's path, as does a truncated or malformed file. Format-1 files
+(saved before digests) still load, with a warning that their tensors cannot be verified.
 :meth:`CheckpointManager.restore_latest` falls back past damaged files to the newest good one.
 Files follow the process umask, as ``open()``'s do.
 

@@ -2,8 +2,10 @@
 
 The file is safetensors: each tensor leaf is one entry named by its path, and the header's
 metadata holds the tree's containers as JSON (``deepfn.tree``), the user's metadata
-(``deepfn.metadata``), the format (``deepfn.format``) and, from format 2 on, the SHA-256 of
-each tensor's bytes (``deepfn.digests``), checked on every load.
+(``deepfn.metadata``) and the format (``deepfn.format``). From format 2 on it also holds the
+SHA-256 of each tensor's bytes (``deepfn.digests``), each tensor's dtype and shape
+(``deepfn.tensors``) and a SHA-256 over these five entries (``deepfn.header_digest``), so a
+changed byte anywhere in the file is caught when it is read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .tree_codec import decode, decode_like, encode
 __all__ = ["save", "load", "load_metadata"]
 
 _TREE, _META, _FORMAT, _DIGESTS = "deepfn.tree", "deepfn.metadata", "deepfn.format", "deepfn.digests"
+_TABLE, _HEADER_DIGEST = "deepfn.tensors", "deepfn.header_digest"
+_DIGESTED = (_FORMAT, _TREE, _META, _DIGESTS, _TABLE)     # what the header digest covers
 _FORMAT_NOW, _FORMATS_READ = "2", ("1", "2")
 _MAX_HEADER = 100_000_000   # safetensors' own limit on the JSON header
 
@@ -45,6 +49,14 @@ def _storable(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
 def _digest(t: torch.Tensor) -> str:
     # The tensor's bytes as safetensors stores them (contiguous, little-endian), without a copy.
     return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def _table_entry(t: torch.Tensor) -> list[Any]:
+    return [str(t.dtype).removeprefix("torch."), list(t.shape)]
+
+
+def _header_digest(meta: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps([meta[k] for k in _DIGESTED]).encode()).hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -81,9 +93,11 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None 
     meta = {"versions": _versions(), **(metadata or {})}
     try:
         header = {_TREE: json.dumps(spec), _META: json.dumps(meta), _FORMAT: _FORMAT_NOW,
-                  _DIGESTS: json.dumps({k: _digest(v) for k, v in tensors.items()})}
+                  _DIGESTS: json.dumps({k: _digest(v) for k, v in tensors.items()}),
+                  _TABLE: json.dumps({k: _table_entry(v) for k, v in tensors.items()})}
     except (TypeError, ValueError) as err:
         raise TypeError(f"deepfn.checkpoint.save: metadata must be JSON-serialisable; {err}") from None
+    header[_HEADER_DIGEST] = _header_digest(header)
     write_atomically(path, st_save(tensors, metadata=header))
 
 
@@ -132,13 +146,23 @@ def _read_header(source: str, who: str) -> dict[str, str]:
 
 
 def _deepfn_format(meta: dict[str, str], who: str, source: str) -> str:
+    """The file's format, once its deepfn header entries are whole (format 2: digest checked)."""
     if _TREE not in meta:
         raise _damaged(who, source, "it is a safetensors file without a deepfn tree; it was not written "
                                     "by deepfn.checkpoint.save")
     fmt = meta.get(_FORMAT)
+    if fmt is None:
+        raise _damaged(who, source, f"its header lacks {[_FORMAT]}")
     if fmt not in _FORMATS_READ:
         raise ValueError(f"{who}: {source!r} has the checkpoint format {fmt!r}; this deepfn reads "
                          f"{list(_FORMATS_READ)} (was it saved by a newer deepfn?)")
+    if fmt != "1":
+        lacking = [k for k in (*_DIGESTED, _HEADER_DIGEST) if k not in meta]
+        if lacking:
+            raise _damaged(who, source, f"its header lacks {lacking}")
+        if _header_digest(meta) != meta[_HEADER_DIGEST]:
+            raise _damaged(who, source, "its header (tree, metadata, digests or tensor table) does not "
+                                        "match the SHA-256 digest saved with it")
     return fmt
 
 
@@ -158,10 +182,13 @@ def _verify(meta: dict[str, str], fmt: str, tensors: dict[str, torch.Tensor], so
         warnings.warn(f"{who}: {source!r} is a format-1 checkpoint without tensor digests; its "
                       "tensors cannot be verified (save it again to add them)", stacklevel=3)
         return
-    digests = _json(meta, _DIGESTS, dict, who, source)
+    digests, table = _json(meta, _DIGESTS, dict, who, source), _json(meta, _TABLE, dict, who, source)
     for name, tensor in tensors.items():
-        if name not in digests:
+        if name not in digests or name not in table:
             raise _damaged(who, source, f"the tensor {name!r} has no digest")
+        if _table_entry(tensor) != table[name]:
+            raise _damaged(who, source, f"the tensor {name!r} reads as {_table_entry(tensor)} (dtype, shape); "
+                                        f"it was saved as {table[name]}")
         if _digest(tensor) != digests[name]:
             raise _damaged(who, source, f"the bytes of the tensor {name!r} do not match their SHA-256 "
                                         "digest saved with it")

@@ -166,13 +166,17 @@ def _describe(node: dict) -> str:
     kind = node["t"]
     if kind in ("namedtuple", "dataclass"):
         return f"a {kind} {node.get('type')!r}"
+    if kind == "value" and node.get("v") is None:
+        return "None"
     return {"value": "a value", "float": "a value"}.get(kind, f"a {kind}")
 
 
 def _describe_like(like: Any) -> str:
     if isinstance(like, torch.Tensor):
         return "a tensor"
-    if like is None or isinstance(like, (*_LEAF_VALUES, float)):
+    if like is None:
+        return "None"
+    if isinstance(like, (*_LEAF_VALUES, float)):
         return "a value"
     if is_namedtuple_class(type(like)) or dataclasses.is_dataclass(like):
         kind = "namedtuple" if is_namedtuple_class(type(like)) else "dataclass"
@@ -213,7 +217,7 @@ def _decode_like(spec: _Spec, node: Any, like: Any, path: str, problems: list[st
         return got
     if like is None or isinstance(like, (*_LEAF_VALUES, float)):
         if kind not in ("value", "float"):   # leaf values (a step, a name) may differ between runs
-            problems.append(f"{where}: {_describe(node)} in the file, a value in like")
+            problems.append(f"{where}: {_describe(node)} in the file, {_describe_like(like)} in like")
             return None
         return spec.leaf(node, kind, path)
     if isinstance(like, dict):
