@@ -31,9 +31,17 @@ again and the file replaced (with a warning when the file was unreadable or stal
 Not covered: a module-level dict, list, set or other object whose contents are edited, or
 which is rebound, at run time, when a compiled step read it while it was traced.
 
-A file is this module's header line (the format and the module names' fingerprints) followed
-by torch's serialized compiled function; it is written to a temporary file and renamed, so a
-crash leaves the previous file or none.
+A file is this module's format line, an HMAC line, a header line (the module names'
+fingerprints) and torch's serialized compiled function; it is written (mode ``0600``) to a
+temporary file and renamed, so a crash leaves the previous file or none.
+
+The folder holds code: loading a saved step unpickles it, and unpickling can run anything. Only
+point ``compile_cache`` at a folder you trust. deepfn creates it ``0700`` and uses it only while
+it is the current user's and writable by nobody else (else a warning, and steps compile unsaved);
+a file is opened only when it is a regular file of the current user's, writable by nobody else
+(:mod:`deepfn._private_files`), and unpickled only when its HMAC-SHA256, made with the user's
+secret key over the rest of the file, matches. Any other file is not unpickled: a warning
+naming it and why, then the step compiles again and the file is replaced.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import hmac
 import importlib
 import inspect
 import io
@@ -58,13 +67,23 @@ from unittest import mock
 import torch
 
 from .. import tree
-from .._atomic import write_atomically
 from .._fingerprint import SCALAR_TYPES, fingerprint
 from .._own_code import with_own_code
+from .._private_files import (
+    UntrustedFileError,
+    hmac_sha256,
+    private_dir,
+    read_trusted,
+    secret_key,
+    write_private,
+)
 from ._guard_filter import library_globals_unguarded
 
+__all__ = ["compiled", "require_compiled"]
+
 _SUFFIX = ".pt2"
-_MAGIC = b"deepfn compiled step, format 1\n"
+_MAGIC = b"deepfn compiled step, format 2\n"
+_MAC_HEX = 64   # the HMAC-SHA256 line: 32 bytes as hex
 
 
 def require_compiled(where: str, compile_cache: str | os.PathLike | None, compile: Any,
@@ -175,6 +194,9 @@ class SavedCompile:
                 return program(*args)
         if self._fallback is not None:
             return self._fallback(*args)
+        untrusted = self._untrusted_folder()
+        if untrusted is not None:
+            return self._run_unsaved(args, untrusted)
         try:
             path = self.path_for(args)
         except Exception as error:   # an object the fingerprint cannot read (a __repr__ that raises)
@@ -204,6 +226,20 @@ class SavedCompile:
         settings = (_environment(), inductor_options(args, self._training))
         return self._dir / f"{fingerprint(self._fn, settings)[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
 
+    def _untrusted_folder(self) -> str | None:
+        """Why the folder cannot hold this process's saved steps, or ``None``: it is created
+        ``0700`` and must be the current user's and writable by nobody else, and the user's secret
+        key must be readable."""
+        reason = private_dir(self._dir)
+        if reason is None:
+            try:
+                secret_key()
+            except OSError as error:
+                reason = f"no secret key to sign saved steps with: {error}"
+        if reason is None:
+            return None
+        return f"{reason}; a folder of saved steps holds code, so only one private to the current user is used"
+
     def _run_unsaved(self, args: tuple[Any, ...], why: str) -> Any:
         """Compile the plain way from now on (:class:`CompileOnFirstCall`), run once, then warn."""
         plain = CompileOnFirstCall(self._fn, training=self._training)
@@ -215,9 +251,10 @@ class SavedCompile:
 
     def _load(self, path: Path, args: tuple[Any, ...]) -> Any:
         try:
-            if not path.exists():
+            try:
+                header, payload = _read(path)   # checked (owner, mode, HMAC) before anything is unpickled
+            except FileNotFoundError:
                 return None
-            header, payload = _read(path)
             program = torch.compiler.load_compiled_function(
                 io.BytesIO(payload), f_globals=self._fn.__globals__, external_data=self._externals)
             changed = _changed_sources(program)
@@ -231,7 +268,7 @@ class SavedCompile:
             if not program.guard_check(*args):
                 raise ValueError("its guards reject these inputs")
         except Exception as error:   # any unreadable or stale file: compile again, never fail on a cache
-            warnings.warn(f"{self._what}: not using the saved compiled step {path.name} "
+            warnings.warn(f"{self._what}: not using the saved compiled step {path} "
                           f"({type(error).__name__}: {error}); compiling it again", stacklevel=4)
             return None
         return program
@@ -259,15 +296,27 @@ class SavedCompile:
 
 
 def _write(path: Path, header: dict[str, Any], payload: bytes) -> None:
-    write_atomically(path, _MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+    """Write the format line, the HMAC line (over the format, header and payload) and the rest,
+    mode ``0600``."""
+    body = json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+    mac = hmac_sha256(_MAGIC, body).hex().encode()
+    write_private(path, _MAGIC + mac + b"\n" + body)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes]:
-    data = path.read_bytes()
+    """``(header, payload)`` of a saved step whose file and folder pass the owner and mode checks
+    and whose HMAC matches; nothing in it is parsed before. Raises ``FileNotFoundError``,
+    ``UntrustedFileError`` (a check failed) or ``ValueError`` (another format)."""
+    data = read_trusted(path)
     if not data.startswith(_MAGIC):
         raise ValueError(f"not a deepfn compiled step of this format (expected a file starting {_MAGIC!r})")
-    end = data.index(b"\n", len(_MAGIC))
-    return json.loads(data[len(_MAGIC):end]), data[end + 1:]
+    start = len(_MAGIC) + _MAC_HEX + 1
+    mac = data[len(_MAGIC):start]
+    if not hmac.compare_digest(mac, hmac_sha256(_MAGIC, memoryview(data)[start:]).hex().encode() + b"\n"):
+        raise UntrustedFileError(f"{path}'s HMAC does not match: it was not written by deepfn for the current user, "
+                                 f"or was changed since")
+    end = data.index(b"\n", start)
+    return json.loads(data[start:end]), data[end + 1:]
 
 
 def _module_values(program: Any) -> dict[str, str]:

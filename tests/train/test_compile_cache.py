@@ -3,6 +3,10 @@ process loads it without tracing, and anything that changed what the step comput
 input shapes, a module's source, a damaged file) compiles it again."""
 
 import importlib
+import io
+import os
+import pickle
+import stat
 import subprocess
 import sys
 import types
@@ -14,10 +18,12 @@ import torch
 
 from deepfn import losses, optim, random, tree
 from deepfn._own_code import with_own_code
+from deepfn._private_files import private_dir
 from deepfn.models import MLP
 from deepfn.train import (
     TrainState,
     build_train_step,
+    compile_cache,
     ensemble_train_state,
     make_ensemble_train_step,
     make_eval_step,
@@ -27,6 +33,16 @@ from deepfn.train.compile_cache import SavedCompile, closure_objects, compiled
 from tests.utils import assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[2]
+OTHER_USER = 12345   # a user id that is not ours
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache_root(tmp_path_factory):
+    """deepfn's cache root (the secret key that signs saved steps) in a fresh folder; new
+    processes started by these tests inherit it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEEPFN_CACHE_DIR", str(tmp_path_factory.mktemp("deepfn-cache")))
+        yield
 
 
 def _data(n=8, seed=0):
@@ -49,6 +65,7 @@ def _steps(lr, cache):
 _NEW_PROCESS = """
 import sys, torch
 from deepfn import losses, optim, random, tree
+from deepfn._private_files import private_dir
 from deepfn.models import MLP
 from deepfn.train import TrainState, make_train_step
 model, opt = MLP(6, (16,), 3, dropout_rate=0.1), optim.adamw(lr=0.1)
@@ -273,7 +290,6 @@ def test_a_saved_step_that_fails_to_run_is_removed_and_compiled_again(tmp_path, 
         def __call__(self, *args):
             raise RuntimeError("kernel missing")
 
-    from deepfn.train import compile_cache
     monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda *a, **k: Broken())
     monkeypatch.setattr(compile_cache, "_read", lambda path: ({"module_values": {}}, b""))
     again, _, _ = _steps(0.1, tmp_path)
@@ -457,3 +473,116 @@ def test_own_code_copy_keeps_what_the_function_carries():
     assert (copy.__name__, copy.__qualname__, copy.__doc__, copy.tag) == (fn.__name__, fn.__qualname__, "Docs.", "kept")
     assert float(copy(torch.ones(1), bias=1.0)[0]) == 6.0 and copy.__kwdefaults__ == {"bias": 0.0}
     assert with_own_code(torch.sin) is torch.sin        # not a Python function: itself
+
+
+# Planted saved steps: a file whose payload unpickles into code that leaves a marker folder.
+class _Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def _eval_setup():
+    model = MLP(6, (8,), 3)
+    params, state = model.init(random.key(0))
+    batch = _data()
+    expected = make_eval_step(model, losses.cross_entropy, compile=False)(params, state, batch)
+    return model, params, state, batch, expected
+
+
+@pytest.fixture(scope="module")
+def saved_eval_step(tmp_path_factory, private_cache_root) -> tuple[str, bytes, dict]:
+    """The name, bytes and header of a saved eval step, written by a first compile into a new
+    folder."""
+    folder = tmp_path_factory.mktemp("steps") / "new"
+    model, params, state, batch, _ = _eval_setup()
+    make_eval_step(model, losses.cross_entropy, compile_cache=folder)(params, state, batch)
+    (path,) = folder.iterdir()
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    return path.name, path.read_bytes(), compile_cache._read(path)[0]
+
+
+def _run_eval_step(folder: Path):
+    model, params, state, batch, expected = _eval_setup()
+    metrics = make_eval_step(model, losses.cross_entropy, compile_cache=folder)(params, state, batch)
+    torch.testing.assert_close(metrics["loss"], expected["loss"])
+    torch.testing.assert_close(metrics["accuracy"], expected["accuracy"])
+
+
+def test_the_planted_payload_runs_code_when_unpickled(tmp_path):
+    # What these tests plant really runs when torch loads it: they could fail.
+    marker = tmp_path / "marker"
+    with pytest.raises(Exception):   # noqa: B017 (torch's loader fails after the code ran)
+        torch.compiler.load_compiled_function(io.BytesIO(pickle.dumps(_Planted(marker))))
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize("planted", ["payload replaced", "wrong HMAC", "group-writable", "a symbolic link",
+                                     "another user's"])
+def test_a_planted_saved_step_is_not_unpickled_and_is_compiled_again(planted, saved_eval_step, tmp_path):
+    name, saved, header = saved_eval_step
+    folder, marker = tmp_path / "steps", tmp_path / "marker"
+    assert private_dir(folder) is None
+    path = folder / name
+    path.write_bytes(saved)
+    evil = pickle.dumps(_Planted(marker))
+    if planted == "payload replaced":   # the saved file's format, HMAC and header, another payload
+        end = saved.index(b"\n", len(compile_cache._MAGIC) + compile_cache._MAC_HEX + 1)
+        path.write_bytes(saved[:end + 1] + evil)
+        reason = "HMAC does not match"
+    elif planted == "wrong HMAC":      # a valid-looking file signed with another key
+        mac_at = len(compile_cache._MAGIC)
+        path.write_bytes(saved[:mac_at] + (b"0" if saved[mac_at:mac_at + 1] != b"0" else b"1") + saved[mac_at + 1:])
+        reason = "HMAC does not match"
+    else:   # signed with the user's key (as only deepfn could): the owner, mode and link checks stop it
+        planted_path = path if planted != "a symbolic link" else tmp_path / "elsewhere" / name
+        assert private_dir(planted_path.parent) is None
+        compile_cache._write(planted_path, header, evil)
+        if planted == "group-writable":
+            path.chmod(0o660)
+            reason = r"is writable by group or others \(mode 0o660\)"
+        elif planted == "a symbolic link":
+            path.unlink()
+            path.symlink_to(planted_path)
+            reason = "is a symbolic link"
+        else:
+            try:
+                os.chown(path, OTHER_USER, OTHER_USER)
+            except PermissionError:
+                pytest.skip("simulating another user's file needs root (os.chown)")
+            reason = f"is owned by user id {OTHER_USER}"
+    with pytest.warns(UserWarning, match=rf"not using the saved compiled step {path} \(UntrustedFileError: "
+                                         rf".*{reason}.*compiling it again"):
+        _run_eval_step(folder)
+    assert not marker.exists()
+    replaced = os.lstat(path)   # by the step compiled again
+    assert stat.S_ISREG(replaced.st_mode) and replaced.st_uid == os.getuid() and stat.S_IMODE(replaced.st_mode) == 0o600
+    assert compile_cache._read(path)[0] == header
+
+
+@pytest.mark.parametrize("folder_kind", ["group-writable", "another user's"])
+def test_a_folder_others_can_write_is_not_used(folder_kind, saved_eval_step, tmp_path):
+    name, _, header = saved_eval_step
+    folder, marker = tmp_path / "shared", tmp_path / "marker"
+    assert private_dir(folder) is None
+    compile_cache._write(folder / name, header, pickle.dumps(_Planted(marker)))   # signed: only the folder stops it
+    planted = (folder / name).read_bytes()
+    if folder_kind == "group-writable":
+        folder.chmod(0o770)
+        reason = r"writable by group or others \(mode 0o770\)"
+    else:
+        try:
+            os.chown(folder, OTHER_USER, OTHER_USER)
+        except PermissionError:
+            pytest.skip("simulating another user's folder needs root (os.chown)")
+        reason = f"owned by user id {OTHER_USER}"
+    with pytest.warns(UserWarning, match=rf"cannot be saved to compile_cache \(the folder {folder} is {reason}.*; a "
+                                         r"folder of saved steps holds code.*runs compiled but unsaved"):
+        _run_eval_step(folder)
+    assert not marker.exists()
+    assert (folder / name).read_bytes() == planted and len(list(folder.iterdir())) == 1   # left as it was
+    if folder_kind == "group-writable":
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o770
+
