@@ -46,7 +46,6 @@ naming it and why, then the step compiles again and the file is replaced.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import functools
@@ -59,14 +58,13 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 
-from .. import tree
+from .. import _torch, tree
 from .._fingerprint import SCALAR_TYPES, fingerprint
 from .._own_code import with_own_code
 from .._private_files import (
@@ -78,6 +76,7 @@ from .._private_files import (
     write_private,
 )
 from ._guard_filter import library_globals_unguarded
+from ._guard_pickling import keep_functions_whole
 
 __all__ = ["compiled", "require_compiled"]
 
@@ -223,7 +222,10 @@ class SavedCompile:
     def path_for(self, args: tuple[Any, ...]) -> Path:
         """The file that holds (or will hold) the step compiled for ``args`` (named anew on each
         call: the objects the step closes over may have changed since the last one)."""
-        settings = (_environment(), inductor_options(args, self._training))
+        environment = _environment()
+        if environment is None:   # caught by the caller: the step runs compiled but unsaved
+            raise RuntimeError("torch's compiler settings cannot be read on this torch release")
+        settings = (environment, inductor_options(args, self._training))
         return self._dir / f"{fingerprint(self._fn, settings)[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
 
     def _untrusted_folder(self) -> str | None:
@@ -276,9 +278,9 @@ class SavedCompile:
     def _compile(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, str]:
         """The step compiled ahead of time for ``args`` and saved to ``path``, or ``(None, why)``
         when torch cannot capture it that way."""
-        _forget_module_sources()
+        _torch.forget_module_sources()   # a module edited since is saved as it reads now
         try:
-            with _functions_keep_their_attributes():
+            with keep_functions_whole():
                 # Static shapes and values: one file per input signature, and no restart of the
                 # analysis for values an earlier compile of the same code saw change (aot_compile
                 # cannot restart: "TensorifyScalarRestartAnalysis").
@@ -335,17 +337,6 @@ def _module_values(program: Any) -> dict[str, str]:
     return out
 
 
-def _forget_module_sources() -> None:
-    """torch keeps each module's source, read once per process, for the files it saves: drop
-    it, so a module edited and reloaded since is saved as it reads now (else the next process
-    would find the file stale and compile again)."""
-    from torch._dynamo import package
-
-    clear = getattr(getattr(package, "_get_module_content", None), "cache_clear", None)
-    if clear is not None:
-        clear()
-
-
 def _counts(value: Any) -> bool:
     """A module-level value that a traced step may have baked in: a constant (number, string,
     flag, ``None``, dtype, device, enum), a tensor (its metadata), a function or class, or a
@@ -389,20 +380,18 @@ def _collect(fn: types.FunctionType, prefix: str, out: dict[str, Any], seen: set
             out[path] = value
 
 
-def _environment() -> tuple[Any, ...]:
+def _environment() -> tuple[Any, ...] | None:
     """What else decides the compiled code: versions, the CPU's instruction set, global modes and
-    the compilers' settings."""
-    import torch._dynamo.config
-    import torch._functorch.config
-    import torch._inductor.config
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    configs = tuple(sorted(m.save_config_portable().items()) for m in
-                    (torch._dynamo.config, torch._inductor.config, torch._functorch.config))
+    the compilers' settings; ``None`` when torch's settings cannot be read (then nothing is saved
+    or loaded)."""
+    settings = _torch.compiler_settings()
+    if settings is None:
+        return None
+    configs, vec_isa = settings
     autocast = tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda"))
     # The CPU's vector instructions shape Inductor's C++ (an AVX-512 loop steps 16 floats, an
     # AVX2 one 8), and torch's own check of a saved file compares GPUs only.
-    isa = (str(pick_vec_isa()), torch.backends.cpu.get_cpu_capability(), os.environ.get("ATEN_CPU_CAPABILITY"))
+    isa = (vec_isa, torch.backends.cpu.get_cpu_capability(), os.environ.get("ATEN_CPU_CAPABILITY"))
     return (sys.version, torch.__version__, isa, torch.get_default_dtype(), torch.get_default_device(),
             torch.is_grad_enabled(), autocast, torch.are_deterministic_algorithms_enabled(),
             torch.get_float32_matmul_precision(), configs)
@@ -418,15 +407,3 @@ def _changed_sources(program: Any) -> str | None:
         if current != source.content:
             return source.module
     return None
-
-
-@contextlib.contextmanager
-def _functions_keep_their_attributes() -> Iterator[None]:
-    """While compiling for a save: Dynamo's guard inputs keep nested functions whole (see
-    :mod:`deepfn.train._guard_pickling`)."""
-    import torch._dynamo.guards as guards
-
-    from ._guard_pickling import WholeFunctionPickler
-
-    with mock.patch.object(guards, "GuardsStatePickler", WholeFunctionPickler):
-        yield
