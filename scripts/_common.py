@@ -7,16 +7,18 @@ Every script takes the same core flags (``--device --seed --compile/--no-compile
 
 ``--distributed`` makes a script data parallel under ``torchrun --nproc_per_node N``:
 ``--batch-size`` stays the global batch, every rank trains on its shard, and only rank 0
-writes files and prints (see docs/distributed.md).
+writes files and prints (see docs/guides/distributed.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -31,13 +33,111 @@ from deepfn import amp, distributed, tree  # noqa: E402
 REPO_ROOT = _ROOT
 
 
+# -- flag types: argparse turns an ArgumentTypeError into "argument --flag: <message>", exit 2 --
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an int' if kind is int else 'a number'}; got {text}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``type=`` for counts and sizes: an int ``>= 1``."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """``type=`` for ``--seed``: an int in ``[0, 2**64)`` (``random.key`` keeps 64 bits, so a
+    negative seed would alias a large one)."""
+    value = _number(text, int)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**64); got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``type=`` for rates, scales and times: a finite number ``> 0`` (no inf, no nan)."""
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """``type=`` for penalties such as weight decay: a finite number ``>= 0``."""
+    value = _number(text, float)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """``type=`` for dropout rates: a number in ``[0, 1)`` (1 would drop everything)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """``type=`` for mixing weights: a number in ``[0, 1]``."""
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]; got {text}")
+    return value
+
+
+def device(text: str) -> str:
+    """``type=`` for ``--device``: a device torch knows and this machine has (``cpu``,
+    ``cuda``, ``cuda:N`` with N below the GPU count, ``mps``), returned in torch's spelling."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a torch device such as cpu, cuda or cuda:0; got {text}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"CUDA is not available here; got {text} (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; got {text}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"MPS is not available here; got {text} (use --device cpu)")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps (a device to train on); got {text}")
+    return str(dev)
+
+
+def existing_file(text: str) -> str:
+    """``type=`` for input files: a path to an existing regular file."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"must be an existing file; got {text}"
+                                         + (" (a folder)" if os.path.isdir(text) else " (no such file)"))
+    return text
+
+
+def check_batch_fits(p: argparse.ArgumentParser, args: argparse.Namespace, n_train: int) -> None:
+    """``--batch-size`` at most the training set (after ``--limit``), so an epoch has an update;
+    a ``parser.error`` (exit 2) naming the flag otherwise."""
+    if args.batch_size > n_train:
+        p.error(f"argument --batch-size: must be at most the number of training examples ({n_train}); "
+                f"got {args.batch_size}")
+
+
 def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the flags every script shares; defaults are the script's."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to train on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the run's base key (deepfn.random.key)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the run's base key (deepfn.random.key)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the train/eval steps (default: on for CUDA, off for CPU, "
                         "where compiling costs more than it saves on short runs)")
@@ -49,18 +149,18 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
                    help="when compiling: neither save nor load compiled steps")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 compute on CPU; fp16 with dynamic loss scaling on CUDA")
-    p.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="training batch size")
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (off if unset)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many updates (smoke tests)")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="maximum number of epochs")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="training batch size")
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience in epochs (off if unset)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many updates (smoke tests)")
     p.add_argument("--out", default=out, help="output folder: config, history, curves, checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--distributed", action="store_true",
                    help="data parallel under `torchrun --nproc_per_node N`: gloo on CPU, NCCL (cuda:LOCAL_RANK) "
                         "on CUDA; --batch-size is the global batch; only rank 0 writes and prints")
-    p.add_argument("--dist-timeout", type=float, default=1800.0,
+    p.add_argument("--dist-timeout", type=positive_float, default=1800.0,
                    help="seconds a collective waits for the other ranks before the job fails")
     return p
 
@@ -105,7 +205,10 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items()}
     config.update(resolved_device=str(device), resolved_compile=compile_, resolved_compile_cache=compile_cache,
                   world_size=distributed.world_size(),
-                  policy=None if policy is None else str(policy), torch=torch.__version__)
+                  policy=None if policy is None else str(policy), torch=torch.__version__,
+                  threads=torch.get_num_threads())
+    if args.resume and distributed.is_main():
+        warn_if_threads_differ(os.path.join(args.out, "config.json"), config["threads"])
     if distributed.is_main():
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
@@ -116,6 +219,32 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
             "config": json.loads(json.dumps(config, default=str)),
             "checkpoints": os.path.join(args.out, "checkpoints"),
             "history": os.path.join(args.out, "history.jsonl"), "plot": os.path.join(args.out, "curves.png")}
+
+
+def warn_if_threads_differ(config_path: str, threads: int) -> None:
+    """Warn when the run being resumed recorded another CPU thread count in its ``config.json``.
+
+    Reductions split their work by thread, so float sums round differently with another
+    ``OMP_NUM_THREADS`` (as in torch itself): the resumed run is then not bit-identical to
+    one that was never interrupted.
+    """
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            before = json.load(f).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return   # no readable config: nothing to compare with
+    if isinstance(before, int) and before != threads:
+        warnings.warn(f"--resume: this process uses {threads} CPU threads, the run it resumes used {before} "
+                      f"({config_path}); float rounding depends on the thread count, so the resumed run will not "
+                      f"be bit-identical to an uninterrupted one (set OMP_NUM_THREADS={before} to match)",
+                      RuntimeWarning, stacklevel=2)
+
+
+def epochs_run(history: Any) -> int:
+    """The epochs the whole run has trained, counted from the history's rows (each names its
+    epoch; a resumed run's history holds the earlier runs' rows too, and an epoch cut short
+    by ``--max-steps`` and then finished after a resume has two rows)."""
+    return len({row["epoch"] for row in history.rows})
 
 
 def to_device(x: Any, device: torch.device) -> Any:

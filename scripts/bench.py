@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                              "compiled contender of a workload, so that compile times are cold; warm starts "
                              "are then measured against it)")
     args = parser.parse_args(argv)
+    if args.label is not None and (not args.label.strip() or os.sep in args.label or "/" in args.label
+                                   or args.label in (".", "..")):
+        parser.error(f"argument --label: must be a file name without a folder (results go to --out); got {args.label!r}")
     if not args.keep_compile_cache:
         # Read by Inductor whenever it looks for its cache, so setting it here is early enough.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfn-bench-inductor-")

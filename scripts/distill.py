@@ -36,15 +36,15 @@ from deepfn.train import (
 
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=300, batch_size=64, lr=3e-3, out="runs/distill")
-    p.add_argument("--teacher-epochs", type=int, default=15)
-    p.add_argument("--teacher-checkpoint", default=None,
+    p.add_argument("--teacher-epochs", type=_common.positive_int, default=15)
+    p.add_argument("--teacher-checkpoint", type=_common.existing_file, default=None,
                    help="a TrainState checkpoint of the teacher (e.g. from train_cnn.py with the same "
                         "--teacher-base-channels); skips teacher training")
-    p.add_argument("--teacher-base-channels", type=int, default=16)
-    p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="student MLP widths")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher (soft) term")
-    p.add_argument("--student-seeds", type=int, default=5,
+    p.add_argument("--teacher-base-channels", type=_common.positive_int, default=16)
+    p.add_argument("--student-hidden", type=_common.positive_int, nargs="+", default=[32], help="student MLP widths")
+    p.add_argument("--temperature", type=_common.positive_float, default=4.0)
+    p.add_argument("--alpha", type=_common.fraction, default=0.5, help="weight of the teacher (soft) term")
+    p.add_argument("--student-seeds", type=_common.positive_int, default=5,
                    help="students trained per arm (alone / distilled), paired by seed")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="random 1-pixel shifts of the training images in both arms; the teacher then "
@@ -90,13 +90,13 @@ def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=No
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run = _common.setup(args)
     dev = run["device"]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tuple(t.to(dev) for t in data.digits(s))
                                                 for s in ("train", "val", "test"))
-    if args.student_seeds < 1:
-        raise SystemExit(f"--student-seeds must be >= 1; got {args.student_seeds}")
+    _common.check_batch_fits(parser, args, x_tr.shape[0])
     k_teacher, k_student = random.split(random.key(args.seed).to(dev))
 
     teacher = AdvancedCNN(1, 10, base_channels=args.teacher_base_channels, num_blocks=(1, 1, 1, 1),

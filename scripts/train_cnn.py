@@ -32,17 +32,17 @@ def build_parser():
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (torchvision layout; default: "
                    "$DEEPFN_DATA_DIR/cifar10, else ~/.cache/deepfn/data/cifar10)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-dir")
-    p.add_argument("--val-size", type=int, default=5000,
+    p.add_argument("--val-size", type=_common.positive_int, default=5000,
                    help="cifar10: the last N training images form the validation split")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--base-channels", type=int, default=None, help="width of stage 1 (default 16 digits, 64 cifar10)")
-    p.add_argument("--blocks", type=int, nargs=4, default=None, help="residual blocks per stage (default 1 1 1 1 "
+    p.add_argument("--limit", type=_common.positive_int, default=None, help="use only the first N training examples")
+    p.add_argument("--base-channels", type=_common.positive_int, default=None, help="width of stage 1 (default 16 digits, 64 cifar10)")
+    p.add_argument("--blocks", type=_common.positive_int, nargs=4, default=None, help="residual blocks per stage (default 1 1 1 1 "
                    "digits, 2 2 2 2 cifar10)")
     p.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW decoupled weight decay")
-    p.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per update")
-    p.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm")
+    p.add_argument("--dropout", type=_common.probability, default=0.2)
+    p.add_argument("--weight-decay", type=_common.nonnegative_float, default=5e-4, help="AdamW decoupled weight decay")
+    p.add_argument("--accumulation-steps", type=_common.positive_int, default=1, help="micro-batches per update")
+    p.add_argument("--clip-norm", type=_common.positive_float, default=None, help="clip the global gradient norm")
     p.add_argument("--augment", action="store_true",
                    help="random crops (padding 1 for digits, 4 + horizontal flips for cifar10)")
     return p
@@ -88,10 +88,15 @@ def make_augment(args):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size % args.accumulation_steps:
+        parser.error(f"argument --accumulation-steps: must divide --batch-size ({args.batch_size}); "
+                     f"got {args.accumulation_steps}")
     run = _common.setup(args)
     dev = run["device"]
     (x_tr, y_tr), val, test_data = load(args, dev)
+    _common.check_batch_fits(parser, args, x_tr.shape[0])
     digits = args.dataset == "digits"
     model = AdvancedCNN(input_channels=x_tr.shape[1], num_classes=10,
                         base_channels=args.base_channels or (16 if digits else 64),
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mode="max", **_common.fit_kwargs(args, run))
     test = evaluate(eval_step, ts.params, ts.state, test_data, 500, distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
-                          best_epoch=history.best_epoch, epochs_run=len(history.rows),
+                          best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])
 
 

@@ -21,10 +21,10 @@ from deepfn.train import ensemble_train_state, evaluate, fit, make_ensemble_trai
 
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=30, batch_size=64, lr=1e-3, out="runs/ensemble")
-    p.add_argument("--members", type=int, default=5, help="ensemble size N")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 64])
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--bins", type=int, default=15, help="confidence bins of the calibration error")
+    p.add_argument("--members", type=_common.positive_int, default=5, help="ensemble size N")
+    p.add_argument("--hidden", type=_common.positive_int, nargs="+", default=[128, 64])
+    p.add_argument("--dropout", type=_common.probability, default=0.1)
+    p.add_argument("--bins", type=_common.positive_int, default=15, help="confidence bins of the calibration error")
     return p
 
 
@@ -58,7 +58,8 @@ def make_eval_step(model):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.distributed:
         # The members' steps run under vmap, where a collective cannot go.
         raise SystemExit("train_ensemble.py: --distributed is not supported (the ensemble step has no all_reduce)")
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (tuple(t.to(dev) for t in data.digits(s))
                                                 for s in ("train", "val", "test"))
     x_tr, x_va, x_te = (x.flatten(1) for x in (x_tr, x_va, x_te))
+    _common.check_batch_fits(parser, args, x_tr.shape[0])
     n = args.members
     model = MLP(64, tuple(args.hidden), 10, dropout_rate=args.dropout, batch_norm=True)
     schedule = optim.cosine_decay(args.lr, max(args.epochs * (x_tr.shape[0] // args.batch_size), 1), alpha=0.05)

@@ -21,21 +21,23 @@ from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_s
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=40, batch_size=64, lr=1e-3, out="runs/mlp")
     p.set_defaults(patience=10)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="hidden layer widths")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate after each hidden layer")
+    p.add_argument("--hidden", type=_common.positive_int, nargs="+", default=[256, 128], help="hidden layer widths")
+    p.add_argument("--dropout", type=_common.probability, default=0.2, help="dropout rate after each hidden layer")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
                    help="batch norm after each hidden layer")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
+    p.add_argument("--weight-decay", type=_common.nonnegative_float, default=1e-4, help="AdamW decoupled weight decay")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run = _common.setup(args)
     dev = run["device"]
     flat = lambda split: tuple(t.to(dev) for t in data.digits(split))  # noqa: E731
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = flat("train"), flat("val"), flat("test")
     x_tr, x_va, x_te = (x.flatten(1) for x in (x_tr, x_va, x_te))
+    _common.check_batch_fits(parser, args, x_tr.shape[0])
 
     model = MLP(x_tr.shape[1], tuple(args.hidden), 10, dropout_rate=args.dropout, batch_norm=args.batch_norm)
     steps_per_epoch = x_tr.shape[0] // args.batch_size
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
                       val_data=(x_va, y_va), eval_batch_size=512, **_common.fit_kwargs(args, run))
     test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512, distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
-                          best_epoch=history.best_epoch, epochs_run=len(history.rows),
+                          best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])
 
 

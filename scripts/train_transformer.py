@@ -39,23 +39,34 @@ def build_parser():
                         "else ~/.cache/deepfn/data/multi30k)")
     p.add_argument("--download", action="store_true",
                    help="fetch the missing Multi30k files into --data-dir (SHA-256 checked)")
-    p.add_argument("--time-budget-min", type=float, default=20.0, help="stop training after this many minutes")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs of every split")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--max-len", type=int, default=64, help="tokens per sentence (longer ones are cut)")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--n-layers", type=int, default=3)
-    p.add_argument("--d-ff", type=int, default=1024)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--time-budget-min", type=_common.positive_float, default=20.0, help="stop training after this many minutes")
+    p.add_argument("--limit", type=_common.positive_int, default=None, help="use only the first N pairs of every split")
+    p.add_argument("--vocab-size", type=_common.positive_int, default=8000)
+    p.add_argument("--max-len", type=_common.positive_int, default=64, help="tokens per sentence (longer ones are cut)")
+    p.add_argument("--d-model", type=_common.positive_int, default=256)
+    p.add_argument("--n-heads", type=_common.positive_int, default=4)
+    p.add_argument("--n-layers", type=_common.positive_int, default=3)
+    p.add_argument("--d-ff", type=_common.positive_int, default=1024)
+    p.add_argument("--dropout", type=_common.probability, default=0.1)
     p.add_argument("--schedule", choices=("noam", "one_cycle"), default="noam",
                    help="noam: warmup then 1/sqrt(step), peak ~--lr; one_cycle: over --epochs")
-    p.add_argument("--warmup", type=int, default=1000, help="noam warmup steps")
+    p.add_argument("--warmup", type=_common.positive_int, default=1000, help="noam warmup steps")
     p.add_argument("--no-bucketing", action="store_true",
                    help="random batches instead of batches of similar lengths (2x the padding)")
-    p.add_argument("--bleu-subset", type=int, default=200, help="validation pairs for the per-epoch greedy BLEU")
-    p.add_argument("--beam-size", type=int, default=4, help="beam width for the test BLEU (1: greedy)")
+    p.add_argument("--bleu-subset", type=_common.positive_int, default=200, help="validation pairs for the per-epoch greedy BLEU")
+    p.add_argument("--beam-size", type=_common.positive_int, default=4, help="beam width for the test BLEU (1: greedy)")
     return p
+
+
+def check_args(parser, args) -> None:
+    """Flags that constrain each other: a ``parser.error`` (exit 2) naming the flag."""
+    if args.d_model % args.n_heads:
+        parser.error(f"argument --n-heads: must divide --d-model ({args.d_model}); got {args.n_heads}")
+    if args.vocab_size <= len(SPECIALS):
+        parser.error(f"argument --vocab-size: must exceed the {len(SPECIALS)} special tokens {SPECIALS}; "
+                     f"got {args.vocab_size}")
+    if args.max_len < 2:
+        parser.error(f"argument --max-len: must be at least 2 (a token and <eos>); got {args.max_len}")
 
 
 def tokenizer_for(path, pairs, vocab_size):
@@ -122,7 +133,9 @@ def bleu(hypotheses, references):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     run = _common.setup(args)
     dev = run["device"]
     if not distributed.is_main():
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                       **_common.fit_kwargs(args, run))
     val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn,
                    distributed=args.distributed)
-    figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=len(history.rows),
+    figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                    params=tree.size(ts.params),
                    vocab=tok.get_vocab_size(), steps=history.rows[-1]["step"])
     if distributed.is_main():   # beam search over the test set: once, on rank 0

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from deepfn import checkpoint
 
@@ -70,10 +71,35 @@ def test_train_mlp_and_resume(tmp_path, capsys):
     assert [r["step"] for r in rows] == [3] and rows[0]["partial"] and ckpts == ["ckpt_000000003.safetensors"]
     assert 0.0 <= first["test_acc"] <= 1.0 and first["params"] > 0
     assert "RESULT test_acc=" in capsys.readouterr().out
+    assert first["epochs_run"] == 1
+    assert json.load(open(os.path.join(out, "config.json")))["threads"] == torch.get_num_threads()
     second = main([*TINY, "--out", out, "--max-steps", "6", "--resume"])
     rows, ckpts = _outputs(out)
     assert [r["step"] for r in rows] == [3, 6] and second["steps"] == 6
+    # Two rows, both of epoch 1 (cut short by --max-steps twice): one epoch run, counted from the history.
+    assert [r["epoch"] for r in rows] == [1, 1] and second["epochs_run"] == 1
     assert int(checkpoint.load(os.path.join(out, "checkpoints", ckpts[-1])).step) == 6
+
+
+def test_resume_with_another_thread_count_warns(tmp_path):
+    common = _script("train_mlp")._common
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"threads": torch.get_num_threads() + 1}))
+    args = _script("train_mlp").build_parser().parse_args(["--no-compile", "--out", str(out), "--resume"])
+    with pytest.warns(RuntimeWarning, match=rf"--resume: this process uses {torch.get_num_threads()} CPU threads, "
+                                            rf"the run it resumes used {torch.get_num_threads() + 1}.*OMP_NUM_THREADS"):
+        common.setup(args)
+    assert json.load(open(out / "config.json"))["threads"] == torch.get_num_threads()
+
+
+def test_resume_with_the_same_thread_count_is_quiet(tmp_path, recwarn):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"threads": torch.get_num_threads()}))
+    args = _script("train_mlp").build_parser().parse_args(["--no-compile", "--out", str(out), "--resume"])
+    _script("train_mlp")._common.setup(args)
+    assert not [w for w in recwarn if "threads" in str(w.message)]
 
 
 def test_compiled_runs_save_their_steps_unless_told_not_to(tmp_path):
