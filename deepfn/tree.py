@@ -73,7 +73,15 @@ def ones_like(tree: PyTree) -> PyTree:
 
 
 def cast(tree: PyTree, dtype: torch.dtype) -> PyTree:
-    """Cast floating-point leaves to ``dtype``; integer, bool and non-tensor leaves are kept."""
+    """Cast floating-point leaves to ``dtype``; integer, bool and non-tensor leaves are kept.
+
+    Raises:
+        TypeError: ``dtype`` is not a floating ``torch.dtype`` (casting weights to integers
+            would silently truncate them).
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"deepfn.tree.cast: dtype must be floating (it casts the floating leaves); got {dtype!r}")
+
     def one(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
             return x.to(dtype)
@@ -103,6 +111,17 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     """Stack trees of the same structure along a new leading axis (ensembles, vmap)."""
     if len(trees) == 0:
         raise ValueError("deepfn.tree.stack: needs at least one tree; got an empty sequence")
+    first = pytree.tree_structure(trees[0])
+    for i, t in enumerate(trees[1:], 1):
+        if pytree.tree_structure(t) != first:
+            raise ValueError(f"deepfn.tree.stack: tree {i} must have the structure of tree 0;\n"
+                             f"  tree 0: {first}\n  tree {i}: {pytree.tree_structure(t)}")
+
+    columns = [leaves(t) for t in trees]
+    for j, path in enumerate(_flat.paths(trees[0])):
+        shapes = [list(c[j].shape) if isinstance(c[j], torch.Tensor) else type(c[j]).__name__ for c in columns]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"deepfn.tree.stack: leaf {path!r} must have one shape in every tree; got {shapes}")
     return map(lambda *xs: torch.stack(xs), trees[0], *trees[1:])
 
 

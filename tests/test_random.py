@@ -458,3 +458,16 @@ def test_compiled_vmap_grad_with_dropout_equals_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
     assert torch.equal(compiled == 0, eager == 0)
     assert not torch.equal(eager[0], eager[1])       # a batch of keys: independent masks
+
+
+def test_bernoulli_reads_a_tensor_p_only_eagerly():
+    """The range check of a tensor ``p`` needs its values: eagerly it raises, while compiled
+    (fullgraph) and under vmap it is skipped rather than breaking the graph or the transform."""
+    key = random.key(0)
+    with pytest.raises(ValueError, match=r"bernoulli: p must lie in \[0, 1\]; got 1\.5 in float32 \[2\]"):
+        random.bernoulli(key, torch.tensor([0.5, 1.5]), (2,))
+    p = torch.tensor([0.25, 0.75])
+    compiled = torch.compile(lambda k, p: random.bernoulli(k, p, (2,)), fullgraph=True)
+    assert torch.equal(compiled(key, p), random.bernoulli(key, p, (2,)))
+    batched = torch.func.vmap(lambda p: random.bernoulli(key, p, (2,)))(p.expand(3, 2))
+    assert batched.shape == (3, 2)

@@ -109,8 +109,16 @@ def test_stack_unstack_round_trip():
 def test_stack_errors():
     with pytest.raises(ValueError, match=r"deepfn\.tree\.stack: needs at least one tree"):
         tree.stack([])
-    with pytest.raises(ValueError, match=r"different structure"):
+    with pytest.raises(ValueError, match=r"deepfn\.tree\.stack: tree 1 must have the structure of tree 0"):
         tree.stack([{"a": torch.ones(1)}, {"b": torch.ones(1)}])
+    with pytest.raises(ValueError, match=r"deepfn\.tree\.stack: leaf 'a\.b' must have one shape in every tree; "
+                                         r"got \[\[1\], \[1\], \[2\]\]"):
+        tree.stack([{"a": {"b": torch.ones(1)}}] * 2 + [{"a": {"b": torch.ones(2)}}])
+
+
+def test_cast_to_a_non_floating_dtype_raises():
+    with pytest.raises(TypeError, match=r"deepfn\.tree\.cast: dtype must be floating .*got torch\.int64"):
+        tree.cast({"a": torch.ones(1)}, torch.int64)
 
 
 def test_unstack_errors():

@@ -26,6 +26,8 @@ def _check_int(fn: str, name: str, value: object, low: int) -> int:
 
 def shard_size(n: int, world_size: int, drop_last: bool = False) -> int:
     """How many indices each rank gets from :func:`shard_indices` (the same on every rank)."""
+    _check_int("deepfn.distributed.shard_size", "n", n, 0)
+    _check_int("deepfn.distributed.shard_size", "world_size", world_size, 1)
     if drop_last and n % world_size:
         return math.ceil((n - world_size) / world_size)
     return math.ceil(n / world_size)

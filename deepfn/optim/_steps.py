@@ -67,8 +67,11 @@ def concrete(x: Any) -> bool:
 
 
 def check_number(where_: str, name: str, value: Any, *, low: float | None = None,
-                 low_open: bool = False, high: float | None = None, high_open: bool = False) -> float:
-    """Config check: a real number in the given range; returns it as a float."""
+                 low_open: bool = False, high: float | None = None, high_open: bool = False,
+                 finite: bool = True) -> float:
+    """Config check: a real number in the given range, finite unless ``finite=False`` (an
+    infinite learning rate or decay is accepted by the arithmetic and ruins every parameter);
+    returns it as a float."""
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
     rng = f" in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
@@ -78,6 +81,8 @@ def check_number(where_: str, name: str, value: Any, *, low: float | None = None
     bad_high = high is not None and (value >= high if high_open else value > high)
     if bad_low or bad_high:
         raise ValueError(f"{where_}: {name} must be{rng}; got {value!r}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{where_}: {name} must be finite{rng}; got {value!r}")
     return float(value)
 
 

@@ -17,7 +17,9 @@ from .base import (
     ScalarOrSchedule,
     chain,
     check_count,
+    check_shapes,
     check_specs,
+    check_state,
     mark,
     zero_count,
 )
@@ -75,11 +77,12 @@ def scale_by_adam(betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8) -> Gra
         return ScaleByAdamState(zero_count(params), tree.zeros_like(params), tree.zeros_like(params))
 
     def update(updates: PyTree, state: ScaleByAdamState, params: PyTree = None, *, donate_state: bool = False):
-        check_count(name, state.count)
+        check_state(name, state, ScaleByAdamState)
         gs, spec = _flat.flatten(updates)
         mu, mu_spec = _flat.flatten(state.mu)
         nu, _ = _flat.flatten(state.nu)
         check_specs(name, "updates", spec, mu_spec, updates, state.mu, "the moments")
+        check_shapes(name, "updates", gs, mu, state.mu, "the moments")
         fe = _ops.use_foreach(gs)
         count, mu, nu, out, scale = _adam_step(gs, mu, nu, state.count, _beta1(b1, state.count), b2, eps, fe,
                                                donate_state)
@@ -130,7 +133,7 @@ def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: 
     Raises:
         ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = adam(lr=0.1)
         >>> p = {"w": torch.zeros(2)}
@@ -172,6 +175,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
         mu, mu_spec = _flat.flatten(adam_s.mu)
         check_specs("deepfn.optim.scale_by_adam", "updates", spec, mu_spec, updates, adam_s.mu, "the moments")
+        check_shapes("deepfn.optim.scale_by_adam", "updates", gs, mu, adam_s.mu, "the moments")
         ps, p_spec = _flat.flatten(params)
         where = "deepfn.optim.add_decayed_weights"
         check_specs(where, "updates", spec, p_spec, updates, params)

@@ -24,7 +24,8 @@ from ..typing import PyTree, Tensor
 from . import _ops
 
 __all__ = [
-    "EmptyState", "GradientTransformation", "Schedule", "ScalarOrSchedule", "apply_updates", "chain", "donates", "identity", "mark",
+    "EmptyState", "GradientTransformation", "Schedule", "ScalarOrSchedule", "apply_updates",
+    "chain", "donates", "identity", "mark",
 ]
 
 #: ``step -> learning rate``; a step is an ``int`` or a 0-d integer tensor.
@@ -56,7 +57,7 @@ def identity() -> GradientTransformation:
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` in order; the state is the tuple of their states.
 
-    Example:
+    Examples:
         >>> import torch, deepfn.optim as optim
         >>> opt = optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(lr=0.1))
         >>> p = {"w": torch.ones(2)}
@@ -146,6 +147,7 @@ def apply_updates(params: PyTree, updates: PyTree, *, donate_updates: bool = Fal
     p_leaves, p_spec = _flat.flatten(params)
     u_leaves, u_spec = _flat.flatten(updates)
     check_specs("deepfn.optim.apply_updates", "updates", u_spec, p_spec, updates, params)
+    check_shapes("deepfn.optim.apply_updates", "updates", u_leaves, p_leaves, params)
     fe = _ops.use_foreach(p_leaves)
     if donate_updates and not donate_params and fe and all(
             u.dtype == p.dtype and u.shape == p.shape for u, p in zip(u_leaves, p_leaves, strict=True)):
@@ -176,6 +178,29 @@ def zero_count(params: PyTree) -> Tensor:
     leaves = [x for x in _flat.flatten(params)[0] if isinstance(x, torch.Tensor)]
     device = leaves[0].device if leaves else None
     return torch.zeros((), dtype=torch.int64, device=device)
+
+
+def check_state(where: str, state: Any, cls: type) -> None:
+    """Raise ``TypeError`` unless ``state`` is a ``cls`` (the state this transformation's
+    ``init`` makes), then check its ``count``: another optimizer's state fails here, named,
+    instead of deep inside the update."""
+    if not isinstance(state, cls):
+        raise TypeError(f"{where}: state must be a {cls.__name__} (from this optimizer's init); "
+                        f"got {type(state).__name__} (the state of another optimizer?)")
+    if hasattr(cls, "_fields") and "count" in cls._fields:
+        check_count(where, state.count)
+
+
+def check_shapes(where: str, name: str, leaves: list[Any], ref_leaves: list[Any], ref: PyTree,
+                 ref_name: str = "params") -> None:
+    """Raise ``ValueError`` naming the first leaf whose shape differs from its reference's
+    (the structures are already equal): a ``[3]`` update must not broadcast into a ``[3, 1]``
+    parameter."""
+    for i, (x, r) in enumerate(zip(leaves, ref_leaves, strict=True)):
+        if isinstance(x, torch.Tensor) and isinstance(r, torch.Tensor) and x.shape != r.shape:
+            path = _flat.paths(ref)[i]
+            raise ValueError(f"{where}: {name}[{path!r}] must have the shape of {ref_name}[{path!r}], "
+                             f"[{', '.join(map(str, r.shape))}]; got {describe(x)}")
 
 
 def check_count(where: str, count: Any) -> None:

@@ -8,7 +8,9 @@ from .. import _flat, tree
 from ..typing import PyTree
 from . import _ops
 from . import _steps as S
-from .base import EmptyState, GradientTransformation, mark
+from .base import EmptyState, GradientTransformation, check_state, mark
+
+__all__ = ["clip_by_global_norm"]
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -17,16 +19,18 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     The norm is ``clip_grad_norm_``'s: the 2-norm of the per-leaf 2-norms, in the first
     leaf's dtype; the 1e-6 is torch's too, so clipped gradients equal torch's.
 
-    Example:
+    Examples:
         >>> import torch
         >>> u, _ = clip_by_global_norm(1.0).update({"w": torch.tensor([3.0, 4.0])}, EmptyState())
         >>> [round(v, 4) for v in u["w"].tolist()]
         [0.6, 0.8]
     """
     name = "deepfn.optim.clip_by_global_norm"
-    max_norm = S.check_number(name, "max_norm", max_norm, low=0.0, low_open=True)
+    # An infinite max_norm is allowed, as torch allows it: it turns clipping off.
+    max_norm = S.check_number(name, "max_norm", max_norm, low=0.0, low_open=True, finite=False)
 
     def update(updates: PyTree, state: EmptyState, params: PyTree = None, *, _owned: bool = False):
+        check_state(name, state, EmptyState)
         xs, spec = _flat.flatten(updates)
         if not xs:
             return updates, state

@@ -15,8 +15,9 @@ from .base import (
     EmptyState,
     GradientTransformation,
     ScalarOrSchedule,
-    check_count,
+    check_shapes,
     check_specs,
+    check_state,
     mark,
     zero_count,
 )
@@ -64,7 +65,7 @@ def scale_by_learning_rate(lr: ScalarOrSchedule) -> GradientTransformation:
         return ScaleByScheduleState(count=zero_count(params))
 
     def update(updates: PyTree, state: ScaleByScheduleState, params: PyTree = None, *, _owned: bool = False):
-        check_count(where, state.count)
+        check_state(where, state, ScaleByScheduleState)
         xs, spec = _flat.flatten(updates)
         rate = _value(lr, state.count)
         out = _ops.mul(xs, -rate, _ops.use_foreach(xs), inplace=_owned)
@@ -81,7 +82,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
     "decay". Choose by name, never by ``ndim``: stacked ensemble parameters gain a leading
     axis, and a rank rule would then decay biases and norms.
 
-    Example:
+    Examples:
         >>> no_decay = lambda path, leaf: not path.endswith("bias")
         >>> t = add_decayed_weights(0.1, mask=no_decay)
     """
@@ -91,6 +92,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
         raise TypeError(f"{where}: mask must be a tree of bools or a callable (path, leaf) -> bool; got {type(mask).__name__}")
 
     def update(updates: PyTree, state: EmptyState, params: PyTree = None, *, _owned: bool = False):
+        check_state(where, state, EmptyState)
         if weight_decay == 0.0:
             return updates, state
         if params is None:
@@ -98,6 +100,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
         us, spec = _flat.flatten(updates)
         ps, p_spec = _flat.flatten(params)
         check_specs(where, "updates", spec, p_spec, updates, params)
+        check_shapes(where, "updates", us, ps, params)
         flags = resolve_mask(where, mask, params, ps, p_spec)
         fe = _ops.use_foreach(us)
         if all(flags):
@@ -131,10 +134,11 @@ def trace(decay: ScalarOrSchedule, dampening: float = 0.0, nesterov: bool = Fals
         return TraceState(count=zero_count(params), trace=tree.zeros_like(params))
 
     def update(updates: PyTree, state: TraceState, params: PyTree = None, *, donate_state: bool = False):
-        check_count(where, state.count)
+        check_state(where, state, TraceState)
         gs, spec = _flat.flatten(updates)
         bufs, b_spec = _flat.flatten(state.trace)
         check_specs(where, "updates", spec, b_spec, updates, state.trace, "the momentum buffers")
+        check_shapes(where, "updates", gs, bufs, state.trace, "the momentum buffers")
         fe = _ops.use_foreach(gs)
         m = _value(decay, state.count)
         # Donated, the buffers are scaled in place (the same kernels, so the same numbers).

@@ -49,6 +49,8 @@ def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_si
     ``[r n / W, (r + 1) n / W)`` and the sums are all-reduced, so every rank returns the
     same means over all ``n`` examples.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"deepfn.train.evaluate: batch_size must be a positive int; got {batch_size!r}")
     n = leading_size(data, "data")
     rank, world = world_of(distributed)
     if n < world:

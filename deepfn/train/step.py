@@ -172,6 +172,9 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     """
     fn = "deepfn.train.make_train_step"
     check_step_options(fn, optimizer, policy, accumulation_steps, clip_norm, compile)
+    if not callable(loss_fn):
+        raise TypeError(f"{fn}: loss_fn must be callable loss_fn(logits, labels) -> scalar "
+                        f"(e.g. deepfn.losses.cross_entropy); got {type(loss_fn).__name__} {loss_fn!r}")
     require_compiled(fn, compile_cache, compile, "compile=True, 'whole' or 'split'")
     split = compile == "split"
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
