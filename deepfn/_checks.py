@@ -9,8 +9,8 @@ under ``torch.compile`` and never calls ``.item()``. Messages read::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
 
 import torch
 
@@ -119,3 +119,85 @@ def require_key(owner: Any, key: Any, why: str = "dropout") -> None:
         )
     if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or key.shape[-1:] != (2,):
         raise TypeError(f"{where(owner)}: key must be an int64 tensor [2] from deepfn.random.key; got {describe(key)}")
+
+
+#: The expected layout of a params (or state) tree: a shape per leaf, a nested dict per child.
+Layout = Mapping[str, Union[tuple[int, ...], "Layout"]]
+
+
+def check_params(owner: Any, params: Any, expected: Layout, *, like: torch.Tensor | None = None,
+                 dtype: bool = True, name: str = "params", method: str = "apply") -> None:
+    """Raise unless ``params`` has exactly ``expected``'s keys and leaf shapes (and fits ``like``).
+
+    Reads metadata only (key sets, ``.shape``, ``.dtype``, ``.device``), so under
+    ``torch.compile`` it is decided while tracing and leaves nothing in the graph. A block
+    given another block's params (another width, a missing ``bias``) fails here, before
+    any computation could broadcast its way to a result of the wrong shape.
+
+    Args:
+        owner: the block (named in the message).
+        params: the tree the block got: a ``dict`` of tensors and nested dicts.
+        expected: a shape tuple per leaf name, a nested layout per child.
+        like: the input; every leaf must lie on its device and, when ``dtype`` is true,
+            have its dtype (outside ``torch.autocast``, which casts per op).
+        name: how the message calls the tree (``"params"`` or ``"state"``).
+
+    Raises:
+        ValueError: a missing or unexpected key, or a leaf of another shape.
+        TypeError: a node that is not a dict, a leaf that is not a tensor, or a dtype
+            other than ``like``'s.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"{where(owner, method)}: {name} must be a dict with keys {list(expected)} "
+                        f"(from {type(owner).__name__}.init); got {describe(params)}")
+    if params.keys() != expected.keys():
+        _raise_keys(owner, params, expected, name, method)
+    for key, want in expected.items():
+        p = params[key]
+        if isinstance(want, dict):
+            check_params(owner, p, want, like=like, dtype=dtype, name=f"{name}[{key!r}]", method=method)
+        elif not isinstance(p, torch.Tensor):
+            raise TypeError(f"{where(owner, method)}: {name}[{key!r}] must be a tensor of shape "
+                            f"{_shape(want)}; got {describe(p)}")
+        elif p.shape != want:
+            raise ValueError(f"{where(owner, method)}: {name}[{key!r}] must be {_shape(want)}; got {describe(p)}")
+        elif like is not None:
+            _check_like(owner, f"{name}[{key!r}]", p, like, dtype, method)
+
+
+def check_keys(owner: Any, params: Any, keys: Iterable[str], *, name: str = "params",
+               method: str = "apply") -> None:
+    """A composite's cheap top-level check: ``params`` is a dict with exactly ``keys``
+    (its children's own checks cover the leaves)."""
+    keys = tuple(keys)
+    if not isinstance(params, dict):
+        raise TypeError(f"{where(owner, method)}: {name} must be a dict with keys {list(keys)} "
+                        f"(from {type(owner).__name__}.init); got {describe(params)}")
+    if params.keys() != set(keys):
+        _raise_keys(owner, params, dict.fromkeys(keys), name, method)
+
+
+def _check_like(owner: Any, name: str, p: torch.Tensor, like: torch.Tensor, dtype: bool, method: str) -> None:
+    if p.device != like.device:
+        raise ValueError(f"{where(owner, method)}: {name} must be on the input's device {like.device}; "
+                         f"got {describe(p)} on {p.device}")
+    if dtype and p.dtype != like.dtype and not torch.is_autocast_enabled(like.device.type):
+        raise TypeError(f"{where(owner, method)}: {name} must have the input's dtype "
+                        f"{str(like.dtype).removeprefix('torch.')} (cast with deepfn.tree.cast or an "
+                        f"amp.Policy); got {describe(p)}")
+
+
+def _raise_keys(owner: Any, params: dict, expected: Mapping[str, Any], name: str, method: str) -> None:
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"is missing {', '.join(repr(k) for k in missing)}")
+    if extra:
+        parts.append(f"has unexpected {', '.join(repr(k) for k in extra)}")
+    raise ValueError(f"{where(owner, method)}: {name} {' and '.join(parts)}; expected keys {list(expected)} "
+                     f"(from {type(owner).__name__}.init), got {list(params)}")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"[{', '.join(str(s) for s in shape)}]"

@@ -11,6 +11,7 @@ from .. import tree
 from .._checks import (
     check_dim,
     check_floating,
+    check_keys,
     check_positive,
     check_probability,
     check_rank,
@@ -118,10 +119,18 @@ class MLP:
             require_key(self, key)
         act = activations.get(self.activation)
         drop_keys = iter(split_key(key if use_dropout else None, max(1, len(self.hidden_dims))))
+        layers = self.layers()
+        check_keys(self, params, ("network",))
+        check_keys(self, params["network"], [n for n, layer in layers if not isinstance(layer, str)],
+                   name="params['network']")
+        norms = [n for n, layer in layers if isinstance(layer, BatchNorm)]   # none without hidden layers
+        check_keys(self, state, ("network",) if norms else (), name="state")
+        if norms:
+            check_keys(self, state["network"], norms, name="state['network']")
         net_params = params["network"]
         net_state = state.get("network", {})
         new_state: State = {}
-        for name, layer in self.layers():
+        for name, layer in layers:
             if layer == "act":
                 x = act(x)
             elif layer == "drop":

@@ -17,6 +17,8 @@ from .. import random, tree
 from .._checks import (
     check_choice,
     check_integer,
+    check_keys,
+    check_params,
     check_positive,
     check_probability,
     check_rank,
@@ -166,6 +168,16 @@ class Transformer:
             raise ValueError(f"{where(self, method)}: {name} ids must lie in [0, {self.vocab_size}) "
                              f"(vocab_size); got id {int(x[bad][0])} in {describe(x)}")
 
+    def check_params_tree(self, params: Params, method: str) -> None:
+        """The key sets of the whole tree (each layer checks its own leaves when it runs)."""
+        check_keys(self, params, self.children(), method=method)
+        for side in ("encoder", "decoder"):
+            group = params[side]
+            check_keys(self, group, ("layers", "norm") if self.norm_first else ("layers",),
+                       name=f"params[{side!r}]", method=method)
+            check_keys(self, group["layers"], map(str, range(self.n_layers)),
+                       name=f"params[{side!r}]['layers']", method=method)
+
     def _check_batch(self, method: str, **named: Tensor) -> None:
         sizes = {n: x.shape[0] for n, x in named.items()}
         if len(set(sizes.values())) > 1:
@@ -189,6 +201,9 @@ class Transformer:
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
         """Decoder output ``[..., e]`` -> ``[..., v]``."""
+        if not self.tie_output:
+            check_params(self, params["output_layer"], self.children()["output_layer"].param_shapes,
+                         like=x, name="params['output_layer']", method="logits")
         if self.tie_output:
             return F.linear(x, self._embedding(params, "tgt"))
         return F.linear(x, params["output_layer"]["weight"], params["output_layer"]["bias"])
@@ -234,6 +249,7 @@ class Transformer:
                 or ``train=True`` without a key.
         """
         self.check_tokens("src", src, "encode")
+        self.check_params_tree(params, "encode")
         if train and self.dropout > 0:
             require_key(self, key)
         return self._encode(params, src, key, train), state
@@ -252,6 +268,7 @@ class Transformer:
             raise ValueError(f"{where(self, 'decode')}: memory must be [{src.shape[0]}, {src.shape[1]}, "
                              f"{self.d_model}] (src's [B, S], d_model); got {describe(memory)}")
         self._check_batch("decode", tgt=tgt, src=src)
+        self.check_params_tree(params, "decode")
         if train and self.dropout > 0:
             require_key(self, key)
         return self._decode(params, tgt, memory, src, key, train), state
@@ -268,6 +285,7 @@ class Transformer:
         self.check_tokens("src", src, "apply")
         self.check_tokens("tgt", tgt, "apply")
         self._check_batch("apply", src=src, tgt=tgt)
+        self.check_params_tree(params, "apply")
         if train and self.dropout > 0:
             require_key(self, key)
         k_enc, k_dec = split_key(key, 2)

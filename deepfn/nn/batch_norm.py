@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_dim, check_floating, check_rank, describe, where
+from .._checks import check_dim, check_floating, check_params, check_rank, describe, where
 from ..typing import Key, Params, State, Tensor
 
 __all__ = ["BatchNorm"]
@@ -52,6 +52,17 @@ class BatchNorm:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise ValueError(f"BatchNorm: eps must be a float > 0; got {self.eps!r}")
 
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each param ``init`` makes (what ``apply`` checks)."""
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each state entry ``init`` makes (what ``apply`` checks)."""
+        c = (self.num_features,)
+        return {"running_mean": c, "running_var": c, "num_batches_tracked": ()}
+
     def init(self, key: Key) -> tuple[Params, State]:
         device, shape = key.device, (self.num_features,)
         params = {"weight": torch.ones(shape, device=device), "bias": torch.zeros(shape, device=device)}
@@ -77,11 +88,16 @@ class BatchNorm:
 
         Raises:
             TypeError: ``x`` is not floating point.
-            ValueError: wrong rank or channel count; in training, one value per channel.
+            ValueError: wrong rank or channel count; in training, one value per channel;
+                params or state with other keys or shapes than ``init``'s, or on another device.
         """
         check_floating(self, "x", x)
         check_rank(self, "x", x, (2, 3, 4, 5), layout="[B, C], [B, C, L] or [B, C, H, W]")
         check_dim(self, "x", x, axis=1, size=self.num_features, hyper="num_features")
+        # Params and statistics are cast to the compute dtype below (float32 for half x, as
+        # autocast keeps them), so only their device must match x's.
+        check_params(self, params, self.param_shapes, like=x, dtype=False)
+        check_params(self, state, self.state_shapes, like=x, dtype=False, name="state")
         # ATen's fused batch-norm kernels (one op and one backward op, as torch.nn's module
         # uses) instead of composing var_mean and elementwise ops, whose autograd graph cost an
         # eager cnn-seed step ~40 of ~300 ms on a 2-core CPU. Half inputs go in as they

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from .. import random
-from .._checks import check_dim, check_floating, check_rank, describe, where
+from .._checks import check_dim, check_floating, check_params, check_rank, describe, where
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 
@@ -75,6 +75,14 @@ class Conv2d:
         kh, kw = _pair(self, "kernel_size", self.kernel_size, 1)
         return (self.out_channels, self.in_channels // self.groups, kh, kw)
 
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each param ``init`` makes (what ``apply`` checks)."""
+        shapes: dict[str, tuple[int, ...]] = {"weight": self.weight_shape}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
     def init(self, key: Key) -> tuple[Params, State]:
         k_weight, k_bias = random.split(key)
         shape = self.weight_shape
@@ -106,8 +114,9 @@ class Conv2d:
             ``([b, out_channels, H', W'], state)`` in x's dtype, ``state`` unchanged.
 
         Raises:
-            TypeError: ``x`` is not floating point.
-            ValueError: wrong rank, channel count, or an image smaller than the dilated kernel.
+            TypeError: ``x`` is not floating point, or a param has another dtype than ``x``.
+            ValueError: wrong rank, channel count, or an image smaller than the dilated kernel;
+                params with other keys or shapes than ``init``'s, or on another device than ``x``.
         """
         check_floating(self, "x", x)
         check_rank(self, "x", x, (3, 4), layout="[B, C, H, W] (or [C, H, W])")
@@ -118,6 +127,7 @@ class Conv2d:
                 f"{where(self)}: x is too small for kernel_size={self.kernel_size} with padding="
                 f"{self.padding}, dilation={self.dilation} (output would be {oh} x {ow}); got {describe(x)}"
             )
+        check_params(self, params, self.param_shapes, like=x)
         padding = self.padding if isinstance(self.padding, str) else _pair(self, "padding", self.padding, 0)
         y = F.conv2d(x, params["weight"], params.get("bias"),
                      stride=_pair(self, "stride", self.stride, 1), padding=padding,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_integer
+from .._checks import check_integer, check_params, describe, where
+from .._torch import plain_eager
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 
@@ -22,11 +23,12 @@ class Embedding:
     ``padding_idx`` set, that row starts at zero and receives no gradient (PyTorch's
     semantics); a negative ``padding_idx`` counts from the end.
 
-    Ids are checked for an integer dtype only: checking their values would need
-    data-dependent ops (a sync, a graph break under ``torch.compile``). An id outside
-    ``[0, num_embeddings)`` makes PyTorch's own lookup raise eagerly ``IndexError: index
-    out of range in self`` on CPU (a device-side assert on CUDA); models that take user
-    tokens (``deepfn.models.Transformer``) check the range and name the vocabulary.
+    Ids are checked for an integer dtype always and for the range ``[0, num_embeddings)``
+    when called eagerly on plain tensors (a ``ValueError`` naming the first bad id). The
+    range check reads values, so it is skipped under ``torch.compile`` (it would break the
+    graph) and inside ``torch.func`` transforms (wrapped tensors cannot be read); there an
+    id out of range makes PyTorch's lookup raise ``IndexError`` on CPU (a device-side assert
+    on CUDA).
 
     Twin: ``torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)``.
     """
@@ -53,6 +55,11 @@ class Embedding:
         p = self.padding_idx
         return None if p is None else p % self.num_embeddings
 
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each param ``init`` makes (what ``apply`` checks)."""
+        return {"weight": (self.num_embeddings, self.embedding_dim)}
+
     def init(self, key: Key) -> tuple[Params, State]:
         weight = initializers.normal(1.0)(key, (self.num_embeddings, self.embedding_dim))
         row = self._padding_row
@@ -72,9 +79,20 @@ class Embedding:
             ``([..., embedding_dim], state)`` in the weight's dtype; ``state`` unchanged.
 
         Raises:
-            TypeError: ``ids`` is floating point, bool or complex.
+            TypeError: ``ids`` is floating point, bool or complex; the weight is not floating.
+            ValueError: an id outside ``[0, num_embeddings)`` (eagerly); params with other keys
+                or shapes than ``init``'s, or on another device than ``ids``.
         """
         check_integer(self, "ids", ids)
+        check_params(self, params, self.param_shapes, like=ids, dtype=False)
+        if not params["weight"].is_floating_point():
+            raise TypeError(f"{where(self)}: params['weight'] must be floating point; "
+                            f"got {describe(params['weight'])}")
+        if plain_eager([ids]):
+            bad = (ids < 0) | (ids >= self.num_embeddings)
+            if bool(bad.any()):
+                raise ValueError(f"{where(self)}: ids must lie in [0, {self.num_embeddings}) (num_embeddings); "
+                                 f"got id {int(ids[bad][0])} in {describe(ids)}")
         if ids.dtype not in (torch.int32, torch.int64):
             ids = ids.to(torch.int64)   # the lookup kernel takes int32/int64 indices only
         return F.embedding(ids, params["weight"], padding_idx=self._padding_row), state

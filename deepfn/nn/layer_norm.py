@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_floating, check_positive, describe, where
+from .._checks import check_floating, check_params, check_positive, describe, where
 from ..typing import Key, Params, State, Tensor
 
 __all__ = ["LayerNorm"]
@@ -38,6 +38,11 @@ class LayerNorm:
         ns = self.normalized_shape
         return (ns,) if isinstance(ns, int) else tuple(ns)
 
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each param ``init`` makes (what ``apply`` checks)."""
+        return {"weight": self.shape, "bias": self.shape}
+
     def init(self, key: Key) -> tuple[Params, State]:
         device = key.device
         return {"weight": torch.ones(self.shape, device=device),
@@ -45,14 +50,23 @@ class LayerNorm:
 
     def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,
               train: bool = False) -> tuple[Tensor, State]:
-        """``x [..., *normalized_shape]`` floating -> same shape and dtype."""
+        """``x [..., *normalized_shape]`` floating -> same shape and dtype.
+
+        Raises:
+            TypeError: ``x`` is not floating point; params of another dtype than a float32 or
+                float64 ``x`` (half ``x`` is normalised in float32, with params of either dtype).
+            ValueError: ``x`` does not end in ``normalized_shape``; params with other keys or
+                shapes than ``init``'s, or on another device than ``x``.
+        """
         check_floating(self, "x", x)
         n = len(self.shape)
         if x.ndim < n or tuple(x.shape[-n:]) != self.shape:
             raise ValueError(
                 f"{where(self)}: x must end in {list(self.shape)} (normalized_shape); got {describe(x)}"
             )
-        if x.dtype in (torch.float16, torch.bfloat16):
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        check_params(self, params, self.param_shapes, like=x, dtype=not half)
+        if half:
             y = F.layer_norm(x.float(), self.shape, params["weight"].float(), params["bias"].float(), self.eps)
             return y.to(x.dtype), state
         return F.layer_norm(x, self.shape, params["weight"], params["bias"], self.eps), state

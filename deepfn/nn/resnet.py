@@ -15,6 +15,7 @@ from .. import random
 from .._checks import (
     check_dim,
     check_floating,
+    check_keys,
     check_positive,
     check_probability,
     check_rank,
@@ -88,6 +89,8 @@ class ConvBlock:
         ``dropout_rate > 0``, needs ``key``.
         """
         _check_image(self, x, self.in_channels, "in_channels")
+        check_keys(self, params, self.children())
+        check_keys(self, state, ("batch_norm",) if self.batch_norm else (), name="state")
         use_dropout = train and self.dropout_rate > 0
         if use_dropout:
             require_key(self, key)
@@ -125,6 +128,8 @@ class Shortcut:
 
     def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,
               train: bool = False) -> tuple[Tensor, State]:
+        check_keys(self, params, ("0", "1"))
+        check_keys(self, state, ("1",), name="state")
         conv, bn = self.children().values()
         y, _ = conv.apply(params["0"], {}, x)
         y, bn_state = bn.apply(params["1"], state["1"], y, train=train)
@@ -177,6 +182,8 @@ class ResidualBlock:
         """
         _check_image(self, x, self.in_channels, "in_channels")
         kids = self.children()
+        check_keys(self, params, kids)
+        check_keys(self, state, [name for name in kids if not name.startswith("conv")], name="state")
         new: State = {}
         y, _ = kids["conv1"].apply(params["conv1"], {}, x)
         y, new["bn1"] = kids["bn1"].apply(params["bn1"], state["bn1"], y, train=train)

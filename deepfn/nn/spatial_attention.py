@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_floating, check_rank
+from .._checks import check_floating, check_keys, check_rank
 from ..typing import Key, Params, State, Tensor
 from .block import init_children
 from .conv import Conv2d
@@ -47,6 +47,7 @@ class SpatialAttention:
         """``x [b, c, H, W]`` floating (any ``c``) -> same shape and dtype; ``state`` unchanged."""
         check_floating(self, "x", x)
         check_rank(self, "x", x, 4, layout="[b, c, H, W]")
+        check_keys(self, params, ("conv",))
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         logits, _ = self.children()["conv"].apply(params["conv"], {}, pooled)
         return x * torch.sigmoid(logits), state

@@ -18,6 +18,7 @@ import torch
 from .._checks import (
     check_dim,
     check_floating,
+    check_keys,
     check_positive,
     check_probability,
     check_rank,
@@ -126,6 +127,7 @@ class TransformerEncoderLayer(_LayerBase):
               key: Key | None = None, train: bool = False) -> tuple[Tensor, State]:
         """``x [b, t, e]`` floating, ``mask`` bool broadcastable to ``[b, h, t, t]`` -> ``[b, t, e]``."""
         self._check_x("x", x)
+        check_keys(self, params, self.children())
         attn = MultiHeadAttention(self.d_model, self.n_heads, self.dropout)
         if mask is not None:
             check_mask(self, "mask", mask, (x.shape[0], self.n_heads, x.shape[1], x.shape[1]))
@@ -163,6 +165,7 @@ class TransformerDecoderLayer(_LayerBase):
     def project_memory(self, params: Params, memory: Tensor) -> KVCache:
         """Cross-attention keys and values of ``memory [b, s, e]``, each ``[b, h, s, d]``."""
         self._check_x("memory", memory, "project_memory")
+        check_keys(self, params, self.children(), method="project_memory")
         return self._attn().project_kv(params["multihead_attn"], memory)
 
     def _layer(self, params: Params, x: Tensor, cache: KVCache | None, memory_kv: KVCache,
@@ -203,6 +206,7 @@ class TransformerDecoderLayer(_LayerBase):
         """
         self._check_x("x", x)
         self._check_x("memory", memory)
+        check_keys(self, params, self.children())
         check_same_dtype(self, "memory", memory, x.dtype, "x")
         b, t, _ = x.shape
         if memory.shape[0] != b:
@@ -235,6 +239,7 @@ class TransformerDecoderLayer(_LayerBase):
             ``(y [b, t, e], cache)`` with the cache grown to length ``p + t``.
         """
         self._check_x("x", x, "decode_step")
+        check_keys(self, params, self.children(), method="decode_step")
         b, t, _ = x.shape
         h, d = self.n_heads, self.d_model // self.n_heads
         pairs = [("memory_kv", memory_kv)] + ([("cache", cache)] if cache is not None else [])

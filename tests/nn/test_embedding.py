@@ -55,11 +55,34 @@ def test_accepts_every_integer_dtype(id_dtype, getkey):
     assert torch.equal(y, params["weight"][torch.tensor([4, 0, 2])])
 
 
-def test_out_of_range_ids_raise_in_torch_lookup(getkey):
+@pytest.mark.parametrize("bad", [5, -1, 17])
+def test_out_of_range_ids_raise_naming_the_range_and_the_id(getkey, bad):
+    block = nn.Embedding(5, 2)
+    params, state = block.init(getkey())
+    with pytest.raises(ValueError, match=rf"Embedding\(.*ids must lie in \[0, 5\) \(num_embeddings\); got id {bad} "):
+        block.apply(params, state, torch.tensor([1, bad, 2]))
+
+
+def test_out_of_range_ids_under_vmap_are_left_to_torch_lookup(getkey):
+    """Values of wrapped tensors cannot be read: the range check is skipped, torch's lookup raises."""
     block = nn.Embedding(5, 2)
     params, state = block.init(getkey())
     with pytest.raises(IndexError, match="index out of range"):
-        block.apply(params, state, torch.tensor([5]))
+        torch.func.vmap(lambda s: block.apply(params, state, s)[0])(torch.tensor([[5]]))
+
+
+def test_params_of_another_table_raise(getkey):
+    block = nn.Embedding(5, 2)
+    params, state = nn.Embedding(6, 2).init(getkey())
+    with pytest.raises(ValueError, match=r"Embedding\(.*params\['weight'\] must be \[5, 2\]; got float32 \[6, 2\]"):
+        block.apply(params, state, torch.tensor([1]))
+
+
+def test_params_on_another_device_raise(getkey):
+    block = nn.Embedding(5, 2)
+    params = {"weight": torch.empty(5, 2, device="meta")}
+    with pytest.raises(ValueError, match=r"params\['weight'\] must be on the input's device cpu; got .* on meta"):
+        block.apply(params, {}, torch.tensor([1]))
 
 
 def test_vmap_over_sequences_equals_batched_call(getkey):
