@@ -13,6 +13,7 @@ from .._checks import (
     check_choice,
     check_dim,
     check_floating,
+    check_keys,
     check_positive,
     check_probability,
     check_rank,
@@ -129,6 +130,12 @@ class AdvancedCNN:
         check_floating(self, "x", x)
         check_rank(self, "x", x, 4, layout="[b, c, H, W]")
         check_dim(self, "x", x, axis=1, size=self.input_channels, hyper="input_channels")
+        stages = self.stages()
+        check_keys(self, params, self._param_keys(stages))
+        check_keys(self, state, ["conv1", *(name for name, _ in stages)], name="state")
+        for name, blocks in stages:
+            check_keys(self, params[name], map(str, range(len(blocks))), name=f"params[{name!r}]")
+            check_keys(self, state[name], map(str, range(len(blocks))), name=f"state[{name!r}]")
         use_dropout = train and self.dropout_rate > 0
         if use_dropout:
             require_key(self, key)
@@ -136,7 +143,7 @@ class AdvancedCNN:
         y, new["conv1"] = self.stem_block().apply(params["conv1"], state["conv1"], x, train=train)
         if self.stem == "imagenet":
             y = F.max_pool2d(y, kernel_size=3, stride=2, padding=1)
-        for name, blocks in self.stages():
+        for name, blocks in stages:
             run = self._stage(blocks, train)
             y, new[name] = (rematerialise(run) if self.remat and train else run)(params[name], state[name], y)
         if self.use_attention:
@@ -147,6 +154,11 @@ class AdvancedCNN:
         y = dropout(y, self.dropout_rate, key if use_dropout else None, use_dropout, owner=self)
         logits, _ = Dense(8 * self.base_channels, self.num_classes).apply(params["fc"], {}, y)
         return logits, ({**state, **new} if train else state)
+
+    def _param_keys(self, stages: list[tuple[str, list[ResidualBlock]]]) -> list[str]:
+        keys = ["conv1", *(name for name, _ in stages)]
+        keys += ["attention"] * self.use_attention + ["spatial_attention"] * self.spatial_attention
+        return [*keys, "fc"]
 
     @staticmethod
     def _stage(blocks: list[ResidualBlock], train: bool):

@@ -107,6 +107,7 @@ def greedy_decode(model, params: Params, state: State, src: Tensor, max_len: int
         ``[1, max_seq_len]`` or ids outside the vocabulary, before any computation.
     """
     _check_generation(model, src, max_len, bos_id, eos_id, "greedy_decode")
+    model.check_params_tree(params, "greedy_decode")
     cache, cross_mask = _start(model, params, src, 1)
     prefix = torch.full((src.shape[0], 1), bos_id, dtype=torch.int64, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
@@ -142,6 +143,7 @@ def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, 
         int64 ``[b, l]``, ``l <= max_len``: tokens without BOS, EOS kept, ``pad_token_id`` after.
     """
     _check_generation(model, src, max_len, bos_id, eos_id, "beam_search")
+    model.check_params_tree(params, "beam_search")
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"{where(model, 'beam_search')}: beam_size must be a positive int; got {beam_size!r}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):

@@ -23,6 +23,7 @@ from .._checks import (
     check_choice,
     check_dim,
     check_floating,
+    check_params,
     check_positive,
     check_probability,
     check_rank,
@@ -96,6 +97,13 @@ class MultiHeadAttention:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def param_shapes(self) -> dict[str, object]:
+        """The shape of each param ``init`` makes (what every method checks)."""
+        e = self.d_model
+        return {"in_proj_weight": (3 * e, e), "in_proj_bias": (3 * e,),
+                "out_proj": {"weight": (e, e), "bias": (e,)}}
+
     def init(self, key: Key) -> tuple[Params, State]:
         k_in, k_out = random.split(key)
         e = self.d_model
@@ -117,6 +125,10 @@ class MultiHeadAttention:
     def project_q(self, params: Params, x: Tensor) -> Tensor:
         """Queries ``[b, h, t, d]`` from ``x [b, t, e]``."""
         self._check_input("x", x, "project_q")
+        check_params(self, params, self.param_shapes, like=x, method="project_q")
+        return self._project_q(params, x)
+
+    def _project_q(self, params: Params, x: Tensor) -> Tensor:
         e = self.d_model
         q = F.linear(x, params["in_proj_weight"][:e], params["in_proj_bias"][:e])
         return _split_heads(q, self.n_heads)
@@ -124,6 +136,10 @@ class MultiHeadAttention:
     def project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values, each ``[b, h, s, d]``, from ``x [b, s, e]`` (one matmul)."""
         self._check_input("x", x, "project_kv")
+        check_params(self, params, self.param_shapes, like=x, method="project_kv")
+        return self._project_kv(params, x)
+
+    def _project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         e = self.d_model
         kv = F.linear(x, params["in_proj_weight"][e:], params["in_proj_bias"][e:])
         k, v = kv.chunk(2, dim=-1)   # "b s (two h d) -> two b h s d"
@@ -175,6 +191,12 @@ class MultiHeadAttention:
             ``[b, t, e]`` of query's dtype.
         """
         self._check_input("query", query, "attend")
+        check_params(self, params, self.param_shapes, like=query, method="attend")
+        return self._attend(params, query, k, v, mask, key=key, train=train)
+
+    def _attend(self, params: Params, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                *, key: Key | None = None, train: bool = False) -> Tensor:
+        """``attend`` without the params check (``apply`` has made it)."""
         b, t, _ = query.shape
         want = f"[{b}, {self.n_heads}, S, {self.head_dim}]"
         for name, x in (("k", k), ("v", v)):
@@ -188,7 +210,7 @@ class MultiHeadAttention:
             check_mask(self, "mask", mask, (b, self.n_heads, t, k.shape[2]), "attend")
         if train and self.dropout > 0.0:
             require_key(self, key)
-        out = self._heads(self.project_q(params, query), k, v, mask, key, train)
+        out = self._heads(self._project_q(params, query), k, v, mask, key, train)
         out = out.transpose(1, 2).flatten(2)   # "b h t d -> b t (h d)"
         return F.linear(out, params["out_proj"]["weight"], params["out_proj"]["bias"])
 
@@ -224,6 +246,7 @@ class MultiHeadAttention:
                              f"got {describe(kv)}")
         if mask is not None:
             check_mask(self, "mask", mask, (query.shape[0], self.n_heads, query.shape[1], kv.shape[1]))
-        k, v = self.project_kv(params, kv)
-        y = self.attend(params, query, k, v, mask, key=key, train=train)
+        check_params(self, params, self.param_shapes, like=query)
+        k, v = self._project_kv(params, kv)
+        y = self._attend(params, query, k, v, mask, key=key, train=train)
         return (y[0] if unbatched else y), state

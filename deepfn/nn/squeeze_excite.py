@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_dim, check_floating, check_positive, check_rank
+from .._checks import check_dim, check_floating, check_params, check_positive, check_rank
 from ..typing import Key, Params, State, Tensor
 from .block import init_children
 from .dense import Dense
@@ -44,16 +44,28 @@ class SEBlock:
         hidden = self.channels // self.reduction
         return {"0": Dense(self.channels, hidden, bias=False), "2": Dense(hidden, self.channels, bias=False)}
 
+    @property
+    def param_shapes(self) -> dict[str, object]:
+        """The shape of each param ``init`` makes (what ``apply`` checks)."""
+        return {"excitation": {name: dense.param_shapes for name, dense in self.children().items()}}
+
     def init(self, key: Key) -> tuple[Params, State]:
         params, _ = init_children(self.children(), key)
         return {"excitation": params}, {}
 
     def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,
               train: bool = False) -> tuple[Tensor, State]:
-        """``x [b, channels, H, W]`` floating -> same shape and dtype; ``state`` unchanged."""
+        """``x [b, channels, H, W]`` floating -> same shape and dtype; ``state`` unchanged.
+
+        Raises:
+            TypeError: ``x`` is not floating point, or a weight has another dtype than ``x``.
+            ValueError: wrong rank or channel count; params with other keys or shapes than
+                ``init``'s, or on another device than ``x``.
+        """
         check_floating(self, "x", x)
         check_rank(self, "x", x, 4, layout="[b, c, H, W]")
         check_dim(self, "x", x, axis=1, size=self.channels, hyper="channels")
+        check_params(self, params, self.param_shapes, like=x)
         p = params["excitation"]
         squeezed = x.mean(dim=(2, 3))
         gate = torch.sigmoid(F.linear(F.relu(F.linear(squeezed, p["0"]["weight"])), p["2"]["weight"]))
