@@ -17,10 +17,11 @@ import torch
 import torch._inductor.config
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from deepfn import _flat, _threefry, optim, tree
+from deepfn import _flat, optim, tree
 from deepfn import _torch as seam
 from deepfn._torch import gate, trees
 from deepfn._torch import kernels as foreach_module
+from deepfn.random import threefry as _threefry
 from deepfn.train import _guard_filter, _guard_pickling
 
 ROOT = Path(__file__).resolve().parents[1]

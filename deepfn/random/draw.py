@@ -8,7 +8,7 @@ two ``int64`` halves; a uniform adds a shift-and-convert pass. In a compiled gra
 ~16 bytes written per 32-bit word before the consumer reads one (10^7 compiled uniforms took
 ~2x the eager C draw's time).
 
-``draw(key, n, dtype)`` gives the same values by :func:`deepfn._threefry_native.draw`, which
+``draw(key, n, dtype)`` gives the same values by :func:`deepfn.random.native.draw`, which
 writes the words (``int64``) or ``(word >> 8) * 2**-24`` (``float32``, ``float64``) straight
 into the result: directly on plain eager CPU keys, and through the operator
 ``deepfn::threefry_draw`` under ``torch.compile`` (one extern call in Inductor's code) and
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _threefry, _threefry_native
+from . import native as _native
+from . import threefry as _threefry
 
 
 def words(key: torch.Tensor, n: int) -> torch.Tensor:
@@ -46,7 +47,7 @@ _DTYPES = (torch.int64, torch.float32, torch.float64)
 @torch.library.custom_op("deepfn::threefry_draw", mutates_args=())
 def threefry_draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """``as_dtype(words(key, n), dtype)`` for keys ``int64 [..., 2]``: ``[..., n]`` of ``dtype``."""
-    out = _threefry_native.draw(key, n, dtype)   # None without the C loop
+    out = _native.draw(key, n, dtype)   # None without the C loop
     return out if out is not None else as_dtype(words(key, n), dtype)
 
 
@@ -69,7 +70,7 @@ _overload = threefry_draw._opoverload
 @torch.compiler.assume_constant_result
 def _native_available() -> bool:
     """Whether the C loop loaded (once per process; a constant to Dynamo, not a graph break)."""
-    return _threefry_native.native() is not None
+    return _native.native() is not None
 
 
 def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -80,7 +81,7 @@ def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:
     if dtype not in _DTYPES or key.device.type != "cpu":
         return None
     if _threefry.directly_callable(key):
-        return _threefry_native.draw(key, n, dtype)
+        return _native.draw(key, n, dtype)
     if key.shape[:-1].numel() * ((n + 1) // 2) >= _threefry._EXTERN_MIN_PAIRS and _native_available():
         return _overload(key, n, dtype)
     return None

@@ -11,7 +11,7 @@ small Transformer step spent minutes compiling them); eagerly under ``torch.func
 op also paid the transform's dispatch. As an operator the cipher is one graph node:
 
 - eagerly it runs below every functorch layer: on the CPU as one C loop
-  (:mod:`deepfn._threefry_native`, built on first use; an order of magnitude faster than
+  (:mod:`deepfn.random.native`, built on first use; an order of magnitude faster than
   the tensor code, most of its time spent writing the int64 outputs), elsewhere
   (or without a C compiler) as plain in-place tensor code;
 - under ``vmap`` its batching rule moves the batch axis to the front and calls it once;
@@ -23,15 +23,15 @@ op also paid the transform's dispatch. As an operator the cipher is one graph no
 
 The integer arithmetic is exact, so every path gives the same bits. Large draws
 (``random.bits`` and the uniforms built on it) skip this operator in compiled CPU code and
-under transforms: see :mod:`deepfn._threefry_draw`.
+under transforms: see :mod:`deepfn.random.draw`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _threefry_native
-from ._torch import plain_eager, register_pointwise_lowering, transforms_active
+from .._torch import plain_eager, register_pointwise_lowering, transforms_active
+from . import native as _native
 
 _MASK = 0xFFFFFFFF
 _PARITY = 0x1BD11BDA
@@ -64,7 +64,7 @@ def _eager(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tenso
 def kernel(k0: torch.Tensor, k1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The cipher on concrete tensors (the operator's body): the C loop on the CPU, else tensor
     code. Returns new tensors."""
-    out = _threefry_native.threefry2x32(k0, k1, x0, x1)   # None off the CPU or without the C loop
+    out = _native.threefry2x32(k0, k1, x0, x1)   # None off the CPU or without the C loop
     return out if out is not None else _eager(k0, k1, x0, x1)
 
 
@@ -149,7 +149,7 @@ def _register_inductor_lowering() -> None:
 
 def _extern_wanted(device: torch.device, size: list) -> bool:
     """One call of the C loop: no ~140-op chain in the generated C++ (compile time)."""
-    return device.type == "cpu" and _extern_worthy(size) and _threefry_native.native() is not None
+    return device.type == "cpu" and _extern_worthy(size) and _native.native() is not None
 
 
 def _chain(ops, k0, k1, x0, x1):

@@ -3,7 +3,7 @@
 A key is an ``int64 [2]`` tensor holding two unsigned 32-bit words. Every function is a
 pure function of its key: no ``torch.Generator``, no global RNG, so the same key gives the
 same bits eagerly, under ``torch.compile``, under ``vmap`` (a batch of keys gives a batch of
-independent samples) and on any device. The cipher is one operator (``deepfn._threefry``):
+independent samples) and on any device. The cipher is one operator (``deepfn.random.threefry``):
 one node in compiled graphs, one batched call under ``vmap``, plain tensor code eagerly.
 
 Examples:
@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _threefry, _threefry_draw
-from ._checks import describe
-from ._torch import plain_eager
+from .._checks import describe
+from .._torch import plain_eager
+from . import draw as _draw
+from . import threefry as _threefry
 
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
 
@@ -72,7 +73,7 @@ def bits(key: torch.Tensor, n: int) -> torch.Tensor:
     _check_key(key, "bits")
     if not _is_int(n) or n < 0:
         raise ValueError(f"deepfn.random.bits: n must be a non-negative int; got {n!r}")
-    return _threefry_draw.sample(key, n, torch.int64)
+    return _draw.sample(key, n, torch.int64)
 
 
 def split(key: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -123,7 +124,7 @@ def _unit(key: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torc
         hi, lo = w[..., :n] >> 6, w[..., n:] >> 5         # 26 + 27 = 53 bits
         u = (hi * (1 << 27) + lo).to(torch.float64) * 2.0 ** -53
     else:
-        u = _threefry_draw.sample(key, n, torch.float32)
+        u = _draw.sample(key, n, torch.float32)
     return u.reshape((*key.shape[:-1], *shape))
 
 
@@ -166,7 +167,7 @@ def normal(key: torch.Tensor, shape: Shape, dtype: torch.dtype = torch.float32) 
         k_radius, k_angle = split(key).unbind(-2)
         u, v = _unit(k_radius, shape, torch.float64), _unit(k_angle, shape, torch.float64)
     else:
-        u = _threefry_draw.sample(key, 2 * n, torch.float64)   # the words' top 24 bits
+        u = _draw.sample(key, 2 * n, torch.float64)   # the words' top 24 bits
         batched = (*key.shape[:-1], *shape)
         u, v = u[..., :n].reshape(batched), u[..., n:].reshape(batched)
     return _box_muller(u, v, compiling).to(dtype)

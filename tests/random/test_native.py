@@ -18,8 +18,10 @@ import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
-from deepfn import _threefry, _threefry_native, random
+from deepfn import random
 from deepfn.random import _threefry2x32
+from deepfn.random import native as _threefry_native
+from deepfn.random import threefry as _threefry
 
 PARITY = str(0x1BD11BDA)   # a constant of the cipher: in generated code only where it is inlined
 # The vector width each build must report through deepfn_threefry_isa(), by torch's capability name.
@@ -102,7 +104,7 @@ def test_random_draws_take_the_one_pass_loop_eagerly_only(monkeypatch):
     calls.clear()
     torch.func.vmap(lambda k: random.bits(k, 5))(random.split(key, 2))          # a batched key
     torch.func.grad(lambda x: (x * random.uniform(key, (4,))).sum())(torch.ones(4))   # under a transform
-    assert calls == []   # small draws under transforms: tensor code (large ones: test_threefry_draw.py)
+    assert calls == []   # small draws under transforms: tensor code (large ones: test_draw.py)
     random.bits(random.split(key, 2), 5)                                         # keys [2, 2]: one pass too
     assert calls == [torch.int64]
 
@@ -499,3 +501,15 @@ def test_the_cache_folder_is_made_private_and_the_library_written_privately(monk
     (built,) = cache.glob("threefry2x32-*.so")
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700 and stat.S_IMODE(os.stat(built).st_mode) == 0o700
     assert [p.name for p in cache.iterdir()] == [built.name]   # no temporary folder left
+
+
+def test_the_c_source_is_package_data_and_names_the_build(monkeypatch):
+    # An installed wheel must carry threefry.c (pyproject's package-data), and the cached
+    # library's name must change with its text, so that an edited source is built afresh.
+    from importlib import resources
+    text = resources.files("deepfn.random").joinpath("threefry.c").read_text(encoding="utf-8")
+    assert text == _threefry_native._SOURCE and "deepfn_threefry2x32" in text
+    compiler = ["cc"]
+    before = _threefry_native._target(compiler)
+    monkeypatch.setattr(_threefry_native, "_SOURCE", text + "\n/* edited */\n")
+    assert _threefry_native._target(compiler) != before

@@ -385,7 +385,7 @@ def test_eager_draws_skip_the_operator_only_where_that_is_safe():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from deepfn import _threefry
+    from deepfn.random import threefry as _threefry
     words = [_words(i, (4,)) for i in range(4)]
     assert _threefry.directly_callable(*words)
     want = torch.ops.deepfn.threefry2x32.default(*words)
@@ -432,7 +432,7 @@ def test_operator_vmap_rule_equals_loop(in_dims):
 
 def test_compiled_operator_equals_eager_large_and_broadcast():
     # Compiled (on the CPU: an extern call of the C loop; without it, or on an accelerator, a
-    # fused kernel, see tests/test_threefry_native.py) against the eager kernel.
+    # fused kernel, see tests/random/test_native.py) against the eager kernel.
     k0, k1, x0, x1 = _words(0, (3, 1)), _words(1, (1,)), _words(2, (700,)), _words(3, (3, 700))
     compiled = torch.compile(_threefry2x32, fullgraph=True)(k0, k1, x0, x1)
     eager = _threefry2x32(k0, k1, x0, x1)

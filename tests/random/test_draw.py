@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
-from deepfn import _threefry, _threefry_draw, _threefry_native, random
+from deepfn import random
+from deepfn.random import draw as _threefry_draw
+from deepfn.random import native as _threefry_native
+from deepfn.random import threefry as _threefry
 
 needs_loop = pytest.mark.skipif(_threefry_native.native() is None, reason="no C Threefry loop here")
 LARGE = 2 * _threefry._EXTERN_MIN_PAIRS + 1      # odd: the last pair's second word is cut
