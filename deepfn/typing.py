@@ -1,11 +1,16 @@
 """Type aliases and the block protocol shared across deepfn.
 
-Axis alphabet used in docstrings and shape comments:
+Axis alphabet used in docstrings, shape comments and einops patterns:
 
     b  batch            t  query / target length     s  key / source length
     h  attention heads  d  per-head feature size      e  embedding (d_model)
     c  channels         f  feed-forward width         v  vocabulary
-    n  ensemble member / stacked parameter set
+    n  ensemble member / stacked parameter set        k  beam (hypotheses per row)
+
+Image axes are spelled out, ``height`` and ``width`` (``h`` is taken by heads). A grouped
+axis is written as einops writes it: ``(h d)`` is ``e`` split into heads, as in
+``rearrange(q, "b t (h d) -> b h t d", h=n_heads)`` (``rearrange`` from
+:mod:`deepfn.nn._einops`).
 """
 
 from __future__ import annotations

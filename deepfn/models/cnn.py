@@ -150,6 +150,8 @@ class AdvancedCNN:
             y, _ = SEBlock(8 * self.base_channels).apply(params["attention"], {}, y)
         if self.spatial_attention:
             y, _ = SpatialAttention().apply(params["spatial_attention"], {}, y)
+        # Global average pool, "b c height width -> b c". Tensor.mean, not einops.reduce: Dynamo
+        # traces reduce's pattern parser on every call (docs/benchmarks.md, "einops reshapes").
         y = y.mean(dim=(2, 3))
         y = dropout(y, self.dropout_rate, key if use_dropout else None, use_dropout, owner=self)
         logits, _ = Dense(8 * self.base_channels, self.num_classes).apply(params["fc"], {}, y)

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from .._checks import where
+from ..nn._einops import rearrange
 from ..nn.masks import padding_mask
 from ..typing import Params, State, Tensor
 
 __all__ = [
-    "init_cache", "decode_step", "reorder_cache", "greedy_decode", "beam_search", "length_normalizer",
+    "init_cache", "decode_step", "reorder_cache", "greedy_decode", "beam_search",
+    "length_normalizer",
 ]
 
 #: Per decoder layer: ``{"self": (k, v) [b, h, t, d] or None, "cross": (k, v) [b, h, s, d]}``.
@@ -162,10 +164,11 @@ def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, 
     rank = torch.arange(n_cand, device=dev)
     for t in range(max_len):
         logits, cache = decode_step(model, params, prefix, cache, cross_mask)
-        logp = torch.log_softmax(logits.double(), dim=-1).view(b, k * v)
+        logp = rearrange(torch.log_softmax(logits.double(), dim=-1), "(b k) v -> b (k v)", k=k)
         cand, idx = (scores.repeat_interleave(v, dim=1) + logp).topk(n_cand, dim=1)   # [b, 2k]
         beam, token = idx // v, idx % v
-        seqs = prefix[:, 1:].view(b, k, t).gather(1, beam[..., None].expand(b, n_cand, t))
+        seqs = rearrange(prefix[:, 1:], "(b k) t -> b k t", k=k)
+        seqs = seqs.gather(1, beam[..., None].expand(b, n_cand, t))
         seqs = torch.cat([seqs, token[..., None]], dim=2)                               # [b, 2k, t+1]
 
         # Finished: EOS among the top k, finite, while the row still has free slots.
@@ -187,9 +190,9 @@ def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, 
         keep = torch.where(is_eos, n_cand + rank, rank).argsort(dim=1)[:, :k]
         scores = cand.gather(1, keep)
         origin = beam.gather(1, keep) + torch.arange(b, device=dev)[:, None] * k
-        cache = reorder_cache(cache, origin.view(-1))
+        cache = reorder_cache(cache, rearrange(origin, "b k -> (b k)"))
         alive = seqs.gather(1, keep[..., None].expand(b, k, t + 1))
-        prefix = torch.cat([prefix[:, :1], alive.reshape(b * k, t + 1)], dim=1)
+        prefix = torch.cat([prefix[:, :1], rearrange(alive, "b k t -> (b k) t")], dim=1)
 
     # Rows still open at max_len also rank their alive beams (length = steps taken).
     steps = prefix.shape[1] - 1 if not bool((fin_count >= k).all()) else 0
@@ -197,8 +200,8 @@ def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, 
     if steps:
         open_rows = (fin_count < k)[:, None]
         alive_norm = scores / length_normalizer(torch.tensor(steps, device=dev), length_penalty)
-        alive_seqs = torch.nn.functional.pad(prefix[:, 1:].view(b, k, steps), (0, max_len - steps),
-                                             value=model.pad_token_id)
+        alive_seqs = rearrange(prefix[:, 1:], "(b k) t -> b k t", k=k)
+        alive_seqs = torch.nn.functional.pad(alive_seqs, (0, max_len - steps), value=model.pad_token_id)
         best_scores = torch.cat([best_scores, torch.where(open_rows, alive_norm, float("-inf"))], dim=1)
         best_seqs = torch.cat([best_seqs, alive_seqs], dim=1)
         best_len = torch.cat([best_len, torch.full_like(alive_norm, steps, dtype=torch.int64)], dim=1)

@@ -35,6 +35,7 @@ from .._checks import (
 from .._torch import transforms_active
 from ..typing import Key, Params, State, Tensor
 from . import initializers
+from ._einops import rearrange
 from .dropout import dropout as _dropout
 from .masks import check_mask
 
@@ -47,15 +48,6 @@ def _plain_call() -> bool:
     """True when no ``torch.func`` transform (vmap, grad, ...) is active (Dynamo folds the probe
     to a constant while it traces); False when that cannot be known: the math path."""
     return not transforms_active()
-
-
-def _split_heads(x: Tensor, n_heads: int) -> Tensor:
-    """``[b, t, h*d] -> [b, h, t, d]`` (einops: "b t (h d) -> b h t d").
-
-    Plain view ops rather than ``einops.rearrange``: Dynamo traces einops' pattern parser on
-    every call (~0.1 s each; a third of a Transformer step's warm-start tracing).
-    """
-    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -131,7 +123,7 @@ class MultiHeadAttention:
     def _project_q(self, params: Params, x: Tensor) -> Tensor:
         e = self.d_model
         q = F.linear(x, params["in_proj_weight"][:e], params["in_proj_bias"][:e])
-        return _split_heads(q, self.n_heads)
+        return rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
 
     def project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values, each ``[b, h, s, d]``, from ``x [b, s, e]`` (one matmul)."""
@@ -142,8 +134,8 @@ class MultiHeadAttention:
     def _project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         e = self.d_model
         kv = F.linear(x, params["in_proj_weight"][e:], params["in_proj_bias"][e:])
-        k, v = kv.chunk(2, dim=-1)   # "b s (two h d) -> two b h s d"
-        return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
+        k, v = rearrange(kv, "b s (two h d) -> two b h s d", two=2, h=self.n_heads)
+        return k, v
 
     # -- attention ---------------------------------------------------------------------
 
@@ -211,7 +203,7 @@ class MultiHeadAttention:
         if train and self.dropout > 0.0:
             require_key(self, key)
         out = self._heads(self._project_q(params, query), k, v, mask, key, train)
-        out = out.transpose(1, 2).flatten(2)   # "b h t d -> b t (h d)"
+        out = rearrange(out, "b h t d -> b t (h d)")
         return F.linear(out, params["out_proj"]["weight"], params["out_proj"]["bias"])
 
     def apply(self, params: Params, state: State, query: Tensor, key_value: Tensor | None = None,

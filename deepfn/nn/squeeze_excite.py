@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .._checks import check_dim, check_floating, check_params, check_positive, check_rank
 from ..typing import Key, Params, State, Tensor
+from ._einops import rearrange
 from .block import init_children
 from .dense import Dense
 
@@ -21,7 +22,7 @@ class SEBlock:
 
     ``s = mean_{H,W}(x)`` gives ``[b, c]``; the gate is
     ``sigmoid(W2 relu(W1 s))`` with ``W1 [c // reduction, c]`` and ``W2 [c, c // reduction]``
-    (no biases), and the output is ``x * gate[:, :, None, None]``.
+    (no biases), and the output is ``x * rearrange(gate, "b c -> b c 1 1")``.
 
     Params: ``excitation.0.weight`` and ``excitation.2.weight`` (the indices of the two
     ``nn.Linear`` in the seed's ``nn.Sequential(Linear, ReLU, Linear, Sigmoid)``).
@@ -67,6 +68,8 @@ class SEBlock:
         check_dim(self, "x", x, axis=1, size=self.channels, hyper="channels")
         check_params(self, params, self.param_shapes, like=x)
         p = params["excitation"]
+        # "b c height width -> b c" with Tensor.mean: einops.reduce would cost Dynamo a trace of
+        # its pattern parser on every call (docs/benchmarks.md, "einops reshapes").
         squeezed = x.mean(dim=(2, 3))
         gate = torch.sigmoid(F.linear(F.relu(F.linear(squeezed, p["0"]["weight"])), p["2"]["weight"]))
-        return x * gate[:, :, None, None], state
+        return x * rearrange(gate, "b c -> b c 1 1"), state
