@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import warnings
 
 from . import cases_blocks, cases_core, cases_scripts, cases_train
@@ -38,7 +39,12 @@ def tally() -> dict[str, list[str]]:
 
 
 def main() -> int:
-    found = tally()
+    with tempfile.TemporaryDirectory(prefix="deepfn-hostile-") as folder:
+        tempfile.tempdir = folder   # the files and --out folders the cases make, removed afterwards
+        try:
+            found = tally()
+        finally:
+            tempfile.tempdir = None
     tried = sum(len(v) for v in found.values())
     print(f"inputs tried: {tried} ({len(cases_core.CASES + cases_blocks.CASES + cases_train.CASES)} API calls, "
           f"{len(cases_scripts.CASES)} script flags); clear errors: {len(found['clear'])}; "

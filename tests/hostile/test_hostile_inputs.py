@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 
 import pytest
 
@@ -12,6 +13,12 @@ from . import cases_blocks, cases_core, cases_scripts, cases_train
 from .scripts_runner import run_flags
 
 API_CASES = cases_core.CASES + cases_blocks.CASES + cases_train.CASES
+
+
+@pytest.fixture(autouse=True)
+def _files_under_tmp_path(tmp_path, monkeypatch):
+    """Cases that need a file or an --out folder make it with ``tempfile``: inside tmp_path here."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def test_case_ids_are_distinct():
