@@ -71,7 +71,7 @@ def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_si
 def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epochs: int, batch_size: int,
         key: Key, eval_step: Callable | None = None, val_data: tuple | None = None,
         eval_batch_size: int | None = None, patience: int | None = None, monitor: str | None = None,
-        mode: str = "min", min_delta: float = 0.0, restore_best: bool = True,
+        mode: str = "min", min_delta: float = 0.0, restore_best: bool = True, smoothing: int = 1,
         checkpoint_dir: str | None = None, keep_last: int = 2, resume: bool = False,
         history_path: str | None = None, plot_path: str | None = None,
         batch_fn: Callable[..., tuple[Any, Any]] | None = None,
@@ -108,6 +108,10 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             default ``"val_loss"`` with validation data, else ``"train_loss"``), ``"min"`` or
             ``"max"``, and the smallest change that counts as an improvement.
         restore_best: return the best train state seen (by ``monitor``), else the last one.
+        smoothing: compare the trailing mean of ``monitor`` over this many complete epochs
+            (1: the raw value) for the best state, the best checkpoint and early stopping, so
+            that one lucky epoch of a small validation split is not the one kept: the best
+            epoch is the last of the best window. ``history.best_value`` is that mean.
         checkpoint_dir, keep_last: write ``ckpt_<step>.safetensors`` there after every epoch,
             keeping the last ``keep_last`` and the best; required by ``resume``.
         resume: continue from the newest good checkpoint in ``checkpoint_dir``, if there is one
@@ -150,14 +154,14 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             a global ``batch_size`` that the world size does not divide, a checkpoint that
             does not fit ``train_state``.
     """
-    _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, key, resume, checkpoint_dir)
+    _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, key, resume, checkpoint_dir, smoothing)
     batches = EpochBatches(train_data, batch_size, key, distributed=distributed, drop_last=drop_last,
                            batch_fn=batch_fn, augment=augment, batch_order=batch_order, step_key=step_key)
     monitor = _monitor(monitor, eval_step, val_data)
     main, world, device = batches.rank == 0, batches.world, key.device
     saver = FitCheckpoints(checkpoint_dir, keep_last, monitor, mode) if checkpoint_dir is not None else None
     keep = _best_state_keeper(train_step, restore_best)
-    run = Resumed(train_state, None, History(), EarlyStopping(mode, min_delta, patience), 0, 0)
+    run = Resumed(train_state, None, History(), EarlyStopping(mode, min_delta, patience, smoothing=smoothing), 0, 0)
     if resume:
         run = _resume(saver, train_step, run, device, world) or run
     train_state, history, stopping, epoch, skip = run.train_state, run.history, run.stopping, run.epoch, run.batch
@@ -187,21 +191,22 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         partial = b < batches.per_epoch
         train_state, row = _epoch_row(means, train_state, epoch, step, tic, partial, world, validate, on_epoch_end)
         value = _monitored(row, monitor, world, device)
-        if stopping.observe(value, epoch + 1, partial):
+        if stopping.observe(value, epoch + 1, partial):   # stopping.last_value: ``value`` smoothed
             best_state = keep(train_state)
         history.rows.append(row)
         history.best_epoch, history.best_value, history.stopped_early = (
             stopping.best_epoch, stopping.best_value, stopping.stopped)
         epoch, skip = (epoch, b) if partial else (epoch + 1, 0)
-        reports.epoch_end(row, train_state, value, history, stopping, epoch, skip)
+        reports.epoch_end(row, train_state, stopping.last_value, history, stopping, epoch, skip)
     reports.finish(history)
     return (best_state if restore_best else train_state), history
 
 
-def _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, key, resume, checkpoint_dir) -> None:
+def _check_args(epochs, batch_size, patience, mode, keep_last, max_steps, key, resume, checkpoint_dir,
+                smoothing) -> None:
     for name, value, allow_none in (("epochs", epochs, False), ("batch_size", batch_size, False),
                                     ("patience", patience, True), ("keep_last", keep_last, False),
-                                    ("max_steps", max_steps, True)):
+                                    ("max_steps", max_steps, True), ("smoothing", smoothing, False)):
         if value is None and allow_none:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

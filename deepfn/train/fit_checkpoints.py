@@ -57,7 +57,8 @@ class FitCheckpoints:
     def resume(self, like: TrainState, device: torch.device, stopping: EarlyStopping) -> Resumed | None:
         """The newest good checkpoint checked against ``like``; None when the folder holds none.
 
-        ``stopping`` gives the settings (mode, min delta, patience) the record is restored into.
+        ``stopping`` gives the settings (mode, min delta, patience, smoothing) the record is restored
+        into; the smoothing window is refilled from the history's complete epochs.
         """
         found = self.manager.restore_latest(like=like, device=device)
         if found is None:
@@ -67,7 +68,8 @@ class FitCheckpoints:
         loop = meta["loop"]
         history = History(meta["history"], loop["best_epoch"], loop["best_value"], loop["stopped_early"])
         restored = EarlyStopping(stopping.mode, stopping.min_delta, stopping.patience, loop["best_epoch"],
-                                 loop["best_value"], loop["wait"], loop["stopped_early"])
+                                 loop["best_value"], loop["wait"], loop["stopped_early"], stopping.smoothing)
+        restored.replay([row.get(self.monitor) for row in history.rows if not row.get("partial")])
         return Resumed(train_state, self._best(like, device), history, restored, loop["epoch"], loop["batch"])
 
     def _best(self, like: TrainState, device: torch.device) -> TrainState | None:

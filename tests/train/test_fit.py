@@ -72,6 +72,34 @@ def test_early_stopping_mode_max_and_min_delta():
     assert hist.stopped_early and len(hist.rows) == 2 and hist.best_epoch == 1
 
 
+# A noisy validation accuracy: epoch 2 reads best once; epochs 5-7 are good together.
+NOISY = [0.90, 0.99, 0.93, 0.96, 0.97, 0.97, 0.97]
+
+
+def test_smoothing_keeps_the_stable_epoch_not_the_lucky_one(tmp_path):
+    ts, step, _ = _setup()
+    kw = dict(epochs=7, batch_size=8, key=random.key(0), progress=False, val_data=_data(1, 8),
+              monitor="val_loss", mode="max")
+    raw, raw_hist = fit(step, ts, _data(0), eval_step=_scripted_eval(NOISY), **kw)
+    assert raw_hist.best_epoch == 2 and int(raw.step) == 10
+    ts, step, _ = _setup()
+    best, hist = fit(step, ts, _data(0), eval_step=_scripted_eval(NOISY), smoothing=3,
+                     checkpoint_dir=tmp_path, keep_last=1, **kw)
+    assert hist.best_epoch == 7 and int(best.step) == 35
+    assert hist.best_value == pytest.approx(0.97)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_000000035.safetensors"]   # the best is the last
+
+
+def test_smoothing_survives_a_resume(tmp_path):
+    kw = dict(epochs=7, batch_size=8, key=random.key(0), progress=False, val_data=_data(1, 8),
+              monitor="val_loss", mode="max", smoothing=3, checkpoint_dir=tmp_path)
+    ts, step, _ = _setup()
+    fit(step, ts, _data(0), eval_step=_scripted_eval(NOISY[:4]), **{**kw, "epochs": 4})
+    ts, step, _ = _setup()
+    best, hist = fit(step, ts, _data(0), eval_step=_scripted_eval(NOISY[4:]), resume=True, **kw)
+    assert hist.best_epoch == 7 and int(best.step) == 35
+
+
 def test_history_rows_and_files(tmp_path):
     ts, hist = _run(tmp_path, history_path=tmp_path / "h.jsonl", plot_path=tmp_path / "c.png")
     rows = read_history(tmp_path / "h.jsonl")
@@ -181,6 +209,8 @@ def test_distillation_batch_fn_and_loss():
     (dict(val_data=None), ValueError, "eval_step and val_data go together"),
     (dict(key=torch.zeros(2)), TypeError, "key must be a deepfn.random.key"),
     (dict(max_steps=-1), ValueError, "max_steps must be a positive int or None"),
+    (dict(smoothing=0), ValueError, "smoothing must be a positive int; got 0"),
+    (dict(smoothing=2.0), ValueError, "smoothing must be a positive int; got 2.0"),
 ])
 def test_bad_arguments(tmp_path, kw, err, match):
     with pytest.raises(err, match=match):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepfn import random
-from deepfn.train.early_stopping import EarlyStopping, improved
+from deepfn.train.early_stopping import EarlyStopping, improved, smoothed
 from deepfn.train.fit_batches import EpochBatches
 from deepfn.train.fit_report import EpochMeans, summary_line
 
@@ -25,6 +25,58 @@ def test_early_stopping_counts_complete_epochs_without_improvement():
     assert not stop.observe(1.5, 2, partial=True) and stop.wait == 0   # a partial epoch never counts
     assert not stop.observe(1.5, 2, partial=False) and not stop.stopped
     assert not stop.observe(1.2, 3, partial=False) and stop.stopped and stop.best_value == 1.0
+
+
+def _best_epoch(values, **kw):
+    stop = EarlyStopping("max", 0.0, **kw)
+    for epoch, value in enumerate(values, 1):
+        stop.observe(value, epoch, partial=False)
+    return stop
+
+
+def test_smoothing_picks_the_stable_epoch_where_the_raw_value_picks_one_noisy_epoch():
+    # As a 270-image validation split reads: epoch 2 is one lucky read, epochs 5-7 are stable.
+    noisy = [0.90, 0.99, 0.93, 0.96, 0.97, 0.97, 0.97]
+    assert _best_epoch(noisy).best_epoch == 2
+    stop = _best_epoch(noisy, smoothing=3)
+    assert stop.best_epoch == 7 and stop.best_value == pytest.approx(0.97)
+    assert stop.recent == [0.97, 0.97] and stop.last_value == pytest.approx(0.97)
+
+
+def test_smoothing_waits_on_the_mean_and_stops_with_patience():
+    stop = _best_epoch([0.5, 0.9, 0.5, 0.5], smoothing=2, patience=2)
+    # means: 0.5, 0.7, 0.7 (no gain), 0.5 -> best epoch 2, two epochs without gain
+    assert stop.best_epoch == 2 and stop.wait == 2 and stop.stopped
+
+
+def test_smoothing_window_skips_partial_epochs_and_missing_values():
+    stop = EarlyStopping("min", 0.0, smoothing=2)
+    stop.observe(1.0, 1, partial=False)
+    assert stop.observe(0.1, 2, partial=True) and stop.recent == [1.0]   # compared, not kept
+    stop.observe(3.0, 2, partial=False)
+    assert stop.recent == [3.0] and stop.last_value == pytest.approx(2.0)
+    assert not stop.observe(None, 3, partial=False) and stop.last_value is None
+    assert smoothed([1.0, 2.0]) == 1.5 and smoothed([]) is None and math.isnan(smoothed([1.0, math.nan]))
+
+
+def test_replay_refills_the_window_as_observing_did():
+    values = [0.4, 0.3, 0.2, 0.35]
+    seen = _best_epoch(values, smoothing=3)
+    again = EarlyStopping("max", 0.0, smoothing=3)
+    again.replay(values)
+    assert again.recent == seen.recent == [0.2, 0.35]
+    short = EarlyStopping("max", 0.0, smoothing=3)
+    short.replay([0.4])
+    assert short.recent == [0.4]
+    plain = EarlyStopping("max", 0.0)
+    plain.replay(values)
+    assert plain.recent == []
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, None])
+def test_early_stopping_rejects_a_smoothing_that_is_not_a_positive_int(bad):
+    with pytest.raises(ValueError, match=f"smoothing must be a positive int .*; got {bad!r}"):
+        EarlyStopping("min", smoothing=bad)
 
 
 def _metrics(loss, nonfinite):
