@@ -20,7 +20,7 @@ from . import (
     train,
     tree,
 )
-from .remat import remat
+from .train.remat import remat
 
 __version__ = "0.1.0"
 __all__ = [

@@ -2,7 +2,7 @@
 before it is opened, and a per-user secret key to authenticate what deepfn wrote.
 
 Why: two kinds of file deepfn reads run code when they are loaded: a saved compiled step
-(:mod:`deepfn.train.compile_cache`, unpickled) and the C random loop's shared library
+(:mod:`deepfn.train.compile.saved`, unpickled) and the C random loop's shared library
 (:mod:`deepfn.random.native`, whose constructors run when it is loaded). Another user who
 can write such a file, or the folder that holds it, could run code as the current user. So
 deepfn creates these folders ``0700``, writes the files ``0600``, and opens a file only when

@@ -17,22 +17,17 @@ import torch
 import torch._inductor.config
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from deepfn import _flat, optim, tree
 from deepfn import _torch as seam
+from deepfn import optim, tree
 from deepfn._torch import gate, trees
 from deepfn._torch import kernels as foreach_module
 from deepfn.random import threefry as _threefry
-from deepfn.train import _guard_filter, _guard_pickling
+from deepfn.train.compile import guard_filter as _guard_filter
+from deepfn.train.compile import guard_pickling as _guard_pickling
+from deepfn.tree import flat as _flat
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Files being rewritten by other work when the seam was built: their private names are listed
-# in the seam's report, to be changed into imports from deepfn._torch. Remove entries as they
-# are converted; this list must only shrink.
-NOT_YET_CONVERTED = {
-    "deepfn/_eager.py",
-    "deepfn/train/finite.py",   # split out of train/step.py by that rewrite
-}
 
 
 # -- the rule: no private torch name outside the seam ---------------------------------------
@@ -90,14 +85,10 @@ def test_no_module_outside_the_seam_names_a_private_torch_attribute():
     offenders = []
     for path in sorted([*ROOT.joinpath("deepfn").rglob("*.py"), *ROOT.joinpath("scripts").rglob("*.py")]):
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith("deepfn/_torch/") or rel in NOT_YET_CONVERTED:
+        if rel.startswith("deepfn/_torch/"):
             continue
         offenders += [f"{rel}:{line}: {name}" for line, name in private_names(path.read_text())]
     assert not offenders, "private torch names outside deepfn/_torch:\n" + "\n".join(sorted(set(offenders)))
-
-
-def test_the_not_yet_converted_list_names_existing_files():
-    assert [p for p in sorted(NOT_YET_CONVERTED) if not ROOT.joinpath(p).exists()] == []
 
 
 # -- the gate ---------------------------------------------------------------------------------
@@ -150,6 +141,17 @@ def test_plain_eager_on_the_pinned_torch():
     assert seen == [False]
     assert not seam.transforms_active()
     assert torch.func.vmap(lambda t: t * float(seam.transforms_active()))(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_plain_eager_is_false_while_compiling():
+    seen = []
+
+    def probe(x):
+        seen.append(seam.plain_eager([x]))
+        return x * 2
+
+    torch.compile(probe, backend="eager", fullgraph=True)(torch.ones(2))
+    assert seen == [False]
 
 
 def test_plain_eager_is_false_with_the_gate_off(untested):

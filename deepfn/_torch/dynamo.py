@@ -1,4 +1,4 @@
-"""Dynamo's internals that saved compiles (``deepfn.train.compile_cache``) rely on: the
+"""Dynamo's internals that saved compiles (``deepfn.train.compile.saved``) rely on: the
 compilers' settings and the CPU's vector instructions (part of a saved file's name), torch's
 per-process cache of module sources, and the pickler of Dynamo's saved guard state.
 

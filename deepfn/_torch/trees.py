@@ -1,7 +1,7 @@
 """``torch.utils._pytree``: torch 2.14 has no public pytree module, so deepfn uses the private
 one through here (``pytree``, its public-looking functions: ``tree_flatten``, ``tree_map``,
 ``tree_flatten_with_path``, ``keystr``, ``register_pytree_node``, ...), and opens one node at
-a time for :mod:`deepfn._flat` through :func:`open_node` / :func:`rebuild_node`.
+a time for :mod:`deepfn.tree.flat` through :func:`open_node` / :func:`rebuild_node`.
 
 The one-node hook reads the registry itself (``_get_node_type``, ``SUPPORTED_NODES``): no
 ``TreeSpec`` object is built, which is what makes deepfn's flatten cheap to trace. Its fallback

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import tree
-from .._autograd import detach_tree, detached_aliases
+from ..train.autograd import detach_tree, detached_aliases
 from ..typing import PyTree
 from .collectives import _bucket_bytes, _raise_collective, pack, plan_buckets, unpack
 from .process import world_size

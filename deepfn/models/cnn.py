@@ -25,7 +25,7 @@ from ..nn.dropout import dropout
 from ..nn.resnet import ConvBlock, ResidualBlock
 from ..nn.spatial_attention import SpatialAttention
 from ..nn.squeeze_excite import SEBlock
-from ..remat import remat as rematerialise
+from ..train.remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 
 __all__ = ["STEMS", "AdvancedCNN"]

@@ -36,7 +36,7 @@ from ..nn.layer_norm import LayerNorm
 from ..nn.masks import causal_mask, padding_mask
 from ..nn.positional import PositionalEncoding
 from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
-from ..remat import remat as rematerialise
+from ..train.remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 from . import generate
 

@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _flat, tree
+from .. import tree
 from .._torch import foreach
+from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
 from . import _ops
 from . import _steps as S

@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _flat, tree
+from .. import tree
 from .._checks import describe
+from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
 from . import _ops
 

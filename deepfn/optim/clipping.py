@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _flat, tree
+from .. import tree
+from ..tree import flat as _flat
 from ..typing import PyTree
 from . import _ops
 from . import _steps as S

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _flat, tree
+from .. import tree
+from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
 from . import _ops
 from . import _steps as S

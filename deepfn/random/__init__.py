@@ -16,12 +16,13 @@ Examples:
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 
 import torch
 
-from .._checks import describe
-from .._torch import plain_eager
+from .._checks import describe as _describe
+from .._torch import plain_eager as _plain_eager
 from . import draw as _draw
 from . import threefry as _threefry
 
@@ -32,14 +33,15 @@ _threefry2x32 = _threefry.call
 
 _MASK = 0xFFFFFFFF
 
-Shape = int | Sequence[int] | torch.Size
+if typing.TYPE_CHECKING:   # annotations only: not a name of the package
+    Shape = int | Sequence[int] | torch.Size
 
 
 def _check_key(k: torch.Tensor, fn: str) -> None:
     if not isinstance(k, torch.Tensor) or k.dtype != torch.int64:
-        raise TypeError(f"deepfn.random.{fn}: key must be an int64 tensor [2] from random.key(seed); got {describe(k)}")
+        raise TypeError(f"deepfn.random.{fn}: key must be an int64 tensor [2] from random.key(seed); got {_describe(k)}")
     if k.shape[-1:] != (2,):
-        raise ValueError(f"deepfn.random.{fn}: key must have shape [2] (or [..., 2]), as random.key(seed) gives; got {describe(k)}")
+        raise ValueError(f"deepfn.random.{fn}: key must have shape [2] (or [..., 2]), as random.key(seed) gives; got {_describe(k)}")
 
 
 def _check_float_dtype(dtype: torch.dtype, fn: str) -> None:
@@ -96,7 +98,7 @@ def fold_in(key: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     _check_key(key, "fold_in")
     if isinstance(data, torch.Tensor):
         if data.is_floating_point() or data.dtype == torch.bool or data.ndim != 0:
-            raise TypeError(f"deepfn.random.fold_in: data must be an int or 0-d integer tensor; got {describe(data)}")
+            raise TypeError(f"deepfn.random.fold_in: data must be an int or 0-d integer tensor; got {_describe(data)}")
         d = data.to(device=key.device, dtype=torch.int64)
         hi, lo = ((d >> 32) & _MASK) | (1 << 31), d & _MASK
     elif isinstance(data, int) and not isinstance(data, bool):
@@ -202,12 +204,12 @@ def bernoulli(key: torch.Tensor, p: float | torch.Tensor, shape: Shape) -> torch
             raise ValueError(f"deepfn.random.bernoulli: p must lie in [0, 1]; got {p!r}")
     else:
         if p.is_complex() or p.dtype == torch.bool:
-            raise TypeError(f"deepfn.random.bernoulli: p must be a real (float) tensor; got {describe(p)}")
-        if plain_eager([p]):
+            raise TypeError(f"deepfn.random.bernoulli: p must be a real (float) tensor; got {_describe(p)}")
+        if _plain_eager([p]):
             bad = ~((p >= 0) & (p <= 1))   # NaN is bad too
             if bool(bad.any()):
                 raise ValueError(f"deepfn.random.bernoulli: p must lie in [0, 1]; got {float(p[bad][0])} "
-                                 f"in {describe(p)}")
+                                 f"in {_describe(p)}")
     return _unit(key, _shape(shape, "bernoulli"), torch.float32) < p
 
 

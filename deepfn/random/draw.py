@@ -24,6 +24,8 @@ import torch
 from . import native as _native
 from . import threefry as _threefry
 
+__all__ = ["words", "as_dtype", "threefry_draw", "draw", "sample"]
+
 
 def words(key: torch.Tensor, n: int) -> torch.Tensor:
     """``int64 [..., n]`` random words in ``[0, 2**32)`` for keys ``int64 [..., 2]``: tensor code."""

@@ -44,6 +44,8 @@ import torch
 
 from .._private_files import cache_root, private_dir, trusted
 
+__all__ = ["native", "threefry2x32", "draw"]
+
 # The C source is package data (threefry.c beside this module), read as text: it is hashed into
 # the build recipe, so a changed source builds a new library.
 _SOURCE = resources.files(__package__).joinpath("threefry.c").read_text(encoding="utf-8")

@@ -33,6 +33,8 @@ import torch
 from .._torch import plain_eager, register_pointwise_lowering, transforms_active
 from . import native as _native
 
+__all__ = ["threefry2x32", "call", "kernel", "directly_callable"]
+
 _MASK = 0xFFFFFFFF
 _PARITY = 0x1BD11BDA
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)

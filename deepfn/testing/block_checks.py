@@ -17,8 +17,8 @@ import torch
 
 from .. import random, tree
 from .._checks import describe
-from .._own_code import with_own_code
 from .._torch import pytree
+from ..train.compile.own_code import with_own_code
 from ._report import compare_trees, guarded, owner_name
 
 __all__ = ["CHECKS", "check_block"]

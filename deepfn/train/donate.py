@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from .. import _flat, optim
+from .. import optim
+from ..tree import flat as _flat
 from ..typing import PyTree, State, Tensor
 from .finite import readable_on_host
 from .state import TrainState

@@ -17,7 +17,7 @@ from .. import random, tree
 from .._checks import describe
 from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
-from .compile_cache import compiled, require_compiled
+from .compile import compiled, require_compiled
 from .state import TrainState
 from .step import build_train_step
 from .step_checks import check_batch

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..amp import Policy
 from ..typing import Block, Params, State, Tensor
-from .compile_cache import compiled, require_compiled
+from .compile import compiled, require_compiled
 from .objective import accuracy, forward
 from .step_checks import check_batch, surface_model_errors
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from .. import _flat, tree
-from .._eager import plain_eager
+from .. import tree
+from .._torch import plain_eager, unscale_and_check_
 from ..amp import DynamicLossScale, NoOpLossScale, all_finite
+from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
 
 __all__ = ["unscale_and_check", "readable_on_host", "keep_if"]
@@ -52,7 +53,7 @@ def unscale_and_check(loss_scale: DynamicLossScale | None, grads: PyTree, owned:
 
 def _fused_unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[PyTree, Tensor]:
     """``(scaler.unscale(grads), all_finite(...))``; eagerly on owned plain tensors of one device,
-    ``torch._amp_foreach_non_finite_check_and_unscale_`` in place, one kernel per dtype."""
+    :func:`deepfn._torch.unscale_and_check_` in place, one kernel per dtype."""
     eager = owned and not torch.compiler.is_compiling()   # compiling: not even the leaves (tracing time)
     if eager:
         floats = [g for g in tree.leaves(grads) if isinstance(g, torch.Tensor) and g.is_floating_point()]
@@ -68,7 +69,7 @@ def _fused_unscale_and_check(scaler: Any, grads: PyTree, owned: bool) -> tuple[P
     for g in floats:
         by_dtype.setdefault(g.dtype, []).append(g)
     for group in by_dtype.values():
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, inv)
+        unscale_and_check_(group, found, inv)
     return grads, found[0] == 0
 
 

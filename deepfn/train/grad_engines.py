@@ -8,7 +8,7 @@ the same gradients up to float rounding (the suite's compiled = eager tests are 
   ``vmap`` (which need ``torch.func``). Why flat: functorch flattens its argument with torch's
   pytree, whose spec per dict node costs Dynamo ~5 ms of tracing each (hundreds per model);
   one list node does not.
-- ``AUTOGRAD``: :func:`deepfn._autograd.autograd_grad_and_value`, ``torch.autograd.grad`` on
+- ``AUTOGRAD``: :func:`deepfn.train.autograd.autograd_grad_and_value`, ``torch.autograd.grad`` on
   detached aliases of the parameters. Used eagerly on plain tensors: the same backward
   formulas without functorch's dynamic layer, which costs on every op of an eager step.
 - ``OVERLAP``: :func:`deepfn.distributed.grad_and_all_reduce_mean` for the last micro-batch,
@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from .. import _flat, distributed, tree
-from .._autograd import autograd_grad_and_value
-from .._eager import plain_eager
+from .. import distributed, tree
+from .._torch import plain_eager
+from ..tree import flat as _flat
 from ..typing import PyTree
+from .autograd import autograd_grad_and_value
 
 __all__ = ["FUNCTORCH", "AUTOGRAD", "OVERLAP", "choose_engine", "functorch_grad_and_value",
            "accumulate_micro_batch"]

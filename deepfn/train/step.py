@@ -9,8 +9,8 @@ as ``train_state, metrics = step(train_state, (inputs, labels), key)``.
 named modules, each equal to the reference it replaces: :mod:`~deepfn.train.grad_engines`
 (which engine takes the gradient), :mod:`~deepfn.train.finite` (fused unscale-and-check, the
 skip as a branch), :mod:`~deepfn.train.donate` (updates written into the given state),
-:mod:`~deepfn.train.split_compile` (``compile="split"``) and
-:mod:`~deepfn.train.compile_cache` (one compiled graph, saved steps).
+:mod:`~deepfn.train.compile.split` (``compile="split"``) and
+:mod:`~deepfn.train.compile.saved` (one compiled graph, saved steps).
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from .. import distributed, optim, tree
 from ..amp import NoOpLossScale, Policy
 from ..optim.clipping import clip_given_norm
 from ..typing import Block, Key, PyTree, State, Tensor
-from .compile_cache import compiled, require_compiled
+from .compile import compiled, require_compiled, split_compiled
 from .donate import UnaliasedCheck, make_donated_update
 from .finite import keep_if, unscale_and_check
 from .grad_engines import OVERLAP, accumulate_micro_batch, choose_engine
 from .objective import accuracy, forward, make_objective, micro_batch, micro_key
-from .split_compile import split_compiled
 from .state import TrainState
 from .step_checks import check_batch, check_step_options, surface_model_errors
 
@@ -102,7 +101,7 @@ def _reference_update(optimizer: Any) -> Callable[[TrainState, PyTree, State, Te
     """``update(ts, grads, new_state, ok) -> (params, opt_state, state)``: the optimizer's update,
     or ``ts``'s own trees where ``ok`` is false."""
     # Read once here, not while tracing: an attribute of a function is a guard that a saved
-    # compiled step (deepfn.train.compile_cache) cannot rebuild.
+    # compiled step (deepfn.train.compile.saved) cannot rebuild.
     fresh = bool(getattr(optimizer.update, "fresh", False))
 
     def update(ts: TrainState, grads: PyTree, new_state: State, ok: Tensor) -> tuple[PyTree, PyTree, State]:
@@ -143,7 +142,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         compile: ``True``: the whole step is one ``torch.compile(fullgraph=True)`` graph (least
             per-call overhead; ``"whole"`` is accepted as the same). ``"split"``: the forward is
             compiled and differentiated eagerly, the rest runs eagerly (half the compile time,
-            ``remat`` recomputed: :mod:`deepfn.train.split_compile`). ``False``: eager. The
+            ``remat`` recomputed: :mod:`deepfn.train.compile.split`). ``False``: eager. The
             numbers are the same up to float rounding in every mode.
         lr: a float or a schedule ``step -> lr``, only to report ``metrics["lr"]``.
         ignore_index: labels left out of ``metrics["accuracy"]`` (padding).
@@ -153,7 +152,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             old one, ``tree.map(torch.clone, ...)`` it first). Ignored under ``vmap``.
         compile_cache: a directory where the compiled step is saved, one file per input
             signature, and loaded by a later process with the same model, settings, sources and
-            versions (:mod:`deepfn.train.compile_cache`). The folder holds code (a saved step
+            versions (:mod:`deepfn.train.compile.saved`). The folder holds code (a saved step
             is unpickled): only point it at a folder you trust. deepfn creates it ``0700`` and
             writes files ``0600``; a folder or file that another user owns or can write, or a
             file whose HMAC (per-user key) does not match, is not opened: a warning, then the

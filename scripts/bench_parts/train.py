@@ -178,7 +178,7 @@ tgt = random.randint(random.key(2), (batch, length), 1, cfg["vocab_size"])
 def loss(p, key):
     logits, _ = model.apply(p, {}, src, tgt, key=key, train=True)
     return losses.cross_entropy(logits.flatten(0, 1), tgt.flatten())
-from deepfn._autograd import autograd_grad_and_value   # what make_train_step(compile=False) runs
+from deepfn.train.autograd import autograd_grad_and_value   # what make_train_step(compile=False) runs
 step = lambda p, key: autograd_grad_and_value(lambda q: (loss(q, key), None), p)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []

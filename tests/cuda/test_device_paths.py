@@ -33,7 +33,7 @@ from deepfn.train import (
     make_train_step,
     per_example_grads,
 )
-from deepfn.train.compile_cache import inductor_options
+from deepfn.train.compile import inductor_options
 from tests.utils import assert_trees_close
 
 DEV = torch.device(os.environ.get("DEEPFN_TEST_DEVICE", "cuda"))

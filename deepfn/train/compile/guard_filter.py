@@ -29,7 +29,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._torch import hook_on, turn_off
+from ..._torch import hook_on, turn_off
+
+__all__ = ["library_globals_unguarded"]
 
 _LIBRARIES = ("torch", "deepfn")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

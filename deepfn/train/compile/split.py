@@ -5,7 +5,7 @@ What it replaces: the uncompiled objective under an eager gradient engine
 (:mod:`deepfn.train.grad_engines`). Why it is equal: the compiled function computes the same
 forward, and ``torch.autograd`` differentiates it through the backward graph AOTAutograd
 derived from that forward; the rest of the step stays eager. Inside, ``remat`` regions
-become checkpoint regions that the backward recomputes (:func:`deepfn.remat.differentiated_outside`).
+become checkpoint regions that the backward recomputes (:func:`deepfn.train.remat.differentiated_outside`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..remat import differentiated_outside
-from .compile_cache import compiled
+from .one_graph import compiled
 
 __all__ = ["split_compiled"]
 

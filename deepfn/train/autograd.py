@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from . import _flat, tree
-from .typing import PyTree
+from .. import tree
+from ..tree import flat as _flat
+from ..typing import PyTree
 
 __all__ = ["autograd_grad_and_value", "detached_aliases", "detach_tree"]
 

@@ -12,7 +12,7 @@ when such a file may be used.
 A file is used only when all of this matches the current process, else the step is compiled
 again and the file replaced (with a warning when the file was unreadable or stale):
 
-- its name: a :func:`~deepfn._fingerprint.fingerprint` of the step function's closure (the
+- its name: a :func:`~deepfn.train.compile.fingerprint.fingerprint` of the step function's closure (the
   model's structure and hyper-parameters, the loss, the optimizer and its settings, every
   function's bytecode), of the inputs' structure, dtypes, shapes and devices, of the
   versions of Python and torch, of the CPU's vector instruction set, of global modes (grad,
@@ -64,10 +64,8 @@ from typing import Any
 
 import torch
 
-from .. import _torch, tree
-from .._fingerprint import SCALAR_TYPES, fingerprint
-from .._own_code import with_own_code
-from .._private_files import (
+from ... import _torch
+from ..._private_files import (
     UntrustedFileError,
     hmac_sha256,
     private_dir,
@@ -75,91 +73,15 @@ from .._private_files import (
     secret_key,
     write_private,
 )
-from ._guard_filter import library_globals_unguarded
-from ._guard_pickling import keep_functions_whole
+from .fingerprint import SCALAR_TYPES, fingerprint
+from .first_call import CompileOnFirstCall, inductor_options
+from .guard_pickling import keep_functions_whole
 
-__all__ = ["compiled", "require_compiled"]
+__all__ = ["SavedCompile", "closure_objects"]
 
 _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 2\n"
 _MAC_HEX = 64   # the HMAC-SHA256 line: 32 bytes as hex
-
-
-def require_compiled(where: str, compile_cache: str | os.PathLike | None, compile: Any,
-                     modes: str = "compile=True") -> None:
-    """Raise ``ValueError`` when a ``compile_cache`` is given for a step that is not compiled."""
-    if compile_cache is not None and not compile:
-        raise ValueError(f"{where}: compile_cache saves compiled steps: it needs {modes}; got compile=False")
-
-
-def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str, *, training: bool = True) -> Callable:
-    """``fn`` compiled as one graph: saved in and loaded from ``compile_cache`` when it is a
-    directory (:class:`SavedCompile`), else a plain ``torch.compile(fn, fullgraph=True)``
-    (made on the first call, with :func:`inductor_options` for its inputs; ``training``: whether
-    ``fn`` differentiates, which decides the layout setting).
-
-    ``fn`` is compiled as a copy with its own code object (:func:`deepfn._own_code.with_own_code`):
-    any number of steps, of any structures, compile in one process."""
-    fn = with_own_code(fn)
-    if compile_cache is None:
-        return CompileOnFirstCall(fn, training=training)
-    return SavedCompile(fn, compile_cache, what, training=training)
-
-
-# A step over at most this many numbers, in at most this many tensors, counts as small: see
-# inductor_options.
-SMALL_STEP_ELEMENTS = 1 << 18
-SMALL_STEP_TENSORS = 256
-
-
-def inductor_options(args: tuple[Any, ...], training: bool = True) -> dict[str, Any]:
-    """Inductor settings for compiling a step called with ``args`` (``training``: a graph that
-    takes gradients, not an evaluation). Other devices keep Inductor's defaults.
-
-    A training graph whose tensors are all on the CPU: no layout optimization. Inductor
-    otherwise turns every convolution's input, weight and gradient into channels-last copies
-    on the CPU, and a whole step (forward, backward and update in one graph) then spent ~18%
-    more time than without (cnn-seed, 2 cores: 282-313 vs 223-264 ms a step, timed in turns)
-    and compiled longer (cnn-small 54 vs 39 s). Evaluation graphs keep it: there the
-    channels-last convolutions win (compiled eval steps, timed in turns on 2 cores: cnn-seed
-    105-116 vs 145-147 ms, cnn-small 7.5 vs 13.5 ms). Graphs without convolutions are
-    unaffected.
-
-    A small step on the CPU (its inputs hold at most ``SMALL_STEP_ELEMENTS`` numbers in at
-    most ``SMALL_STEP_TENSORS`` tensors): Inductor's C++ wrapper, which calls the kernels and
-    allocates the buffers from C++ instead of a generated Python function. Such a step takes
-    well under a millisecond, and the Python wrapper's ~100 buffer allocations and views were
-    ~110 us of the mlp-seed step (10->[64,32,16]->5, batch 32, Adam; 2 cores, timed in turns:
-    499-534 against 581-628 us a step, saved steps 289-383 against 375-481 us; cold compiles
-    equal within this machine's noise, 24.7-28.6 s against 27.3-29.5 s). Larger steps keep the
-    Python wrapper: there it is under 1% of a step (mlp-wide, 18-20 ms, no difference), and one
-    C++ unit per graph compiles a large graph on one core instead of many kernel files on all
-    (a Transformer's split step: 105 against 87-91 s cold).
-    """
-    tensors = [leaf for leaf in tree.leaves(args) if isinstance(leaf, torch.Tensor)]
-    if not tensors or any(t.device.type != "cpu" for t in tensors):
-        return {}
-    options: dict[str, Any] = {} if not training else {"layout_optimization": False}
-    if len(tensors) <= SMALL_STEP_TENSORS and sum(t.numel() for t in tensors) <= SMALL_STEP_ELEMENTS:
-        options["cpp_wrapper"] = True
-    return options
-
-
-class CompileOnFirstCall:
-    """``torch.compile(fn, fullgraph=True, options=inductor_options(args, training))``, made when
-    first called with ``args`` (later calls on other devices keep the first call's settings),
-    without guards on torch's and deepfn's globals (:mod:`deepfn.train._guard_filter`)."""
-
-    def __init__(self, fn: Callable, *, training: bool = True) -> None:
-        self._fn = fn
-        self._training = training
-        self._run: Callable | None = None
-
-    def __call__(self, *args: Any) -> Any:
-        if self._run is None:
-            options = {**inductor_options(args, self._training), "guard_filter_fn": library_globals_unguarded(self._fn)}
-            self._run = torch.compile(self._fn, fullgraph=True, options=options)
-        return self._run(*args)
 
 
 class SavedCompile:

@@ -9,8 +9,9 @@ import torch
 
 from deepfn import losses, optim, random
 from deepfn.models import MLP
-from deepfn.train import TrainState, compile_cache, make_train_step
-from deepfn.train._guard_filter import library_globals_unguarded
+from deepfn.train import TrainState, make_train_step
+from deepfn.train.compile import first_call
+from deepfn.train.compile.guard_filter import library_globals_unguarded
 
 SCALE = 1.0          # read by _scaled_loss while a step is traced: a user global
 REDUCE = torch.mean
@@ -41,7 +42,7 @@ _deepfn_fn.__module__ = "deepfn.train.step"
     ("G['__import_deepfn_dot_optim_dot_adam'].ScaleByAdamState", False),
     ("dict(G['__import_deepfn_dot_optim_dot_adam'].ScaleByAdamState.__dict__)['__new__'].__func__", False),
     ("G['__builtins_dict___0']['isinstance']", False),
-    ("G['__import_tests_dot_train_dot_test_guard_filter'].SCALE", True),
+    ("G['__import_tests_dot_train_dot_compile_dot_test_guard_filter'].SCALE", True),
     ("G['__import_torchvision_dot_ops'].nms", True),    # a library whose name starts with torch
     ("G['__import_deepfnx'].f", True),
     ("G['torch'].backends.cudnn.enabled", True),
@@ -72,7 +73,7 @@ def _setup():
 
 def test_a_compiled_step_keeps_its_input_guards_and_drops_the_library_globals(monkeypatch):
     decisions = []
-    real = compile_cache.library_globals_unguarded
+    real = first_call.library_globals_unguarded
 
     def spy(fn):
         keep = real(fn)
@@ -83,7 +84,7 @@ def test_a_compiled_step_keeps_its_input_guards_and_drops_the_library_globals(mo
             return kept
         return recorded
 
-    monkeypatch.setattr(compile_cache, "library_globals_unguarded", spy)
+    monkeypatch.setattr(first_call, "library_globals_unguarded", spy)
     model, opt, ts, batch = _setup()
     make_train_step(model, _scaled_loss, opt)(ts, batch, None)
     dropped = [e.name for e, k in decisions if not k]

@@ -18,7 +18,9 @@ import inspect
 import types
 from typing import Any
 
-from .._torch import guard_pickler_class, guard_pickler_patched
+from ..._torch import guard_pickler_class, guard_pickler_patched
+
+__all__ = ["keep_functions_whole", "reduce_nested_function", "rebuild_function", "WholeFunctionPickler"]
 
 
 def reduce_nested_function(obj: Any) -> Any:
@@ -45,6 +47,6 @@ def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults:
     return f
 
 
-# Module level: saved files name it (None with the hook off). compile_cache may patch Dynamo
+# Module level: saved files name it (None with the hook off). the saved-compile module may patch Dynamo
 # with it directly until it uses keep_functions_whole().
 WholeFunctionPickler = guard_pickler_class(reduce_nested_function, __name__, "WholeFunctionPickler")

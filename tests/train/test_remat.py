@@ -1,4 +1,4 @@
-"""deepfn.remat: same values and gradients under grad, vmap(grad) and torch.compile, and
+"""deepfn.remat (deepfn.train.remat): same values and gradients under grad, vmap(grad) and torch.compile, and
 fewer tensors saved for the backward pass."""
 
 import contextlib
@@ -7,7 +7,7 @@ import torch
 
 import deepfn
 from deepfn import nn, random, tree
-from deepfn.remat import differentiated_outside
+from deepfn.train.remat import differentiated_outside
 
 
 def _mlp(params, x, mask):

@@ -1,10 +1,10 @@
-"""deepfn._autograd.autograd_grad_and_value: torch.func.grad_and_value's results through plain autograd, eagerly."""
+"""deepfn.train.autograd.autograd_grad_and_value: torch.func.grad_and_value's results through plain autograd, eagerly."""
 
 import torch
 
 from deepfn import losses, random, tree
-from deepfn._autograd import autograd_grad_and_value
 from deepfn.models import MLP, AdvancedCNN
+from deepfn.train.autograd import autograd_grad_and_value
 
 
 def _objective(model):

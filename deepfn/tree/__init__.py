@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 
-from . import _flat
-from ._torch import foreach, foreach_usable, pytree
-from .typing import PyTree
+from .._torch import foreach as _foreach
+from .._torch import foreach_usable as _foreach_usable
+from .._torch import pytree
+from ..typing import PyTree
+from . import flat as _flat
 
 __all__ = [
     "map", "leaves", "structure", "unflatten_leaves", "size", "zeros_like", "ones_like", "cast",
@@ -100,8 +102,8 @@ def global_norm(tree: PyTree) -> torch.Tensor:
     xs = [x for x in leaves(tree) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     if not xs:
         raise ValueError("deepfn.tree.global_norm: the tree has no floating-point leaves")
-    if foreach_usable(xs):
-        norms = foreach("norm", xs, 2.0)
+    if _foreach_usable(xs):
+        norms = _foreach("norm", xs, 2.0)
     else:
         norms = [torch.linalg.vector_norm(x, 2.0) for x in xs]
     return torch.linalg.vector_norm(torch.stack([n.to(xs[0].dtype) for n in norms]), 2.0)

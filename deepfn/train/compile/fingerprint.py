@@ -1,5 +1,5 @@
 """A stable hash of what a Python object graph computes: the key under which a compiled step
-is saved (``deepfn.train`` ``compile_cache``).
+is saved (``compile_cache`` of :mod:`deepfn.train`; :mod:`deepfn.train.compile.saved`).
 
 Two graphs hash alike when they hold the same values (numbers, strings, dtypes), the same
 functions (module, name and bytecode, defaults, closure contents, attributes), the same
@@ -19,6 +19,8 @@ import weakref
 from typing import Any
 
 import torch
+
+__all__ = ["fingerprint", "SCALAR_TYPES"]
 
 SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None))
 _BY_REPR = (torch.dtype, torch.device, torch.layout, torch.memory_format, enum.Enum, range, slice)

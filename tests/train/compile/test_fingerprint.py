@@ -1,4 +1,4 @@
-"""deepfn._fingerprint: equal programs hash alike (in any process), anything that changes what
+"""deepfn.train.compile.fingerprint: equal programs hash alike (in any process), anything that changes what
 they compute changes the hash, tensor values do not."""
 
 import copy
@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deepfn import optim
-from deepfn._fingerprint import fingerprint
 from deepfn.models import MLP
+from deepfn.train.compile.fingerprint import fingerprint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
@@ -116,7 +116,7 @@ def test_shared_and_cyclic_objects():
 
 
 _OTHER_PROCESS = """
-from deepfn._fingerprint import fingerprint
+from deepfn.train.compile.fingerprint import fingerprint
 from deepfn import optim
 from deepfn.models import MLP
 print(fingerprint({"a", "b", "c"}, frozenset({1, 2}), MLP(6, (8,), 3), optim.adamw(lr=1e-3)))

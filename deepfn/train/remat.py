@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from ._torch import pytree
+from .._torch import pytree
 
 __all__ = ["remat", "differentiated_outside"]
 

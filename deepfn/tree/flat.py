@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from ._torch import open_node, pytree, rebuild_node
+from .._torch import open_node, pytree, rebuild_node
+
+__all__ = ["flatten", "flatten_alike", "unflatten", "paths"]
 
 Spec = Any
 

@@ -13,6 +13,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["with_own_code"]
+
 
 def with_own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` itself unless it is a plain Python function; else a copy with its own code object

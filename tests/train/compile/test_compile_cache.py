@@ -17,22 +17,23 @@ import pytest
 import torch
 
 from deepfn import losses, optim, random, tree
-from deepfn._own_code import with_own_code
 from deepfn._private_files import private_dir
 from deepfn.models import MLP
 from deepfn.train import (
     TrainState,
     build_train_step,
-    compile_cache,
     ensemble_train_state,
     make_ensemble_train_step,
     make_eval_step,
     make_train_step,
 )
-from deepfn.train.compile_cache import SavedCompile, closure_objects, compiled
+from deepfn.train.compile import SavedCompile, compiled
+from deepfn.train.compile import saved as saved_compile
+from deepfn.train.compile.own_code import with_own_code
+from deepfn.train.compile.saved import closure_objects
 from tests.utils import assert_trees_close
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OTHER_USER = 12345   # a user id that is not ours
 
 
@@ -291,7 +292,7 @@ def test_a_saved_step_that_fails_to_run_is_removed_and_compiled_again(tmp_path, 
             raise RuntimeError("kernel missing")
 
     monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda *a, **k: Broken())
-    monkeypatch.setattr(compile_cache, "_read", lambda path: ({"module_values": {}}, b""))
+    monkeypatch.setattr(saved_compile, "_read", lambda path: ({"module_values": {}}, b""))
     again, _, _ = _steps(0.1, tmp_path)
     with pytest.warns(UserWarning, match=r"failed on its first call \(RuntimeError: kernel missing\); removed"):
         new, _ = again(ts, batch, key)
@@ -386,7 +387,7 @@ def test_rejects_a_compile_cache_that_is_not_a_path():
 
 def test_large_cpu_steps_compile_without_inductors_layout_optimization(monkeypatch):
     # Channels-last copies of every convolution's tensors cost a whole CPU step ~18% (README).
-    from deepfn.train.compile_cache import SMALL_STEP_ELEMENTS, compiled, inductor_options
+    from deepfn.train.compile.first_call import SMALL_STEP_ELEMENTS, inductor_options
     seen, real = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
     double = compiled(lambda x: x * 2, None, "test")
@@ -401,7 +402,7 @@ def test_large_cpu_steps_compile_without_inductors_layout_optimization(monkeypat
 
 def test_small_cpu_steps_compile_with_inductors_cpp_wrapper(monkeypatch):
     # A sub-millisecond step spends ~15-20% of its time in the Python wrapper (README).
-    from deepfn.train.compile_cache import (
+    from deepfn.train.compile.first_call import (
         SMALL_STEP_ELEMENTS,
         SMALL_STEP_TENSORS,
         inductor_options,
@@ -430,7 +431,7 @@ def test_small_cpu_steps_compile_with_inductors_cpp_wrapper(monkeypatch):
 
 def test_eval_steps_keep_inductors_layout_optimization(monkeypatch, tmp_path):
     # Forward-only graphs gain from channels-last convolutions on the CPU (README: 1.4-1.8x).
-    from deepfn.train.compile_cache import SMALL_STEP_ELEMENTS, SavedCompile, inductor_options
+    from deepfn.train.compile.first_call import SMALL_STEP_ELEMENTS, inductor_options
     seen, real = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or real(fn, **kw))
     model = MLP(6, (8,), 3)
@@ -501,7 +502,7 @@ def saved_eval_step(tmp_path_factory, private_cache_root) -> tuple[str, bytes, d
     make_eval_step(model, losses.cross_entropy, compile_cache=folder)(params, state, batch)
     (path,) = folder.iterdir()
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    return path.name, path.read_bytes(), compile_cache._read(path)[0]
+    return path.name, path.read_bytes(), saved_compile._read(path)[0]
 
 
 def _run_eval_step(folder: Path):
@@ -529,17 +530,17 @@ def test_a_planted_saved_step_is_not_unpickled_and_is_compiled_again(planted, sa
     path.write_bytes(saved)
     evil = pickle.dumps(_Planted(marker))
     if planted == "payload replaced":   # the saved file's format, HMAC and header, another payload
-        end = saved.index(b"\n", len(compile_cache._MAGIC) + compile_cache._MAC_HEX + 1)
+        end = saved.index(b"\n", len(saved_compile._MAGIC) + saved_compile._MAC_HEX + 1)
         path.write_bytes(saved[:end + 1] + evil)
         reason = "HMAC does not match"
     elif planted == "wrong HMAC":      # a valid-looking file signed with another key
-        mac_at = len(compile_cache._MAGIC)
+        mac_at = len(saved_compile._MAGIC)
         path.write_bytes(saved[:mac_at] + (b"0" if saved[mac_at:mac_at + 1] != b"0" else b"1") + saved[mac_at + 1:])
         reason = "HMAC does not match"
     else:   # signed with the user's key (as only deepfn could): the owner, mode and link checks stop it
         planted_path = path if planted != "a symbolic link" else tmp_path / "elsewhere" / name
         assert private_dir(planted_path.parent) is None
-        compile_cache._write(planted_path, header, evil)
+        saved_compile._write(planted_path, header, evil)
         if planted == "group-writable":
             path.chmod(0o660)
             reason = r"is writable by group or others \(mode 0o660\)"
@@ -559,7 +560,7 @@ def test_a_planted_saved_step_is_not_unpickled_and_is_compiled_again(planted, sa
     assert not marker.exists()
     replaced = os.lstat(path)   # by the step compiled again
     assert stat.S_ISREG(replaced.st_mode) and replaced.st_uid == os.getuid() and stat.S_IMODE(replaced.st_mode) == 0o600
-    assert compile_cache._read(path)[0] == header
+    assert saved_compile._read(path)[0] == header
 
 
 @pytest.mark.parametrize("folder_kind", ["group-writable", "another user's"])
@@ -567,7 +568,7 @@ def test_a_folder_others_can_write_is_not_used(folder_kind, saved_eval_step, tmp
     name, _, header = saved_eval_step
     folder, marker = tmp_path / "shared", tmp_path / "marker"
     assert private_dir(folder) is None
-    compile_cache._write(folder / name, header, pickle.dumps(_Planted(marker)))   # signed: only the folder stops it
+    saved_compile._write(folder / name, header, pickle.dumps(_Planted(marker)))   # signed: only the folder stops it
     planted = (folder / name).read_bytes()
     if folder_kind == "group-writable":
         folder.chmod(0o770)
