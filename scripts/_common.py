@@ -153,6 +153,9 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="training batch size")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
     p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience in epochs (off if unset)")
+    p.add_argument("--smoothing", type=positive_int, default=1,
+                   help="pick the best epoch (and stop early) by the mean of the monitored metric over this many "
+                        "epochs, not one epoch's reading of a small validation split (fit's smoothing=)")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many updates (smoke tests)")
     p.add_argument("--out", default=out, help="output folder: config, history, curves, checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -271,7 +274,8 @@ def log(message: str) -> None:
 
 def fit_kwargs(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``deepfn.train.fit`` that come from the shared flags."""
-    return dict(epochs=args.epochs, patience=args.patience, max_steps=args.max_steps, resume=args.resume,
+    return dict(epochs=args.epochs, patience=args.patience, smoothing=args.smoothing, max_steps=args.max_steps,
+                resume=args.resume,
                 checkpoint_dir=run["checkpoints"], history_path=run["history"], plot_path=run["plot"],
                 progress=args.progress, log=log, metadata={"config": run["config"]},
                 distributed=args.distributed)

@@ -20,7 +20,7 @@ from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_s
 
 def build_parser():
     p = _common.parser(__doc__.splitlines()[0], epochs=40, batch_size=64, lr=1e-3, out="runs/mlp")
-    p.set_defaults(patience=10)
+    p.set_defaults(patience=10, smoothing=5)   # as train_cnn.py (here as good as val loss alone)
     p.add_argument("--hidden", type=_common.positive_int, nargs="+", default=[256, 128], help="hidden layer widths")
     p.add_argument("--dropout", type=_common.probability, default=0.2, help="dropout rate after each hidden layer")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
