@@ -162,34 +162,9 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
     b1, b2 = _check_common(name, lr, betas, eps, weight_decay)
     inner = chain(scale_by_adam(betas, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
 
-    # The chain's three passes after Adam's division (scale, decay, learning rate) fused into
-    # two on the eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor
-    # or the per-leaf path does not gain from it, so the chain runs as written.
-    def fast_path(updates: PyTree, state: tuple, params: PyTree):
-        """The flattened leaves and state when the eager foreach path applies, else None."""
-        gs, spec = _flat.flatten(updates)
-        if (params is None or not _ops.use_foreach(gs) or not isinstance(state, tuple) or len(state) != 3
-                or not isinstance(state[0], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
-            return None
-        adam_s, lr_s = state[0], state[2]
-        check_count("deepfn.optim.scale_by_adam", adam_s.count)
-        check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
-        mu, mu_spec = _flat.flatten(adam_s.mu)
-        check_specs("deepfn.optim.scale_by_adam", "updates", spec, mu_spec, updates, adam_s.mu, "the moments")
-        check_shapes("deepfn.optim.scale_by_adam", "updates", gs, mu, adam_s.mu, "the moments")
-        ps, p_spec = _flat.flatten(params)
-        where = "deepfn.optim.add_decayed_weights"
-        check_specs(where, "updates", spec, p_spec, updates, params)
-        flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
-        return gs, spec, mu, _flat.flatten(adam_s.nu)[0], ps, [i for i, f in enumerate(flags) if f]
-
-    def new_state(state: tuple, spec: Any, count: Tensor, mu: list, nu: list) -> tuple:
-        return (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
-                ScaleByScheduleState(state[2].count + 1))
-
     def update(updates: PyTree, state: tuple, params: PyTree = None, *, donate_state: bool = False,
                _owned: bool = False):
-        flat = fast_path(updates, state, params)
+        flat = _adamw_fast_path(updates, state, params, weight_decay, mask)
         if flat is None:
             return inner.update(updates, state, params, donate_state=donate_state, _owned=_owned)
         gs, spec, mu, nu, ps, idx = flat
@@ -205,7 +180,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
             _ops.add([out[i] for i in idx], [ps[i] for i in idx], True, alpha=alpha, inplace=True)
         if tensor_rate:
             out = _ops.mul(out, -rate, True, inplace=True)
-        return _flat.unflatten(spec, out), new_state(state, spec, count, mu, nu)
+        return _flat.unflatten(spec, out), _adamw_state(state, spec, count, mu, nu)
 
     def update_in_place(updates: PyTree, state: tuple, params: PyTree):
         """``params`` and ``state`` given up: the new values written into their tensors, in
@@ -217,7 +192,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         step sizes are read on the host as Python numbers, as ``torch.optim`` reads its steps.
         Parameters that require grad are written under ``no_grad``, as ``torch.optim`` does.
         """
-        flat = fast_path(updates, state, params)
+        flat = _adamw_fast_path(updates, state, params, weight_decay, mask)
         if flat is None:
             return None
         gs, spec, mu, nu, ps, idx = flat
@@ -232,11 +207,40 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
             if idx:
                 foreach("mul_", [ps[i] for i in idx], 1.0 - rate * weight_decay)
             foreach("addcdiv_", ps, mu, denom, -rate * float(scale))
-        return _flat.unflatten(spec, ps), new_state(state, spec, count, mu, nu)
+        return _flat.unflatten(spec, ps), _adamw_state(state, spec, count, mu, nu)
 
     update = mark(update, fresh=True, reuses=True, donates=True)
     update.in_place = update_in_place
     return GradientTransformation(inner.init, update)
+
+
+# The chain's three passes after Adam's division (scale, decay, learning rate) are fused into two
+# on adamw's eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor or the
+# per-leaf path does not gain from it, so the chain runs as written.
+def _adamw_fast_path(updates: PyTree, state: tuple, params: PyTree, weight_decay: float, mask: Mask | None):
+    """``(grads, spec, mu, nu, params, decayed indices)`` as flat lists when adamw's eager foreach
+    path applies to this update, else None."""
+    gs, spec = _flat.flatten(updates)
+    if (params is None or not _ops.use_foreach(gs) or not isinstance(state, tuple) or len(state) != 3
+            or not isinstance(state[0], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
+        return None
+    adam_s, lr_s = state[0], state[2]
+    check_count("deepfn.optim.scale_by_adam", adam_s.count)
+    check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
+    mu, mu_spec = _flat.flatten(adam_s.mu)
+    check_specs("deepfn.optim.scale_by_adam", "updates", spec, mu_spec, updates, adam_s.mu, "the moments")
+    check_shapes("deepfn.optim.scale_by_adam", "updates", gs, mu, adam_s.mu, "the moments")
+    ps, p_spec = _flat.flatten(params)
+    where = "deepfn.optim.add_decayed_weights"
+    check_specs(where, "updates", spec, p_spec, updates, params)
+    flags = resolve_mask(where, mask, params, ps, p_spec) if weight_decay else [False] * len(ps)
+    return gs, spec, mu, _flat.flatten(adam_s.nu)[0], ps, [i for i, f in enumerate(flags) if f]
+
+
+def _adamw_state(state: tuple, spec: Any, count: Tensor, mu: list, nu: list) -> tuple:
+    """adamw's chain state after one fused update: Adam's moments, the decay's, the schedule's count."""
+    return (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
+            ScaleByScheduleState(state[2].count + 1))
 
 
 def _check_common(name: str, lr, betas, eps, weight_decay) -> tuple[ScalarOrSchedule, float]:
