@@ -549,10 +549,7 @@ def test_a_planted_saved_step_is_not_unpickled_and_is_compiled_again(planted, sa
             path.symlink_to(planted_path)
             reason = "is a symbolic link"
         else:
-            try:
-                os.chown(path, OTHER_USER, OTHER_USER)
-            except PermissionError:
-                pytest.skip("simulating another user's file needs root (os.chown)")
+            _give_to_another_user(path, "file")
             reason = f"is owned by user id {OTHER_USER}"
     with pytest.warns(UserWarning, match=rf"not using the saved compiled step {path} \(UntrustedFileError: "
                                          rf".*{reason}.*compiling it again"):
@@ -561,6 +558,14 @@ def test_a_planted_saved_step_is_not_unpickled_and_is_compiled_again(planted, sa
     replaced = os.lstat(path)   # by the step compiled again
     assert stat.S_ISREG(replaced.st_mode) and replaced.st_uid == os.getuid() and stat.S_IMODE(replaced.st_mode) == 0o600
     assert saved_compile._read(path)[0] == header
+
+
+def _give_to_another_user(path, what):
+    """``path`` owned by ``OTHER_USER`` (skips the test where only root may chown)."""
+    try:
+        os.chown(path, OTHER_USER, OTHER_USER)
+    except PermissionError:
+        pytest.skip(f"simulating another user's {what} needs root (os.chown)")
 
 
 @pytest.mark.parametrize("folder_kind", ["group-writable", "another user's"])
@@ -574,10 +579,7 @@ def test_a_folder_others_can_write_is_not_used(folder_kind, saved_eval_step, tmp
         folder.chmod(0o770)
         reason = r"writable by group or others \(mode 0o770\)"
     else:
-        try:
-            os.chown(folder, OTHER_USER, OTHER_USER)
-        except PermissionError:
-            pytest.skip("simulating another user's folder needs root (os.chown)")
+        _give_to_another_user(folder, "folder")
         reason = f"owned by user id {OTHER_USER}"
     with pytest.warns(UserWarning, match=rf"cannot be saved to compile_cache \(the folder {folder} is {reason}.*; a "
                                          r"folder of saved steps holds code.*runs compiled but unsaved"):
