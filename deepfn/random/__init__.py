@@ -26,7 +26,8 @@ from .._torch import plain_eager as _plain_eager
 from . import draw as _draw
 from . import threefry as _threefry
 
-__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation"]
+__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint", "permutation",
+           "categorical"]
 
 _threefry2x32 = _threefry.call
 
@@ -235,3 +236,52 @@ def permutation(key: torch.Tensor, n: int) -> torch.Tensor:
     w = bits(key, 2 * n)
     sort_keys = ((w[..., :n] >> 1) << 32) | w[..., n:]
     return torch.argsort(sort_keys, dim=-1, stable=True)
+
+
+def categorical(key: torch.Tensor, logits: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Indices along ``axis`` drawn with probabilities ``softmax(logits, axis)``: ``int64``.
+
+    Gumbel-max: ``argmax(logits + g, axis)`` with ``g = -log(-log(u))`` for uniforms ``u`` in
+    ``(0, 1)``, one per logit. The noise and the sum are float64 whatever the logits' dtype,
+    so ``u``'s 24 random bits and the logits' precision set the resolution, not a float32
+    rounding of ``logits + g``. A ``-inf`` logit is never drawn (its sum stays ``-inf``);
+    a slice of all ``-inf`` gives index 0. NaN logits are not checked (that would read the
+    values, which a compiled graph cannot do for free) and give an unspecified index.
+
+    Args:
+        key: ``int64 [2]``, or ``[..., 2]`` for a batch of keys (the key's batch axes lead
+            the result, as for :func:`uniform`).
+        logits: ``[...]`` floating, unnormalised log-probabilities; at least one axis.
+        axis: the axis of the categories (an int in ``[-logits.ndim, logits.ndim)``).
+
+    Returns:
+        ``int64`` indices in ``[0, logits.shape[axis])`` of shape ``logits.shape`` without
+        ``axis`` (key batch axes first), on the logits' device.
+
+    Raises:
+        TypeError: ``logits`` is not a floating tensor, or ``axis`` is not an int.
+        ValueError: ``axis`` out of range, or ``logits`` has no category along it.
+
+    Example:
+        >>> from deepfn import random
+        >>> logits = torch.tensor([[0.0, float("-inf"), 0.0], [5.0, 0.0, -5.0]])
+        >>> random.categorical(random.key(0), logits).shape
+        torch.Size([2])
+    """
+    _check_key(key, "categorical")
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"deepfn.random.categorical: logits must be a floating tensor; got {_describe(logits)}")
+    if not _is_int(axis):
+        raise TypeError(f"deepfn.random.categorical: axis must be an int; got {type(axis).__name__} {axis!r}")
+    if not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"deepfn.random.categorical: axis must lie in [{-logits.ndim}, {logits.ndim}) for "
+                         f"logits {_describe(logits)}; got axis={axis}")
+    if logits.shape[axis] == 0:
+        raise ValueError(f"deepfn.random.categorical: logits need at least one category along axis {axis}; "
+                         f"got {_describe(logits)}")
+    shape = tuple(logits.shape)
+    u = _draw.sample(key.to(logits.device), math.prod(shape), torch.float64)   # multiples of 2**-24 in [0, 1)
+    u = (u + 2.0 ** -25).reshape((*key.shape[:-1], *shape))                    # exact: now in (0, 1)
+    gumbel = -torch.log(-torch.log(u))
+    # A negative axis counts from the end, so the key's leading batch axes do not move it.
+    return torch.argmax(logits.to(torch.float64) + gumbel, dim=axis - logits.ndim if axis >= 0 else axis)
