@@ -38,7 +38,7 @@ from ..nn.positional import PositionalEncoding
 from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 from ..train.remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
-from . import generate
+from . import decoding
 
 __all__ = ["Transformer"]
 
@@ -296,13 +296,13 @@ class Transformer:
 
     def greedy_decode(self, params: Params, state: State, src: Tensor, max_len: int, bos_id: int = 1,
                       eos_id: int = 2) -> Tensor:
-        """Greedy generation with a key/value cache; see :func:`deepfn.models.generate.greedy_decode`."""
-        return generate.greedy_decode(self, params, state, src, max_len, bos_id=bos_id, eos_id=eos_id)
+        """Greedy generation with a key/value cache; see :func:`deepfn.models.decoding.greedy_decode`."""
+        return decoding.greedy_decode(self, params, state, src, max_len, bos_id=bos_id, eos_id=eos_id)
 
     def beam_search(self, params: Params, state: State, src: Tensor, max_len: int, beam_size: int = 4,
                     length_penalty: float = 1.0, bos_id: int = 1, eos_id: int = 2) -> Tensor:
-        """Beam search with a key/value cache; see :func:`deepfn.models.generate.beam_search`."""
-        return generate.beam_search(self, params, state, src, max_len, beam_size=beam_size,
+        """Beam search with a key/value cache; see :func:`deepfn.models.decoding.beam_search`."""
+        return decoding.beam_search(self, params, state, src, max_len, beam_size=beam_size,
                                     length_penalty=length_penalty, bos_id=bos_id, eos_id=eos_id)
 
 

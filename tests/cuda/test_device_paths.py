@@ -24,7 +24,7 @@ import torch
 
 from deepfn import amp, checkpoint, interop, losses, optim, random, tree
 from deepfn.models import MLP, AdvancedCNN, Transformer
-from deepfn.models.generate import beam_search, greedy_decode
+from deepfn.models.decoding import beam_search, greedy_decode
 from deepfn.nn import MultiHeadAttention
 from deepfn.train import (
     TrainState,

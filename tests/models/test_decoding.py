@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepfn import random, tree
-from deepfn.models import generate
+from deepfn.models import decoding
 from deepfn.models.transformer import Transformer
 
 TINY = dict(vocab_size=20, d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_seq_len=12)
@@ -58,11 +58,11 @@ def test_cached_step_equals_full_decode(norm_first):
     memory = model.encode(params, {}, src)[0]
     prefix = torch.tensor([[BOS, 5, 7, PAD, 9, 4, 2, 3]] * 3)   # a pad inside the prefix is masked alike
     prefix[1, 2] = 11
-    cache = generate.init_cache(model, params, memory)
+    cache = decoding.init_cache(model, params, memory)
     cross_mask = (src != PAD)[:, None, None, :]
     full = model.decode(params, {}, prefix, memory, src)[0]
     for t in range(1, prefix.shape[1] + 1):
-        logits, new_cache = generate.decode_step(model, params, prefix[:, :t], cache, cross_mask)
+        logits, new_cache = decoding.decode_step(model, params, prefix[:, :t], cache, cross_mask)
         torch.testing.assert_close(logits, full[:, t - 1], rtol=1e-10, atol=1e-10)
         cache = new_cache
     assert cache[0]["self"][0].shape == (3, 2, prefix.shape[1], 8)   # grew one position per step
