@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
@@ -35,7 +35,10 @@ class Conv2d:
     ``(h, w)`` pair; ``padding`` may also be ``"valid"`` or ``"same"`` (stride 1 only), as
     in PyTorch. Params: ``weight`` and ``bias [out_channels]`` (if ``bias``), initialised as
     ``torch.nn.Conv2d`` does: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with
-    ``fan_in = in_channels / groups * kh * kw``.
+    ``fan_in = in_channels / groups * kh * kw``. ``kernel_init`` / ``bias_init`` replace that:
+    a function ``(key, shape, dtype) -> Tensor`` of ``deepfn.nn.initializers`` or a name of
+    ``initializers.BY_NAME``; ``None`` keeps PyTorch's. They take part in equality and hashing
+    but not in the repr.
 
     Twin: ``torch.nn.Conv2d`` (``padding_mode="zeros"``).
     """
@@ -48,8 +51,12 @@ class Conv2d:
     bias: bool = True
     dilation: IntPair = 1
     groups: int = 1
+    kernel_init: initializers.Initializer | str | None = field(default=None, repr=False)
+    bias_init: initializers.Initializer | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        initializers.check_field(self, "kernel_init", self.kernel_init)
+        initializers.check_field(self, "bias_init", self.bias_init)
         for name in ("in_channels", "out_channels", "groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -86,10 +93,12 @@ class Conv2d:
     def init(self, key: Key) -> tuple[Params, State]:
         k_weight, k_bias = random.split(key)
         shape = self.weight_shape
-        params = {"weight": initializers.torch_default(k_weight, shape)}
+        params = {"weight": initializers.draw(self, "kernel_init", self.kernel_init, initializers.torch_default,
+                                              k_weight, shape)}
         if self.bias:
             fan_in = shape[1] * shape[2] * shape[3]
-            params["bias"] = initializers.torch_default_bias(fan_in)(k_bias, (self.out_channels,))
+            params["bias"] = initializers.draw(self, "bias_init", self.bias_init,
+                                               initializers.torch_default_bias(fan_in), k_bias, (self.out_channels,))
         return params, {}
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:

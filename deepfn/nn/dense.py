@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
@@ -19,7 +19,11 @@ class Dense:
     """Affine map over the last axis, ``y = x @ weight.T + bias``.
 
     Params: ``weight [out_features, in_features]``, ``bias [out_features]`` (if ``bias``),
-    initialised as ``torch.nn.Linear`` does.
+    initialised as ``torch.nn.Linear`` does: ``U(-1/sqrt(in_features), 1/sqrt(in_features))``
+    both. ``kernel_init`` / ``bias_init`` replace that: a function ``(key, shape, dtype) ->
+    Tensor`` of ``deepfn.nn.initializers`` (e.g. ``initializers.normal(0.02)``,
+    ``initializers.zeros``) or a name of ``initializers.BY_NAME``; ``None`` keeps PyTorch's.
+    They take part in equality and hashing but not in the repr.
 
     Twin: ``torch.nn.Linear``.
     """
@@ -27,9 +31,13 @@ class Dense:
     in_features: int
     out_features: int
     bias: bool = True
+    kernel_init: initializers.Initializer | str | None = field(default=None, repr=False)
+    bias_init: initializers.Initializer | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_positive(self, in_features=self.in_features, out_features=self.out_features)
+        initializers.check_field(self, "kernel_init", self.kernel_init)
+        initializers.check_field(self, "bias_init", self.bias_init)
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -41,9 +49,12 @@ class Dense:
 
     def init(self, key: Key) -> tuple[Params, State]:
         k_weight, k_bias = random.split(key)
-        params = {"weight": initializers.torch_default(k_weight, (self.out_features, self.in_features))}
+        params = {"weight": initializers.draw(self, "kernel_init", self.kernel_init, initializers.torch_default,
+                                              k_weight, (self.out_features, self.in_features))}
         if self.bias:
-            params["bias"] = initializers.torch_default_bias(self.in_features)(k_bias, (self.out_features,))
+            params["bias"] = initializers.draw(self, "bias_init", self.bias_init,
+                                               initializers.torch_default_bias(self.in_features),
+                                               k_bias, (self.out_features,))
         return params, {}
 
     def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,13 @@ __all__ = ["Embedding"]
 class Embedding:
     """Map ids ``[...]`` to rows of ``weight [num_embeddings, embedding_dim]``.
 
-    Params: ``weight``, initialised ``N(0, 1)`` as ``torch.nn.Embedding``. With
-    ``padding_idx`` set, that row starts at zero and receives no gradient (PyTorch's
-    semantics); a negative ``padding_idx`` counts from the end.
+    Params: ``weight``, initialised ``N(0, 1)`` as ``torch.nn.Embedding``, or by
+    ``embedding_init``: a function ``(key, shape, dtype) -> Tensor`` of
+    ``deepfn.nn.initializers`` (GPT-2 uses ``initializers.normal(0.02)``) or a name of
+    ``initializers.BY_NAME`` (``None`` keeps PyTorch's; it takes part in equality and hashing
+    but not in the repr). With ``padding_idx`` set, that row starts at zero whatever the
+    initializer and receives no gradient (PyTorch's semantics); a negative ``padding_idx``
+    counts from the end.
 
     Ids are checked for an integer dtype always and for the range ``[0, num_embeddings)``
     when called eagerly on plain tensors (a ``ValueError`` naming the first bad id). The
@@ -36,8 +40,10 @@ class Embedding:
     num_embeddings: int
     embedding_dim: int
     padding_idx: int | None = None
+    embedding_init: initializers.Initializer | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        initializers.check_field(self, "embedding_init", self.embedding_init)
         for name in ("num_embeddings", "embedding_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -61,7 +67,8 @@ class Embedding:
         return {"weight": (self.num_embeddings, self.embedding_dim)}
 
     def init(self, key: Key) -> tuple[Params, State]:
-        weight = initializers.normal(1.0)(key, (self.num_embeddings, self.embedding_dim))
+        weight = initializers.draw(self, "embedding_init", self.embedding_init, initializers.normal(1.0),
+                                   key, (self.num_embeddings, self.embedding_dim))
         row = self._padding_row
         if row is not None:
             # Zero the padding row out of place (index_fill) rather than writing into weight.

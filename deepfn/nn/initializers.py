@@ -2,6 +2,12 @@
 
 Fan computations follow ``torch.nn.init``: for a weight ``[out, in, *kernel]``,
 ``fan_in = in * prod(kernel)`` and ``fan_out = out * prod(kernel)``.
+
+Layers take them as arguments, as Flax and Equinox do (``Dense(kernel_init=..., bias_init=...)``,
+``Embedding(embedding_init=...)``, ``LayerNorm(scale_init=..., bias_init=...)``): ``None`` is
+PyTorch's default for that layer, a name is looked up in :data:`BY_NAME`, a callable is used as
+it is. :func:`check_field` validates such a field at construction, :func:`draw` calls it in
+``init`` and checks what it returns.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .. import random
+from .._checks import describe, where
 from ..typing import Key
 
 __all__ = [
-    "BY_NAME", "fans", "get", "he_normal", "he_uniform", "normal", "ones", "torch_default",
+    "BY_NAME", "check_field", "draw", "fans", "get", "he_normal", "he_uniform", "normal", "ones", "torch_default",
     "torch_default_bias", "uniform", "xavier_normal", "xavier_uniform", "zeros",
 ]
 
@@ -115,3 +122,48 @@ def get(name_or_fn: str | Initializer) -> Initializer:
     if name_or_fn not in BY_NAME:
         raise ValueError(f"unknown weight_init {name_or_fn!r}; expected one of {sorted(BY_NAME)} or a callable")
     return BY_NAME[name_or_fn]
+
+
+
+def check_field(owner: object, name: str, value: object) -> None:
+    """Construction-time check of an initializer field of ``owner``: ``None``, a name of
+    :data:`BY_NAME` or a callable ``(key, shape, dtype) -> Tensor``.
+
+    Raises:
+        ValueError: an unknown name (the known ones are listed).
+        TypeError: anything else that is not callable.
+    """
+    if value is None or callable(value):
+        return
+    block = type(owner).__name__
+    if isinstance(value, str):
+        if value not in BY_NAME:
+            raise ValueError(f"{block}: {name} must be None, a callable (key, shape, dtype) -> Tensor or "
+                             f"one of {sorted(BY_NAME)}; got {value!r}")
+        return
+    raise TypeError(f"{block}: {name} must be None, a callable (key, shape, dtype) -> Tensor or a name "
+                    f"of initializers.BY_NAME; got {type(value).__name__} {value!r}")
+
+
+def draw(owner: object, name: str, value: str | Initializer | None, default: Initializer, key: Key,
+         shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``owner``'s param drawn by its initializer field ``name`` (``default`` when ``value`` is None).
+
+    Returns:
+        A ``dtype`` tensor of ``shape`` on ``key``'s device.
+
+    Raises:
+        TypeError: the initializer returned something other than a tensor of ``dtype``.
+        ValueError: it returned another shape, or a tensor on another device than ``key``.
+    """
+    fn = default if value is None else get(value)
+    out = fn(key, tuple(shape), dtype)
+    if not isinstance(out, torch.Tensor) or out.dtype != dtype:
+        raise TypeError(f"{where(owner, 'init')}: {name} must return a {str(dtype).removeprefix('torch.')} "
+                        f"tensor of shape {list(shape)}; got {describe(out)}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{where(owner, 'init')}: {name} must return shape {list(shape)}; got {describe(out)}")
+    if out.device != key.device:
+        raise ValueError(f"{where(owner, 'init')}: {name} must return a tensor on the key's device "
+                         f"({key.device}); got one on {out.device}")
+    return out

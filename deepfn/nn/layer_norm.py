@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from .. import random
 from .._checks import check_floating, check_params, check_positive, describe, where
 from ..typing import Key, Params, State, Tensor
+from . import initializers
 
 __all__ = ["LayerNorm"]
 
@@ -18,7 +20,10 @@ class LayerNorm:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last ``len(normalized_shape)`` axes.
 
     ``normalized_shape`` is an int or a tuple of ints. Params: ``weight`` (ones) and ``bias``
-    (zeros) of that shape. Statistics are computed in float32 for half-precision inputs; the
+    (zeros) of that shape; ``scale_init`` / ``bias_init`` (Flax's names) replace those: a
+    function ``(key, shape, dtype) -> Tensor`` of ``deepfn.nn.initializers`` or a name of
+    ``initializers.BY_NAME`` (``None`` keeps PyTorch's; they take part in equality and hashing
+    but not in the repr). Statistics are computed in float32 for half-precision inputs; the
     output has the input's dtype.
 
     Twin: ``torch.nn.LayerNorm``.
@@ -26,12 +31,16 @@ class LayerNorm:
 
     normalized_shape: int | tuple[int, ...]
     eps: float = 1e-5
+    scale_init: initializers.Initializer | str | None = field(default=None, repr=False)
+    bias_init: initializers.Initializer | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         shape = self.shape
         check_positive(self, **{f"normalized_shape[{i}]": s for i, s in enumerate(shape)})
         if not self.eps > 0:
             raise ValueError(f"LayerNorm: eps must be > 0; got {self.eps!r}")
+        initializers.check_field(self, "scale_init", self.scale_init)
+        initializers.check_field(self, "bias_init", self.bias_init)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -44,9 +53,11 @@ class LayerNorm:
         return {"weight": self.shape, "bias": self.shape}
 
     def init(self, key: Key) -> tuple[Params, State]:
-        device = key.device
-        return {"weight": torch.ones(self.shape, device=device),
-                "bias": torch.zeros(self.shape, device=device)}, {}
+        k_scale, k_bias = random.split(key)
+        return {"weight": initializers.draw(self, "scale_init", self.scale_init, initializers.ones,
+                                            k_scale, self.shape),
+                "bias": initializers.draw(self, "bias_init", self.bias_init, initializers.zeros,
+                                          k_bias, self.shape)}, {}
 
     def apply(self, params: Params, state: State, x: Tensor, *, key: Key | None = None,
               train: bool = False) -> tuple[Tensor, State]:
