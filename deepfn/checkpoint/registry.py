@@ -71,12 +71,13 @@ def _deepfn_types() -> dict[str, type]:
     # Imported here, not at the top: deepfn.train imports deepfn.checkpoint. The list is
     # fixed; a test fails when deepfn.optim gains a state class that is missing from it.
     from ..amp.loss_scale import DynamicLossScale, NoOpLossScale
+    from ..distributed.sharded_state import ShardedTrainState
     from ..optim.adam import ScaleByAdamState
     from ..optim.base import EmptyState
     from ..optim.transforms import ScaleByScheduleState, TraceState
     from ..train.state import TrainState
 
-    own = (TrainState, DynamicLossScale, NoOpLossScale, EmptyState, ScaleByAdamState,
+    own = (TrainState, ShardedTrainState, DynamicLossScale, NoOpLossScale, EmptyState, ScaleByAdamState,
            ScaleByScheduleState, TraceState)
     return {type_name(cls): cls for cls in own}
 

@@ -28,10 +28,13 @@ from .process import shutdown as shutdown
 from .process import world_size as world_size
 from .sampler import shard_indices as shard_indices
 from .sampler import shard_size as shard_size
+from .sharded_state import ShardedTrainState as ShardedTrainState
+from .sharded_state import shard as shard
+from .sharded_state import unshard as unshard
 
 __all__ = [
-    "CollectiveError", "all_reduce_mean", "barrier", "broadcast", "check_same_structure",
+    "CollectiveError", "ShardedTrainState", "all_reduce_mean", "barrier", "broadcast", "check_same_structure",
     "grad_and_all_reduce_mean", "init",
-    "is_initialized", "is_main", "local_rank", "rank", "shard_indices", "shard_size", "shutdown",
-    "world_size",
+    "is_initialized", "is_main", "local_rank", "rank", "shard", "shard_indices", "shard_size", "shutdown",
+    "unshard", "world_size",
 ]

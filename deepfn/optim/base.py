@@ -92,6 +92,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_states.append(s)
         return updates, tuple(new_states)
 
+    # Needs the whole gradient tree (a global norm) if any part does: sharded steps refuse it.
+    update.whole_tree = any(getattr(t.update, "whole_tree", False) for t in transforms)
     # The flags are static, so a chain's own are too: fresh if its output is owned when its
     # input is not; it takes ownership only if it then hands back an owned output.
     return GradientTransformation(init, mark(update, fresh=_owned_after(transforms, False),

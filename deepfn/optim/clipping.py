@@ -41,7 +41,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         fe = _ops.use_foreach(xs)
         return _flat.unflatten(spec, _scaled(xs, max_norm, tree.global_norm(updates), fe, _owned)), state
 
-    return GradientTransformation(lambda params: EmptyState(), mark(update, fresh=True, reuses=True))
+    update = mark(update, fresh=True, reuses=True)
+    update.whole_tree = True   # the norm of the whole tree: sharded steps refuse it (clip_norm= instead)
+    return GradientTransformation(lambda params: EmptyState(), update)
 
 
 def clip_given_norm(updates: PyTree, max_norm: float, norm: torch.Tensor, *, inplace: bool = False) -> PyTree:

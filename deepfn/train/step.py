@@ -118,7 +118,8 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
                     policy: Policy | None = None, loss_scale: Any = None, accumulation_steps: int = 1,
                     clip_norm: float | None = None, all_reduce: Callable[[PyTree], PyTree] | None = None,
                     compile: bool | str = True, lr: Any = None, ignore_index: int | None = None,
-                    donate: bool = False, compile_cache: str | os.PathLike | None = None) -> Step:
+                    donate: bool = False, compile_cache: str | os.PathLike | None = None,
+                    sharding: str | None = None) -> Step:
     """Build ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``: one update.
 
     Args:
@@ -157,6 +158,13 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             writes files ``0600``; a folder or file that another user owns or can write, or a
             file whose HMAC (per-user key) does not match, is not opened: a warning, then the
             step compiles again (unsaved, if the folder itself is not trusted).
+        sharding: ``None`` (every rank holds the whole state), ``"optimizer"`` (ZeRO-1) or
+            ``"full"`` (ZeRO-3): the step takes and returns this rank's
+            ``distributed.ShardedTrainState`` (from ``distributed.shard``), averages gradients
+            over ranks itself (leave ``all_reduce`` out) and clips by the global norm across
+            shards (:mod:`deepfn.train.sharded`). ``compile=True`` compiles the forward and
+            backward and the update apart, the collectives running eagerly between them; not
+            with ``compile="split"`` or ``compile_cache``.
 
     Returns:
         The step (attributes ``donates`` and ``loss_scale``). ``metrics`` maps ``loss`` (mean, float32), ``grad_norm``
@@ -175,6 +183,11 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         raise TypeError(f"{fn}: loss_fn must be callable loss_fn(logits, labels) -> scalar "
                         f"(e.g. deepfn.losses.cross_entropy); got {type(loss_fn).__name__} {loss_fn!r}")
     require_compiled(fn, compile_cache, compile, "compile=True, 'whole' or 'split'")
+    if sharding is not None:
+        return _sharded_step(fn, model, loss_fn, optimizer, sharding, policy=policy, loss_scale=loss_scale,
+                             accumulation_steps=accumulation_steps, clip_norm=clip_norm, all_reduce=all_reduce,
+                             compile=compile, lr=lr, ignore_index=ignore_index, donate=donate,
+                             compile_cache=compile_cache)
     split = compile == "split"
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
                             clip_norm=clip_norm, all_reduce=all_reduce, lr=lr, ignore_index=ignore_index,
@@ -188,6 +201,9 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     def step(train_state: TrainState, batch: tuple[Any, Any], key: Key | None):
         if not isinstance(train_state, TrainState):
             raise TypeError(f"{fn}: step needs a TrainState; got {type(train_state).__name__}")
+        if isinstance(train_state, distributed.ShardedTrainState):
+            raise TypeError(f"{fn}: the train state is sharded ({train_state.sharding!r}); make the step with "
+                            f"make_train_step(..., sharding={train_state.sharding!r})")
         check_batch(f"{fn}: step", batch, accumulation_steps)
         if train_state.loss_scale is None and loss_scale is not None:
             train_state = train_state.replace(loss_scale=loss_scale)
@@ -200,4 +216,31 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
 
     step.donates = bool(donate)
     step.loss_scale = loss_scale   # fit completes a resume template with it
+    return step
+
+
+def _sharded_step(fn: str, model: Block, loss_fn: Callable, optimizer: Any, sharding: str, *,
+                  loss_scale: Any, all_reduce: Any, compile: bool | str, compile_cache: Any, donate: bool,
+                  accumulation_steps: int, **options: Any) -> Step:
+    """``make_train_step(..., sharding=...)``: :func:`deepfn.train.sharded.build_sharded_train_step`
+    behind the same checks of the state and the batch."""
+    from .sharded import build_sharded_train_step
+
+    if all_reduce is not None:
+        raise ValueError(f"{fn}: a sharded step averages gradients itself (reduce-scatter); leave all_reduce "
+                         f"None with sharding={sharding!r}; got {all_reduce!r}")
+    if compile == "split" or compile_cache is not None:
+        raise ValueError(f"{fn}: sharding={sharding!r} compiles with compile=True or runs eagerly with "
+                         f"compile=False; compile='split' and compile_cache are not available with it")
+    run = build_sharded_train_step(model, loss_fn, optimizer, sharding, accumulation_steps=accumulation_steps,
+                                   compile=bool(compile), donate=donate, **options)
+
+    def step(train_state: TrainState, batch: tuple[Any, Any], key: Key | None):
+        check_batch(f"{fn}: step", batch, accumulation_steps)
+        if isinstance(train_state, TrainState) and train_state.loss_scale is None and loss_scale is not None:
+            train_state = train_state.replace(loss_scale=loss_scale)
+        return run(train_state, tuple(batch), key)
+
+    step.donates = bool(donate)
+    step.loss_scale = loss_scale
     return step

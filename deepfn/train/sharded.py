@@ -1,0 +1,178 @@
+"""The train step of sharded data parallel (``make_train_step(..., sharding=...)``): ZeRO-1
+(``"optimizer"``) and ZeRO-3 (``"full"``) over a :class:`~deepfn.distributed.ShardedTrainState`.
+
+One update, in order (compare the reference :func:`deepfn.train.step.build_train_step`):
+
+1. ``"full"``: all-gather the parameter shards into whole parameters (bucketed);
+   ``"optimizer"``: every rank holds them whole already;
+2. forward and gradient of this rank's micro-batches, as the reference step takes them
+   (the *local* part: compiled with ``compile=True``);
+3. reduce-scatter the mean gradient: each rank keeps its chunk of every leaf; the whole
+   gradients and (``"full"``) the whole parameters are dropped here;
+4. unscale; one small all-reduce sums, over ranks, the squares of the gradient chunks, their
+   count of non-finite entries, the loss and the accuracy: the global norm for clipping, a
+   finite check every rank agrees on (a skipped step is skipped everywhere) and the metrics;
+5. clip the chunks by the global norm, and run the optimizer on this rank's chunks of
+   parameters and optimizer state (the update compiled too with ``compile=True``);
+6. ``"optimizer"``: all-gather the updated chunks into whole parameters.
+
+The collectives (steps 1, 3, 4, 6) run eagerly between the compiled pieces: they are
+``torch.distributed``'s own ``all_gather_single``, ``reduce_scatter_single`` and
+``all_reduce``, never differentiated. The optimizer must be elementwise (SGD, Adam, AdamW,
+their chains and schedules): a transformation that needs the whole tree
+(``optim.clip_by_global_norm`` inside the chain) is refused; use ``clip_norm=`` instead.
+
+Memory per rank: ``"optimizer"`` keeps 1/N of the optimizer state; ``"full"`` keeps 1/N of the
+parameters and optimizer state between steps, and whole parameters and gradients only while
+this rank's forward and backward run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import optim, tree
+from ..amp import NoOpLossScale, Policy
+from ..distributed.shard_collectives import (
+    all_gather_leaves,
+    all_reduce_sum,
+    reduce_scatter_mean_leaves,
+)
+from ..distributed.sharded_state import SHARDINGS, ShardedTrainState, check_world, shard_leaf
+from ..tree import flat as _flat
+from ..typing import Block, Key, PyTree, Tensor
+from .compile import compiled
+from .donate import make_donated_update
+from .finite import keep_if, readable_on_host
+from .grad_engines import accumulate_micro_batch, choose_engine
+from .objective import accuracy, make_objective, micro_batch, micro_key
+from .state import TrainState
+
+__all__ = ["build_sharded_train_step", "check_elementwise"]
+
+
+def check_elementwise(fn: str, optimizer: Any) -> None:
+    """Raise ``ValueError`` when ``optimizer`` holds a transformation that needs the whole tree."""
+    if getattr(optimizer.update, "whole_tree", False):
+        raise ValueError(f"{fn}: sharded steps run the optimizer on each rank's chunk of every leaf, so it must "
+                         f"be elementwise; this optimizer holds optim.clip_by_global_norm, which needs the "
+                         f"whole gradient tree: drop it from the chain and pass make_train_step(clip_norm=...) "
+                         f"(the global norm across shards)")
+
+
+def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], optimizer: Any,
+                             sharding: str, *, policy: Policy | None = None, accumulation_steps: int = 1,
+                             clip_norm: float | None = None, compile: bool = False, lr: Any = None,
+                             ignore_index: int | None = None, donate: bool = False,
+                             bucket_mb: float = 25.0) -> Callable:
+    """``step(sharded_state, (inputs, labels), key) -> (sharded_state, metrics)`` (see the module
+    docstring); the options are :func:`~deepfn.train.make_train_step`'s."""
+    fn = "deepfn.train.make_train_step"
+    if sharding not in SHARDINGS:
+        raise ValueError(f"{fn}: sharding must be None or one of {SHARDINGS}; got {sharding!r}")
+    check_elementwise(fn, optimizer)
+    k = accumulation_steps
+    objective = make_objective(model, loss_fn, policy)
+
+    def local(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
+        """This rank's mean gradient over its micro-batches, new model state, loss and accuracy."""
+        engine = choose_engine(params, None)
+        grads, losses, accs = None, [], []
+        for i in range(k):
+            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
+            grads, (_, (loss, logits, state)) = accumulate_micro_batch(
+                engine, objective, objective, params, (state, x, y, micro_key(key, k, i), scaler),
+                grads, last=i == k - 1, k=k)
+            losses.append(loss)
+            accs.append(accuracy(logits, y, ignore_index))
+        if k > 1:   # the reference step's division: the whole batch's gradient of a mean loss
+            grads = tree.map(lambda g: g / k, grads)
+        acc = torch.stack(accs).mean() if accs[0] is not None else None
+        return grads, state, torch.stack(losses).mean(), acc
+
+    reference = _shard_update(optimizer)
+    update = make_donated_update(optimizer, reference) if donate else reference
+    run_local = compiled(local, None, f"{fn}: sharded step (forward and backward)") if compile else local
+    run_update = compiled(update, None, f"{fn}: sharded step (update)", training=False) if compile else update
+
+    def step(ts: ShardedTrainState, batch: tuple[Any, Any], key: Key | None):
+        if not isinstance(ts, ShardedTrainState):
+            raise TypeError(f"{fn}: a step made with sharding={sharding!r} needs this rank's ShardedTrainState "
+                            f"(distributed.shard(train_state, {sharding!r})); got {type(ts).__name__}")
+        if ts.sharding != sharding:
+            raise ValueError(f"{fn}: the step was made with sharding={sharding!r} but the state is sharded "
+                             f"with {ts.sharding!r}")
+        check_world(f"{fn}: step", ts)
+        n, r = ts.world_size, ts.rank
+        scaler = ts.loss_scale if ts.loss_scale is not None else NoOpLossScale()
+        p_leaves, p_spec = _flat.flatten(ts.params)
+        shapes = list(ts.param_shapes)
+        whole = p_leaves if sharding == "optimizer" else all_gather_leaves(p_leaves, shapes, bucket_mb)
+        grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0], batch[1],
+                                            key, scaler)
+        g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
+        del grads, whole   # ZeRO-3: whole parameters and gradients live only through the backward pass
+        g_tree = scaler.unscale(_flat.unflatten(p_spec, g_chunks))
+        g_chunks = _flat.flatten(g_tree)[0]
+        totals = all_reduce_sum(_local_totals(g_chunks, loss, acc))
+        norm, ok = totals[0].sqrt(), (totals[1] == 0) & torch.isfinite(totals[2])
+        if clip_norm is not None:
+            coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
+            g_tree = _flat.unflatten(p_spec, [g * coef.to(g.dtype) for g in g_chunks])
+        p_chunks = (p_leaves if sharding == "full"
+                    else [shard_leaf(x, r, n) for x in p_leaves])
+        chunk_ts = TrainState(_flat.unflatten(p_spec, p_chunks), ts.state, ts.opt_state)
+        new_chunks, opt_state, state = run_update(chunk_ts, g_tree, state, ok)
+        params = new_chunks
+        if sharding == "optimizer" and readable_on_host(ok) and not bool(ok):
+            params = ts.params   # a skipped step: the whole parameters are as they were
+        elif sharding == "optimizer":
+            params = _flat.unflatten(p_spec, all_gather_leaves(_flat.flatten(new_chunks)[0], shapes, bucket_mb))
+        grad_norm = norm.to(torch.float32)
+        metrics = {"loss": (totals[2] / n).to(torch.float32), "grad_norm": grad_norm}
+        if acc is not None:
+            metrics["accuracy"] = (totals[3] / n).to(torch.float32)
+        if lr is not None:
+            rate = lr(ts.step) if callable(lr) else lr
+            metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
+        metrics["nonfinite"] = ~ok
+        new_scale = None
+        if ts.loss_scale is not None:
+            grads_ok = totals[1] == 0
+            metrics["loss_scale"], metrics["grads_finite"] = scaler.loss_scale, grads_ok
+            new_scale = scaler.adjust(grads_ok)
+        return ShardedTrainState(params, state, opt_state, ts.step + 1, new_scale, sharding=ts.sharding,
+                                 world_size=n, rank=r, param_shapes=ts.param_shapes,
+                                 opt_shapes=ts.opt_shapes), metrics
+
+    return step
+
+
+def _local_totals(chunks: list[Tensor], loss: Tensor, acc: Tensor | None) -> Tensor:
+    """``[sum of squares, non-finite count, loss, accuracy]`` of this rank, float64 (summed over
+    ranks by one all-reduce: the squares of an fp32 overflow stay finite in float64)."""
+    device = loss.device
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    bad = torch.zeros((), dtype=torch.float64, device=device)
+    for g in chunks:
+        if g.is_floating_point() and g.numel():
+            squares = squares + g.double().square().sum()
+            bad = bad + (~torch.isfinite(g)).sum().double()
+    acc = acc.double() if acc is not None else torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([squares, bad, loss.double(), acc])
+
+
+def _shard_update(optimizer: Any) -> Callable:
+    """``update(chunk_ts, grads, new_state, ok) -> (params, opt_state, state)`` on chunks: the
+    reference step's update (``ok`` false keeps the old trees)."""
+    fresh = bool(getattr(optimizer.update, "fresh", False))
+
+    def update(ts: TrainState, grads: PyTree, new_state: PyTree, ok: Tensor):
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optim.apply_updates(ts.params, updates, donate_updates=fresh)
+        return keep_if(ok, (params, opt_state, new_state), (ts.params, ts.opt_state, ts.state))
+
+    return update

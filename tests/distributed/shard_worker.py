@@ -1,0 +1,101 @@
+"""A torchrun worker for the sharded tests: ``shard_worker.py OUT_DIR [RESUME_FILE]``.
+
+Every rank runs every scenario of ``shard_scenarios`` under both shardings (eagerly; with two
+ranks also one compiled), measures its shards' bytes, round-trips its sharded state through a
+per-rank checkpoint, and rank 0 writes the unsharded state as a full checkpoint. Given
+``RESUME_FILE`` (a full checkpoint of another world size), it resumes from it and also tries
+to step the other world size's per-rank shards (which must fail clearly). Results go to
+``OUT_DIR/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import shard_scenarios as sc  # this script's own folder is on sys.path (torchrun runs it as a script)
+import torch
+
+from deepfn import checkpoint, distributed, tree
+from deepfn.distributed.sharded_state import shard_bytes
+
+SHARDINGS = ("optimizer", "full")
+
+
+def nbytes(t) -> int:
+    return sum(x.numel() * x.element_size() for x in tree.leaves(t) if isinstance(x, torch.Tensor))
+
+
+def run(out_dir: Path, resume: Path | None) -> dict:
+    r, n = distributed.rank(), distributed.world_size()
+    out: dict = {}
+    steps = range(sc.STEPS)
+    for name in sc.SCENARIOS:
+        for sharding in SHARDINGS:
+            sharded = distributed.shard(sc.start(name), sharding)
+            ts, step_losses = sc.train(name, sharded, steps, sharding=sharding, rank=r, world_size=n)
+            out[f"{name}/{sharding}"] = {"params": distributed.unshard(ts).params, "losses": step_losses}
+        # Data parallel without sharding on the same shards: the same local gradients and mean.
+        ddp, _ = sc.train(name, sc.start(name), steps, rank=r, world_size=n,
+                          all_reduce=distributed.all_reduce_mean)
+        out[f"{name}/ddp"] = {"params": ddp.params}
+    if n == 2:
+        sharded = distributed.shard(sc.start("adamw_accum_scaled_clipped"), "full")
+        ts, _ = sc.train("adamw_accum_scaled_clipped", sharded, steps, sharding="full", rank=r, world_size=n,
+                         compile=True)
+        out["compiled/full"] = {"params": distributed.unshard(ts).params}
+
+    full = sc.start("adamw_accum_scaled_clipped")
+    out["bytes/whole"] = {"params": nbytes(full.params), "opt_state": nbytes(full.opt_state)}
+    for sharding in SHARDINGS:
+        out[f"bytes/{sharding}"] = shard_bytes(distributed.shard(full, sharding))
+
+    # Per-rank checkpoint: save, load, and one more step from each gives the same state.
+    name = "adamw_accum_scaled_clipped"
+    ts, _ = sc.train(name, distributed.shard(sc.start(name), "full"), steps, sharding="full", rank=r, world_size=n)
+    path = out_dir / f"n{n}_rank{r}.safetensors"
+    checkpoint.save(path, ts)
+    loaded = checkpoint.load(path)
+    out["ckpt/type"] = type(loaded).__name__
+    out["ckpt/layout_equal"] = (loaded.world_size, loaded.rank, loaded.param_shapes, loaded.opt_shapes,
+                                loaded.sharding) == (ts.world_size, ts.rank, ts.param_shapes, ts.opt_shapes,
+                                                     ts.sharding)
+    out["ckpt/values_equal"] = tree.all_equal(loaded, ts)
+    more = range(sc.STEPS, sc.STEPS + 1)
+    a, _ = sc.train(name, ts, more, sharding="full", rank=r, world_size=n)
+    b, _ = sc.train(name, loaded, more, sharding="full", rank=r, world_size=n)
+    out["ckpt/continued_equal"] = tree.all_equal(a, b)
+
+    # A full checkpoint through unshard, written by rank 0 only.
+    whole = distributed.unshard(ts)
+    if r == 0:
+        checkpoint.save(out_dir / f"full_n{n}.safetensors", whole)
+    distributed.barrier()
+
+    if resume is not None:
+        other = checkpoint.load(resume)
+        ts, _ = sc.train(name, distributed.shard(other, "full"), range(sc.STEPS, sc.STEPS + 2), sharding="full",
+                         rank=r, world_size=n)
+        out["resumed"] = {"params": distributed.unshard(ts).params}
+        foreign = checkpoint.load(resume.with_name(f"{resume.stem.replace('full_', '')}_rank{r}.safetensors"))
+        for what, call in (("step", lambda: sc.train(name, foreign, more, sharding="full", rank=r, world_size=n)),
+                           ("unshard", lambda: distributed.unshard(foreign))):
+            try:
+                call()
+                out[f"foreign/{what}"] = "no error"
+            except ValueError as err:
+                out[f"foreign/{what}"] = str(err)
+    return out
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    resume = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    distributed.init("gloo", timeout=float(os.environ.get("DEEPFN_TEST_TIMEOUT", "60")))
+    torch.save(run(out_dir, resume), out_dir / f"rank{distributed.rank()}.pt")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
