@@ -1,0 +1,137 @@
+"""Elastic training with torchrun's own machinery: ``--max-restarts 1`` and the script's ``--resume``.
+
+One rank of ``train_mlp.py --distributed --resume`` kills itself with SIGKILL in the middle of
+epoch 2 (``DEEPFN_TEST_KILL_AT_STEP``, read only by the scripts); torchrun stops the other rank,
+starts the group again, every rank resumes from the end-of-epoch-1 checkpoint that rank 0
+wrote, replays epoch 2's batches (the order is a function of seed, epoch and step only) and
+ends with the parameters of a run that was never interrupted, bit for bit (same world size,
+one thread per process). Batch norm and dropout stay on: their running statistics and keys
+must resume too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfn import checkpoint, tree
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+# 1257 training digits, global batch 64 over 2 ranks: 19 updates per epoch, 38 in all.
+FLAGS = ["--distributed", "--dist-timeout", "60", "--no-compile", "--no-progress", "--epochs", "2",
+         "--batch-size", "64", "--hidden", "32", "16", "--resume"]
+KILL_AT = "1:25"           # rank 1, before the update from step 25: epoch 2's 7th batch
+LAST = "ckpt_000000038.safetensors"
+# Timings, and how many new input signatures this process met (a restarted process meets them again).
+DROP = ("epoch_time", "eval_time", "samples_per_s", "train_new_signatures", "eval_new_signatures")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(launcher: list[str], script_args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """``python -m torch.distributed.run LAUNCHER scripts/train_mlp.py SCRIPT_ARGS``, started (not waited for)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(SCRIPTS / "train_mlp.py"), *script_args]
+    full_env = {k: v for k, v in os.environ.items() if k != "DEEPFN_TEST_KILL_AT_STEP"}
+    full_env.update(OMP_NUM_THREADS="1", **env)
+    if sys.platform.startswith("linux"):
+        full_env["GLOO_SOCKET_IFNAME"] = "lo"   # loopback only, whatever the hostname resolves to
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)
+
+
+def one_node(restarts: int) -> list[str]:
+    return ["--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--max-restarts", str(restarts)]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def rows(out: Path) -> list[dict]:
+    lines = (out / "history.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in DROP} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("elastic")
+    # Both runs at once (they are independent): the reference never stops, the other loses a rank.
+    # torchrun's workers share its rendezvous store by default, where a restarted group finds the
+    # previous attempt's addresses; TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every attempt a new one.
+    reference = torchrun(one_node(0), [*FLAGS, "--out", str(root / "reference")], root)
+    killed = torchrun(one_node(1), [*FLAGS, "--out", str(root / "killed")], root,
+                      DEEPFN_TEST_KILL_AT_STEP=KILL_AT, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    return {"root": root, "reference": finish(reference), "killed": finish(killed)}
+
+
+def test_a_rank_was_killed_and_torchrun_restarted_the_group(runs):
+    killed = runs["killed"]
+    assert "exitcode: -9" in killed.stderr, killed.stderr[-3000:]           # SIGKILL, seen by torchrun
+    epochs = [line.split()[1] for line in killed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["1/2", "2/2"], killed.stdout         # epoch 1 by the first attempt, 2 by the second
+    assert sum(line.startswith("RESULT ") for line in killed.stdout.splitlines()) == 1
+
+
+def test_final_parameters_equal_an_uninterrupted_run(runs):
+    root = runs["root"]
+    got = checkpoint.load(root / "killed" / "checkpoints" / LAST)
+    want = checkpoint.load(root / "reference" / "checkpoints" / LAST)
+    assert int(got.step) == int(want.step) == 38
+    assert tree.all_equal(got.params, want.params)
+    assert tree.all_equal(got.state, want.state)           # batch-norm running statistics
+    assert tree.all_equal(got.opt_state, want.opt_state)
+    # Guards the oracle: training moved the parameters after the checkpoint resumed from.
+    resumed_from = checkpoint.load(root / "killed" / "checkpoints" / "ckpt_000000019.safetensors")
+    assert not tree.all_equal(resumed_from.params, got.params)
+
+
+def test_history_and_result_equal_an_uninterrupted_run(runs):
+    root = runs["root"]
+    assert rows(root / "killed") == rows(root / "reference")
+    assert [r["step"] for r in rows(root / "killed")] == [19, 38]
+    got, want = (json.loads((root / name / "result.json").read_text()) for name in ("killed", "reference"))
+    assert {k: v for k, v in got.items() if k != "wall_s"} == {k: v for k, v in want.items() if k != "wall_s"}
+
+
+def scripts_common():
+    """``scripts/_common.py``, imported as the scripts import it."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return _common
+
+
+def test_a_malformed_kill_switch_is_refused(monkeypatch):
+    _common = scripts_common()
+    monkeypatch.setenv("DEEPFN_TEST_KILL_AT_STEP", "one:25")
+    with pytest.raises(SystemExit, match=r"DEEPFN_TEST_KILL_AT_STEP must be RANK:STEP .*got 'one:25'"):
+        _common.kill_switch(lambda ts, batch, key: (ts, {}))
+
+
+def test_without_the_kill_switch_the_step_is_returned_unchanged(monkeypatch):
+    _common = scripts_common()
+    monkeypatch.delenv("DEEPFN_TEST_KILL_AT_STEP", raising=False)
+    step = lambda ts, batch, key: (ts, {})   # noqa: E731
+    assert _common.kill_switch(step) is step
+    monkeypatch.setenv("DEEPFN_TEST_KILL_AT_STEP", "0:3")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")   # a restarted attempt trains on
+    assert _common.kill_switch(step) is step
