@@ -178,6 +178,36 @@ CASES: list[BlockCase] = [
               lambda: TransformerTwin(_transformer(**_UNTIED)), compile=False),
 ]
 
+
+class GPTTwin(tnn.Module):
+    """torch.nn modules under the names ``models.GPT`` promises (state_dict parity only; the
+    numerical twin, ``transformers.GPT2LMHeadModel``, is tested in tests/models/test_gpt2_interop.py)."""
+
+    def __init__(self, m: models.GPT) -> None:
+        super().__init__()
+        self.wte = tnn.Embedding(m.vocab_size, m.d_model)
+        self.wpe = tnn.Embedding(m.max_len, m.d_model)
+        self.layers = tnn.ModuleList(
+            tnn.TransformerEncoderLayer(m.d_model, m.n_heads, m.d_ff or 4 * m.d_model, m.dropout,
+                                        batch_first=True, norm_first=True) for _ in range(m.n_layers))
+        self.ln_f = tnn.LayerNorm(m.d_model)
+        if not m.tie_embeddings:
+            self.lm_head = tnn.Linear(m.d_model, m.vocab_size, bias=False)
+
+
+def _gpt(**overrides: Any) -> models.GPT:
+    cfg = dict(vocab_size=11, max_len=8, d_model=8, n_layers=2, n_heads=2, dropout=0.1)
+    return models.GPT(**(cfg | overrides))
+
+
+_GPT_UNTIED = dict(tie_embeddings=False, d_ff=12, n_layers=1)
+# Compiled in tests/models/test_gpt.py.
+CASES += [
+    BlockCase("GPT", _gpt, lambda: (tokens(29, 2, 6, 11),), lambda: GPTTwin(_gpt()), compile=False),
+    BlockCase("GPT_untied", lambda: _gpt(**_GPT_UNTIED), lambda: (tokens(30, 3, 8, 11),),
+              lambda: GPTTwin(_gpt(**_GPT_UNTIED)), compile=False),
+]
+
 BY_NAME = {case.name: case for case in CASES}
 
 

@@ -9,7 +9,7 @@ import torch
 from .. import random, tree
 from .._checks import describe
 from ..typing import Params, State
-from . import renames
+from . import gpt2, renames
 
 __all__ = ["from_torch", "to_torch"]
 
@@ -48,6 +48,8 @@ def from_torch(block: Any, module: torch.nn.Module) -> tuple[Params, State]:
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"interop.from_torch: module must be a torch.nn.Module; got {type(module).__name__}")
+    if gpt2.matches_gpt2(block, module):   # transposed Conv1D weights: its own table
+        return gpt2.from_torch(block, module)
     exp_params, exp_state = _expected(block)
     sd = module.state_dict()
     mapping = _torch_names(block, module, [*exp_params, *exp_state])
@@ -79,6 +81,8 @@ def to_torch(block: Any, params: Params, state: State, module: torch.nn.Module) 
     """Load ``(params, state)`` into ``module`` (in place, strict) and return it."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"interop.to_torch: module must be a torch.nn.Module; got {type(module).__name__}")
+    if gpt2.matches_gpt2(block, module):
+        return gpt2.to_torch(block, params, state, module)
     flat = {**tree.flatten(params), **tree.flatten(state)}
     exp_params, exp_state = _expected(block)
     expected = {**exp_params, **exp_state}

@@ -8,3 +8,9 @@ __all__ = ["AdvancedCNN", "MLP", "num_parameters"]
 from .transformer import Transformer as Transformer  # noqa: E402
 
 __all__ += ["Transformer"]
+from .gpt import GPT as GPT  # noqa: E402
+
+__all__ += ["GPT"]
+from .sampling import generate as generate  # noqa: E402
+
+__all__ += ["generate"]
