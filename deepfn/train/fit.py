@@ -25,7 +25,9 @@ import torch
 from .. import distributed as dist
 from .. import tree
 from .._checks import describe
+from ..data.padding import pad_rows
 from ..typing import Key
+from .compile.signatures import SignatureLog
 from .early_stopping import EarlyStopping
 from .fit_batches import EpochBatches, as_pair, leading_size, take_rows, world_of
 from .fit_checkpoints import FitCheckpoints, Resumed
@@ -39,7 +41,8 @@ _FN = "deepfn.train.fit"
 
 
 def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_size: int, *,
-             batch_fn: Callable[..., tuple[Any, Any]] | None = None, distributed: bool = False) -> dict[str, float]:
+             batch_fn: Callable[..., tuple[Any, Any]] | None = None, distributed: bool = False,
+             pad_label: int | None = None, signatures: SignatureLog | None = None) -> dict[str, float]:
     """Mean of ``eval_step(params, state, (inputs, labels))`` over ``data``, weighted by batch size.
 
     ``data`` is a tuple of tensors of a common leading size, turned into ``(inputs, labels)``
@@ -48,6 +51,15 @@ def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_si
     rank must call it with the same ``data``: rank ``r`` evaluates the contiguous slice
     ``[r n / W, (r + 1) n / W)`` and the sums are all-reduced, so every rank returns the
     same means over all ``n`` examples.
+
+    ``pad_label``: a last batch of fewer than ``batch_size`` rows is padded up to
+    ``batch_size`` (:func:`deepfn.data.padding.pad_rows`: copies of its first row, labelled
+    ``pad_label``), so that every batch has one shape and a compiled ``eval_step`` compiles
+    once. ``eval_step`` must leave that label out of every metric (``make_eval_step(...,
+    ignore_index=pad_label)`` with a loss that ignores it, e.g. ``losses.cross_entropy(...,
+    ignore_index=pad_label)``); the means are then those of the unpadded batches.
+    ``signatures``: a :class:`~deepfn.train.compile.signatures.SignatureLog` that records the
+    batches given to ``eval_step``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"deepfn.train.evaluate: batch_size must be a positive int; got {batch_size!r}")
@@ -60,7 +72,12 @@ def evaluate(eval_step: Callable, params: Any, state: Any, data: tuple, batch_si
     totals: dict[str, torch.Tensor] = {}
     for start in range(lo, hi, batch_size):
         batch = take_rows(data, slice(start, min(start + batch_size, hi)))
-        for name, value in eval_step(params, state, as_pair(batch, batch_fn)).items():
+        pair = as_pair(batch, batch_fn)
+        if pad_label is not None:
+            pair = pad_rows(pair, batch_size, pad_label)
+        if signatures is not None:
+            signatures.see(pair)
+        for name, value in eval_step(params, state, pair).items():
             value = value.detach().float().mean() * batch[0].shape[0]
             totals[name] = totals[name] + value if name in totals else value
     if world > 1:
@@ -79,7 +96,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         max_steps: int | None = None, time_limit_s: float | None = None,
         batch_order: Callable[[Key, torch.Tensor], torch.Tensor] | None = None,
         on_epoch_end: Callable[[TrainState, dict], dict | None] | None = None,
-        drop_last: bool = True, distributed: bool = False, progress: bool = True,
+        drop_last: bool = True, eval_pad_label: int | None = None, distributed: bool = False, progress: bool = True,
         log: Callable[[str], Any] | None = None,
         metadata: dict[str, Any] | None = None) -> tuple[TrainState, History]:
     """Train ``train_state`` for ``epochs`` epochs of ``train_step`` over ``train_data``.
@@ -89,6 +106,10 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     checks early stopping. Train metrics are read back once per epoch (and every few steps for
     the progress bar); float metrics are averaged over the finite steps only, and the row's
     ``skipped_steps`` counts the steps the train step skipped (``metrics["nonfinite"]``).
+    The row's ``train_new_signatures`` and ``eval_new_signatures`` count the batch signatures
+    (structure, shapes, dtypes: :mod:`deepfn.train.compile.signatures`) that the epoch gave
+    ``train_step`` and ``eval_step`` for the first time in this call: each is one compile of
+    a compiled step with static shapes, so 0 after the first epoch means no recompilation.
 
     Args:
         train_step: ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``, e.g.
@@ -132,6 +153,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         on_epoch_end: ``on_epoch_end(train_state, row) -> dict | None`` after evaluation; the
             returned metrics (e.g. ``{"val_bleu": 27.1}``) join the row before early stopping.
         drop_last: drop the last incomplete training batch (one compiled shape).
+        eval_pad_label: pad the last incomplete validation batch up to ``eval_batch_size`` with
+            rows labelled ``eval_pad_label`` (one compiled shape; see :func:`evaluate`).
         distributed: data-parallel over the process group of ``deepfn.distributed.init()``.
             ``batch_size`` is then the global batch: each rank reads ``batch_size / world_size``
             rows of its :func:`~deepfn.distributed.shard_indices` shard per step (``train_step``
@@ -167,7 +190,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     train_state, history, stopping, epoch, skip = run.train_state, run.history, run.stopping, run.epoch, run.batch
     best_state = run.best_state if run.best_state is not None else keep(train_state)
     out_of_time = _Deadline(time_limit_s, world, device)
-    validate = _Validation(eval_step, val_data, eval_batch_size or batch_size, batch_fn, distributed)
+    validate = _Validation(eval_step, val_data, eval_batch_size or batch_size, batch_fn, distributed, eval_pad_label)
+    train_signatures = SignatureLog()
     reports = _Reports(main, epochs, log, saver, metadata, history_path, plot_path)
     step = int(train_state.step.reshape(-1)[0])
     more = lambda: (max_steps is None or step < max_steps) and not out_of_time()  # noqa: E731
@@ -179,6 +203,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             if not more():
                 break
             batch, step_key_b, rows = batches.batch(order, b, step)
+            train_signatures.see(batch)
             train_state, metrics = train_step(train_state, batch, step_key_b)
             means.add(metrics, rows)
             step += 1
@@ -189,7 +214,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         if means.rows == 0:
             break
         partial = b < batches.per_epoch
-        train_state, row = _epoch_row(means, train_state, epoch, step, tic, partial, world, validate, on_epoch_end)
+        train_state, row = _epoch_row(means, train_state, epoch, step, tic, partial, world, validate, on_epoch_end,
+                                      train_signatures)
         value = _monitored(row, monitor, world, device)
         if stopping.observe(value, epoch + 1, partial):   # stopping.last_value: ``value`` smoothed
             best_state = keep(train_state)
@@ -270,22 +296,27 @@ class _Validation:
     """Evaluation after each epoch: ``evaluate(eval_step, ..., val_data, ...)``, or nothing."""
 
     def __init__(self, eval_step: Callable | None, val_data: tuple | None, batch_size: int,
-                 batch_fn: Callable | None, distributed: bool) -> None:
+                 batch_fn: Callable | None, distributed: bool, pad_label: int | None) -> None:
         self.eval_step, self.data, self.batch_size = eval_step, val_data, batch_size
-        self.batch_fn, self.distributed = batch_fn, distributed
+        self.batch_fn, self.distributed, self.pad_label = batch_fn, distributed, pad_label
+        self.signatures = SignatureLog()
 
     def __call__(self, train_state: TrainState) -> dict[str, Any]:
-        """``{"val_<name>": mean, "eval_time": seconds}``, or ``{}`` without an ``eval_step``."""
+        """``{"val_<name>": mean, "eval_time": seconds, "eval_new_signatures": count}``, or ``{}``
+        without an ``eval_step``."""
         if self.eval_step is None:
             return {}
         tic = time.perf_counter()
         val = evaluate(self.eval_step, train_state.params, train_state.state, self.data, self.batch_size,
-                       batch_fn=self.batch_fn, distributed=self.distributed)
-        return {**{f"val_{k}": v for k, v in val.items()}, "eval_time": time.perf_counter() - tic}
+                       batch_fn=self.batch_fn, distributed=self.distributed, pad_label=self.pad_label,
+                       signatures=self.signatures)
+        return {**{f"val_{k}": v for k, v in val.items()}, "eval_time": time.perf_counter() - tic,
+                "eval_new_signatures": self.signatures.take_new()}
 
 
 def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int, tic: float, partial: bool,
-               world: int, validate: _Validation, on_epoch_end: Callable | None) -> tuple[TrainState, dict[str, Any]]:
+               world: int, validate: _Validation, on_epoch_end: Callable | None,
+               train_signatures: SignatureLog) -> tuple[TrainState, dict[str, Any]]:
     """The history row of an epoch (and the train state with rank-averaged model state)."""
     if world > 1:
         # Every rank saw the same number of rows: the mean of the ranks' sums is the global mean's numerator.
@@ -296,6 +327,7 @@ def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int
         row["lr"] = means.last_lr.float().mean().item()
     row["epoch_time"] = time.perf_counter() - tic
     row["samples_per_s"] = means.rows * world / max(row["epoch_time"], 1e-9)
+    row["train_new_signatures"] = train_signatures.take_new()
     row.update(validate(train_state))
     row["partial"] = partial
     if on_epoch_end is not None:

@@ -1,0 +1,55 @@
+"""Which input signatures a step has met: the bookkeeping behind the compile events that
+:func:`~deepfn.train.fit` writes into its history.
+
+A compiled step whose shapes are static (every saved step of
+:mod:`~deepfn.train.compile.saved`) compiles, or loads a saved program, once per signature of
+its batch: its structure and each tensor's shape, dtype and device (the train state keeps its
+shapes from step to step). So the signatures a step met for the first time in an epoch are the
+compiles that epoch cost, and a run whose later epochs meet none compiled in its first epoch
+only. (The plain ``torch.compile`` of ``compile_cache=None`` may instead recompile once with
+symbolic sizes and then serve new sizes without compiling: there, a count of new signatures
+is an upper bound.) Eager steps have signatures too: the count is what a compiled step would
+have compiled, so a test of the shapes a job feeds needs no compile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["batch_signature", "SignatureLog"]
+
+
+def batch_signature(batch: Any) -> tuple[Any, ...]:
+    """A hashable description of ``batch``: its nesting of tuples and lists, and for each tensor
+    its shape, dtype and device (other leaves by their type and value)."""
+    if isinstance(batch, torch.Tensor):
+        return ("tensor", tuple(batch.shape), batch.dtype, batch.device)
+    if isinstance(batch, (tuple, list)):
+        return (type(batch).__name__, *(batch_signature(item) for item in batch))
+    return (type(batch).__name__, repr(batch))
+
+
+class SignatureLog:
+    """The distinct batch signatures seen so far, and how many were new since the last
+    :meth:`take_new`."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[Any, ...]] = set()
+        self._new = 0
+
+    def see(self, batch: Any) -> None:
+        """Record the signature of ``batch`` (a new one counts once)."""
+        signature = batch_signature(batch)
+        if signature not in self._seen:
+            self._seen.add(signature)
+            self._new += 1
+
+    def take_new(self) -> int:
+        """The number of new signatures since the last call (0 when none), and reset it."""
+        new, self._new = self._new, 0
+        return new
+
+    def __len__(self) -> int:
+        return len(self._seen)
