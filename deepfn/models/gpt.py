@@ -167,7 +167,7 @@ class GPT:
             return
         bad = (ids < 0) | (ids >= self.vocab_size)
         if bool(bad.any()):
-            raise ValueError(f"{where(self, method)}: {name} ids must lie in [0, {self.vocab_size}) "
+            raise ValueError(f"{where(self, method)}: {name} must lie in [0, {self.vocab_size}) "
                              f"(vocab_size); got id {int(ids[bad][0])} in {describe(ids)}")
 
     def _check_params(self, params: Params, method: str) -> None:
