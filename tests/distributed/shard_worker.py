@@ -1,11 +1,10 @@
-"""A torchrun worker for the sharded tests: ``shard_worker.py OUT_DIR [RESUME_FILE]``.
+"""A torchrun worker for the sharded tests: ``shard_worker.py OUT_DIR [RESUME_FILE | compiled]``.
 
-Every rank runs every scenario of ``shard_scenarios`` under both shardings (eagerly; with two
-ranks also one compiled), measures its shards' bytes, round-trips its sharded state through a
+Every rank runs every scenario of ``shard_scenarios`` under both shardings (eagerly), measures its shards' bytes, round-trips its sharded state through a
 per-rank checkpoint, and rank 0 writes the unsharded state as a full checkpoint. Given
 ``RESUME_FILE`` (a full checkpoint of another world size), it resumes from it and also tries
-to step the other world size's per-rank shards (which must fail clearly). Results go to
-``OUT_DIR/rank<r>.pt``.
+to step the other world size's per-rank shards (which must fail clearly). Given ``compiled``,
+it only trains one scenario with compiled sharded steps. Results go to ``OUT_DIR/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -40,11 +39,6 @@ def run(out_dir: Path, resume: Path | None) -> dict:
         ddp, _ = sc.train(name, sc.start(name), steps, rank=r, world_size=n,
                           all_reduce=distributed.all_reduce_mean)
         out[f"{name}/ddp"] = {"params": ddp.params}
-    if n == 2:
-        sharded = distributed.shard(sc.start("adamw_accum_scaled_clipped"), "full")
-        ts, _ = sc.train("adamw_accum_scaled_clipped", sharded, steps, sharding="full", rank=r, world_size=n,
-                         compile=True)
-        out["compiled/full"] = {"params": distributed.unshard(ts).params}
 
     full = sc.start("adamw_accum_scaled_clipped")
     out["bytes/whole"] = {"params": nbytes(full.params), "opt_state": nbytes(full.opt_state)}
@@ -89,11 +83,23 @@ def run(out_dir: Path, resume: Path | None) -> dict:
     return out
 
 
+def run_compiled() -> dict:
+    r, n = distributed.rank(), distributed.world_size()
+    out = {}
+    for sharding in SHARDINGS:
+        name = "adamw_accum_scaled_clipped"
+        ts, _ = sc.train(name, distributed.shard(sc.start(name), sharding), range(sc.STEPS), sharding=sharding,
+                         rank=r, world_size=n, compile=True)
+        out[f"compiled/{sharding}"] = {"params": distributed.unshard(ts).params}
+    return out
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
-    resume = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    mode = sys.argv[2] if len(sys.argv) > 2 else None
     distributed.init("gloo", timeout=float(os.environ.get("DEEPFN_TEST_TIMEOUT", "60")))
-    torch.save(run(out_dir, resume), out_dir / f"rank{distributed.rank()}.pt")
+    out = run_compiled() if mode == "compiled" else run(out_dir, Path(mode) if mode else None)
+    torch.save(out, out_dir / f"rank{distributed.rank()}.pt")
     distributed.shutdown()
 
 

@@ -83,10 +83,15 @@ def test_training_moved_the_parameters(runs):
         assert_trees_close(runs[2]["ranks"][0]["sgd_momentum/full"]["params"], start)
 
 
-def test_compiled_full_sharding_equals_one_process(runs, references):
+@pytest.mark.slow   # ~60 s of compiling on 2 cores; scripts/bench.py's "shard" part runs compiled sharded steps
+def test_compiled_sharded_steps_equal_one_process(tmp_path, references):
+    proc = launch(2, tmp_path, "compiled")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected, _ = references["adamw_accum_scaled_clipped"]
     for r in range(2):
-        assert_trees_close(runs[2]["ranks"][r]["compiled/full"]["params"], expected.params, rtol=1e-5, atol=1e-6)
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        for sharding in ("optimizer", "full"):
+            assert_trees_close(got[f"compiled/{sharding}"]["params"], expected.params, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", WORLDS)
