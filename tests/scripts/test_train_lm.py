@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from deepfn import data, models, optim, random, tree
 from deepfn.train import make_eval_step
 
-from .test_scripts import MULTI30K, _outputs, _script
+from .test_scripts import FLAGS, MULTI30K, _outputs, _script
 
 TINY = ["--no-compile", "--no-progress", "--data-dir", MULTI30K, "--block-size", "16", "--d-model", "16",
         "--n-layers", "1", "--n-heads", "2", "--batch-size", "32", "--warmup", "1", "--samples", "2",
@@ -54,6 +54,24 @@ def test_tiny_run_beside_torch_then_resume(tmp_path, train_lm, capsys):
     again = train_lm.main([*TINY, "--out", out, "--max-steps", "4", "--resume"])
     assert again["steps"] == 4
     assert [r["step"] for r in _outputs(out)[0]] == [2, 4]
+
+
+@pytest.mark.slow   # minutes of compiling on 2 cores; the real runs of train_lm.py compile by default
+def test_compiled_run_matches_the_eager_one(tmp_path, train_lm):
+    flags = [f for f in TINY if f != "--no-compile"] + ["--max-steps", "2", "--no-compile-cache"]
+    compiled = train_lm.main([*flags, "--out", str(tmp_path / "compiled")])
+    eager = train_lm.main([*flags, "--no-compile", "--out", str(tmp_path / "eager")])
+    assert compiled["test_ppl"] == pytest.approx(eager["test_ppl"], rel=1e-4)
+
+
+def test_help_lists_the_shared_and_own_flags(train_lm, capsys):
+    with pytest.raises(SystemExit) as done:
+        train_lm.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (*FLAGS, "--data-dir", "--download", "--time-budget-min", "--block-size", "--compare-torch",
+                 "--samples", "--temperature", "--top-k"):
+        assert flag in text, flag
 
 
 def test_heldout_perplexity_is_the_mean_nll_of_every_character(train_lm):
