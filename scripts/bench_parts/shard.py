@@ -1,0 +1,172 @@
+"""Benchmark: sharded data parallel over N = 1, 2, 4 gloo processes, deepfn's
+``make_train_step(sharding=...)`` vs ``torch.distributed.fsdp.fully_shard`` (FSDP2).
+
+``run()`` launches this file (``--worker``) under torchrun once per world size. Each launch
+trains ``MLP(784, [1024, 1024], 10)`` with AdamW on a global batch of 256 and reports:
+
+- ``shard full``: deepfn ``sharding="full"`` (eager, donated) vs FSDP2 (each Linear and the
+  root ``fully_shard``-ed, ``torch.optim.AdamW``), the same model, batch and world size;
+- ``shard optimizer``: deepfn ``sharding="optimizer"`` vs the same FSDP2 step;
+- ``shard full compiled`` (N = 2 only): ``compile=True``, with the largest difference
+  from the eager sharded step's parameters after 3 steps in the note.
+
+Notes give the per-rank bytes held between steps, measured from the tensors themselves:
+deepfn's params and optimizer state (its gradients are 1/N chunks after the reduce-scatter;
+inside a step the gathered parameters and the whole gradients of this rank's backward exist
+too), FSDP2's local shards of params, gradients and optimizer state (``to_local()``).
+Each pair is timed in turns, every call started together on all ranks. Quick mode:
+``MLP(784, [256], 10)``, batch 64, N = 1, 2, fewer repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROWS_FILE = "rows.json"
+
+
+def _medians(fns, repeats: int, warmup: int) -> list[float]:
+    import torch.distributed as dist
+    from bench_parts._timing import Contender, time_interleaved
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    contenders = [Contender(fn) for fn in fns]
+    time_interleaved(contenders, repeats, blocks=5, sync=dist.barrier)
+    return [c.figures["median_s"] for c in contenders]
+
+
+def _local_bytes(tensors) -> int:
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _kb(b: int) -> str:
+    return f"{b / 1024:.0f} KiB"
+
+
+def _worker(quick: bool, out_dir: Path) -> None:
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+
+    from deepfn import distributed, losses, models, optim, random, tree
+    from deepfn.distributed.sharded_state import shard_bytes
+    from deepfn.train import TrainState, make_train_step
+
+    distributed.init("gloo", timeout=300)
+    r, n = distributed.rank(), distributed.world_size()
+    hidden, global_batch = ([256], 64) if quick else ([1024, 1024], 256)
+    repeats, warmup = (5, 2) if quick else (20, 3)
+    local = global_batch // n
+    model = models.MLP(784, hidden, 10)
+    opt = optim.adamw(1e-3)
+    full = TrainState.create(model, opt, random.key(0))
+    k_x, k_y = random.split(random.fold_in(random.key(1), r))
+    x, y = random.normal(k_x, (local, 784)), random.randint(k_y, (local,), 0, 10)
+    whole = {"params": _local_bytes(tree.leaves(full.params)), "opt_state": _local_bytes(
+        [t for t in tree.leaves(full.opt_state) if isinstance(t, torch.Tensor)])}
+
+    dims = [784, *hidden, 10]
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+    twin = nn.Sequential(*layers[:-1])
+    for layer in twin:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(twin)
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+
+    def theirs():
+        twin_opt.zero_grad(set_to_none=False)   # keep the sharded grads to measure them
+        nn.functional.cross_entropy(twin(x), y).backward()
+        twin_opt.step()
+
+    theirs()
+    fsdp = {"params": _local_bytes(twin.parameters()), "grads": _local_bytes(p.grad for p in twin.parameters()),
+            "opt_state": _local_bytes(v for s in twin_opt.state.values() for v in s.values()
+                                      if isinstance(v, torch.Tensor))}
+    fsdp_note = (f"FSDP2 per rank: params {_kb(fsdp['params'])}, grads {_kb(fsdp['grads'])}, "
+                 f"opt {_kb(fsdp['opt_state'])}")
+    rows = []
+    for sharding in ("full", "optimizer"):
+        step = make_train_step(model, losses.cross_entropy, opt, sharding=sharding, compile=False, donate=True)
+        box = {"ts": distributed.shard(full, sharding)}
+
+        def ours(step=step, box=box):
+            box["ts"], _ = step(box["ts"], (x, y), None)
+
+        held = shard_bytes(box["ts"])
+        t_ours, t_theirs = _medians([ours, theirs], repeats, warmup)
+        rows.append(dict(
+            group="shard", name=f"shard {sharding} gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
+            baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
+            note=(f"eager; whole: params {_kb(whole['params'])}, opt {_kb(whole['opt_state'])}; deepfn per rank: "
+                  f"params {_kb(held['params'])}, opt {_kb(held['opt_state'])}, grads after reduce-scatter "
+                  f"{_kb(held['params'] if sharding == 'full' else whole['params'] // n)}; {fsdp_note}")))
+    if n == 2:
+        steps = {c: make_train_step(model, losses.cross_entropy, opt, sharding="full", compile=c) for c in (True, False)}
+        boxes = {c: {"ts": distributed.shard(full, "full")} for c in (True, False)}
+
+        def compiled_step():
+            boxes[True]["ts"], _ = steps[True](boxes[True]["ts"], (x, y), None)
+
+        def eager_step():
+            boxes[False]["ts"], _ = steps[False](boxes[False]["ts"], (x, y), None)
+
+        for _ in range(3):   # the same three steps from the same shards, compiled and eager
+            compiled_step()
+            eager_step()
+        diff = max((a - b).abs().max().item() for a, b in zip(
+            tree.leaves(boxes[True]["ts"].params), tree.leaves(boxes[False]["ts"].params), strict=True))
+        t_ours, t_theirs = _medians([compiled_step, theirs], repeats, warmup)
+        rows.append(dict(
+            group="shard", name=f"shard full compiled gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
+            baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
+            note=f"compile=True (forward+backward and update compiled, collectives eager); "
+                 f"max |compiled - eager| of the params after 3 steps: {diff:.1e}"))
+    if r == 0:
+        (out_dir / ROWS_FILE).write_text(json.dumps(rows))
+    distributed.shutdown()
+
+
+def run(quick: bool = False) -> list[dict]:
+    rows: list[dict] = []
+    for n in ((1, 2) if quick else (1, 2, 4)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            # As a module (-m): this folder's random.py must not shadow the standard library's.
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
+                   "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench_parts.shard",
+                   "--worker", tmp] + (["--quick"] if quick else [])
+            here = Path(__file__).resolve().parent
+            path = os.pathsep.join([str(here.parent), str(here.parent.parent), os.environ.get("PYTHONPATH", "")])
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=path)
+            if sys.platform.startswith("linux"):
+                env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"shard benchmark (x{n}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            rows += json.loads((Path(tmp) / ROWS_FILE).read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        _worker("--quick" in sys.argv, Path(sys.argv[sys.argv.index("--worker") + 1]))
+    else:
+        for row in run(quick="--quick" in sys.argv):
+            print(row)
