@@ -3,17 +3,18 @@
 Twin: the dtype choices of ``torch.autocast`` made explicit. deepfn does not use autocast, a
 thread-local mode that a pure function's arguments would not show: params and inputs are cast
 to the compute dtype, and blocks compute norm statistics, softmax and the loss in float32.
+As under autocast, normalisation params stay float32 under a half policy (``keep_float32``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from .. import tree
 from ..typing import PyTree
+from .float32_params import KeepFloat32, cast_keeping_float32, norm_affine
 
 __all__ = ["Policy", "parse_dtype"]
 
@@ -39,11 +40,6 @@ def parse_dtype(value: str | torch.dtype, owner: str = "deepfn.amp.parse_dtype")
     raise ValueError(f"{owner}: unknown dtype {value!r}; valid dtypes: {sorted(set(_DTYPES))}")
 
 
-def _cast(x: PyTree, dtype: torch.dtype) -> PyTree:
-    # tree.cast touches floating leaves only: integer ids, bool masks and keys pass through.
-    return tree.cast(x, dtype)
-
-
 @dataclass(frozen=True)
 class Policy:
     """Which dtype parameters are stored in, computed in, and returned in.
@@ -55,15 +51,31 @@ class Policy:
         torch.bfloat16
 
     Fields accept a ``torch.dtype`` or a name (``"float32"``, ``"f32"``, ``"bf16"``, ...).
+
+    ``keep_float32(path, node) -> bool`` is a rule over the dict nodes of a params tree: where
+    ``param_dtype`` or ``compute_dtype`` is a half dtype, ``cast_to_param`` and
+    ``cast_to_compute`` cast the floating leaves of the nodes it picks to float32 instead, as
+    autocast leaves a norm layer's weight and bias float32 (deepfn's ``BatchNorm`` and
+    ``LayerNorm`` take float32 params with half inputs and return the input's dtype). The
+    default, :func:`~deepfn.amp.norm_affine`, picks nodes of exactly a ``weight`` and a ``bias``
+    of one shape: the affine of ``BatchNorm`` and ``LayerNorm``, never a ``Dense`` or ``Conv2d``.
+    ``None`` casts every floating leaf. The state (batch-norm running statistics) is never cast.
+
+        >>> p.cast_to_compute({"norm": {"weight": torch.ones(2), "bias": torch.zeros(2)}})["norm"]["weight"].dtype
+        torch.float32
     """
 
     param_dtype: torch.dtype = torch.float32
     compute_dtype: torch.dtype = torch.float32
     output_dtype: torch.dtype = torch.float32
+    keep_float32: KeepFloat32 | None = norm_affine
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "compute_dtype", "output_dtype"):
             object.__setattr__(self, name, parse_dtype(getattr(self, name), f"Policy: {name}"))
+        if self.keep_float32 is not None and not callable(self.keep_float32):
+            raise TypeError(f"Policy: keep_float32 must be None or a callable (path, node) -> bool; "
+                            f"got {type(self.keep_float32).__name__} {self.keep_float32!r}")
 
     @classmethod
     def from_string(cls, spec: str) -> Policy:
@@ -85,16 +97,18 @@ class Policy:
         return cls(**fields)
 
     def cast_to_param(self, x: PyTree) -> PyTree:
-        """Floating leaves of ``x`` (a tree or a bare tensor) to ``param_dtype``."""
-        return _cast(x, self.param_dtype)
+        """Floating leaves of ``x`` (a tree or a bare tensor) to ``param_dtype``; float32 for
+        the nodes ``keep_float32`` picks when ``param_dtype`` is half."""
+        return cast_keeping_float32(x, self.param_dtype, self.keep_float32)
 
     def cast_to_compute(self, x: PyTree) -> PyTree:
-        """Floating leaves of ``x`` to ``compute_dtype``."""
-        return _cast(x, self.compute_dtype)
+        """Floating leaves of ``x`` to ``compute_dtype``; float32 for the nodes ``keep_float32``
+        picks when ``compute_dtype`` is half."""
+        return cast_keeping_float32(x, self.compute_dtype, self.keep_float32)
 
     def cast_to_output(self, x: PyTree) -> PyTree:
-        """Floating leaves of ``x`` to ``output_dtype``."""
-        return _cast(x, self.output_dtype)
+        """Floating leaves of ``x`` to ``output_dtype`` (every one: outputs are not params)."""
+        return cast_keeping_float32(x, self.output_dtype, None)
 
     def with_output_dtype(self, dtype: torch.dtype | str) -> Policy:
-        return Policy(self.param_dtype, self.compute_dtype, dtype)
+        return replace(self, output_dtype=dtype)
