@@ -5,6 +5,13 @@ Every script takes the same core flags (``--device --seed --compile/--no-compile
 ``--out``: ``config.json``, ``history.jsonl``, ``curves.png``, ``checkpoints/`` and
 ``result.json``, and ends with one ``RESULT key=value ...`` line.
 
+The train and eval steps are compiled by default, on every device (``--no-compile``: eager),
+and saved in ``OUT/compiled-steps`` for later runs (``--compile-cache DIR``,
+``--no-compile-cache``). A script feeds its steps a few fixed shapes only (full batches,
+padded last batches, a few padded sequence widths), so they compile in the first epoch and
+never again; each history row counts the input shapes the epoch's steps met for the first
+time (``train_new_signatures``, ``eval_new_signatures``).
+
 ``--distributed`` makes a script data parallel under ``torchrun --nproc_per_node N``:
 ``--batch-size`` stays the global batch, every rank trains on its shard, and only rank 0
 writes files and prints (see docs/guides/distributed.md).
@@ -30,7 +37,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from deepfn import amp, distributed, tree  # noqa: E402
+from deepfn import amp, distributed, losses, tree  # noqa: E402
 
 REPO_ROOT = _ROOT
 
@@ -52,6 +59,14 @@ def positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int; got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """``type=`` for counts where 0 means none or off: an int ``>= 0``."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {text}")
     return value
 
 
@@ -140,9 +155,10 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to train on")
     p.add_argument("--seed", type=seed, default=0, help="seed of the run's base key (deepfn.random.key)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the train/eval steps (default: on for CUDA, off for CPU, "
-                        "where compiling costs more than it saves on short runs)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the train and eval steps, on every device (--no-compile: eager; the "
+                        "history's train_new_signatures / eval_new_signatures count the input shapes each "
+                        "step compiled for)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="when compiling: save the compiled steps in DIR, and load them in later runs with the "
                         "same model and settings instead of tracing the steps again (default: "
@@ -194,10 +210,10 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     device = _init_distributed(args) if args.distributed else torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
-    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    compile_ = bool(args.compile)
     if args.compile_cache and not compile_:
         raise SystemExit(f"--compile-cache {args.compile_cache}: saves compiled steps, but steps are not compiled "
-                         f"here (device {device.type}); add --compile")
+                         f"here (--no-compile); drop --no-compile")
     compile_cache = None
     if compile_ and args.compile_cache != "":
         compile_cache = args.compile_cache or os.path.join(args.out, "compiled-steps")
@@ -308,6 +324,18 @@ def kill_switch(train_step: Any) -> Any:
         return train_step(train_state, batch, key)
 
     return step
+
+
+# The label of the rows that pad a last partial evaluation batch up to the full batch
+# (fit's eval_pad_label, evaluate's pad_label): the scripts' eval losses and accuracies leave
+# it out, so every evaluation batch has one shape and the metrics are the unpadded ones.
+PAD_LABEL = -1
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``losses.cross_entropy`` over the labels other than ``PAD_LABEL``: the eval loss of the
+    classification scripts."""
+    return losses.cross_entropy(logits, labels, ignore_index=PAD_LABEL)
 
 
 def log(message: str) -> None:

@@ -79,12 +79,13 @@ def _train(args, run, name, model, loss_fn, train, val, epochs, key, batch_fn=No
                            compile_cache=run["compile_cache"], lr=schedule,
                            donate=True)
     step = wrap(step) if wrap is not None else step
-    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"],
-                               compile_cache=run["compile_cache"])
+    # Eval batches padded to one size with rows labelled PAD_LABEL, which the loss and accuracy leave out.
+    eval_step = make_eval_step(model, _common.masked_cross_entropy, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"], ignore_index=_common.PAD_LABEL)
     sub = argparse.Namespace(**{**vars(args), "out": os.path.join(args.out, name), "epochs": epochs})
     paths = {k: os.path.join(sub.out, os.path.basename(v)) for k, v in run.items() if k in ("checkpoints", "history", "plot")}
     ts, _ = fit(step, ts, train, batch_size=args.batch_size, key=k_fit, eval_step=eval_step, val_data=val,
-                batch_fn=batch_fn, eval_batch_size=500, monitor="val_accuracy", mode="max",
+                batch_fn=batch_fn, eval_batch_size=500, eval_pad_label=_common.PAD_LABEL, monitor="val_accuracy", mode="max",
                 **_common.fit_kwargs(sub, {**run, **paths}))
     return ts, eval_step
 
@@ -103,11 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
                           dropout_rate=0.2, stem="cifar")
     if args.teacher_checkpoint:
         t_ts = _common.to_device(checkpoint.load(args.teacher_checkpoint), dev)
-        t_eval = make_eval_step(teacher, losses.cross_entropy, compile=False)
+        t_eval = make_eval_step(teacher, _common.masked_cross_entropy, compile=False, ignore_index=_common.PAD_LABEL)
     else:
         t_ts, t_eval = _train(args, run, "teacher", teacher, losses.cross_entropy, (x_tr, y_tr), (x_va, y_va),
                               args.teacher_epochs, k_teacher)
-    teacher_acc = evaluate(t_eval, t_ts.params, t_ts.state, (x_te, y_te), 500, distributed=args.distributed)["accuracy"]
+    teacher_acc = evaluate(t_eval, t_ts.params, t_ts.state, (x_te, y_te), 500, pad_label=_common.PAD_LABEL, distributed=args.distributed)["accuracy"]
 
     student = MLP(64, tuple(args.student_hidden), 10)
     flat = (x_tr.flatten(1), y_tr), (x_va.flatten(1), y_va)
@@ -132,10 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
         s_arm, d_arm = arms["student"], arms["distilled"]
         s_ts, s_eval = _train(args, run, "student" + suffix, student, losses.cross_entropy, s_arm["train"], flat[1],
                               args.epochs, key, wrap=s_arm.get("wrap"))
-        alone.append(evaluate(s_eval, s_ts.params, s_ts.state, test, 500, distributed=args.distributed))
+        alone.append(evaluate(s_eval, s_ts.params, s_ts.state, test, 500, pad_label=_common.PAD_LABEL, distributed=args.distributed))
         d_ts, d_eval = _train(args, run, "distilled" + suffix, student, distill, d_arm["train"], flat[1], args.epochs,
                               key, batch_fn=d_arm.get("batch_fn"), wrap=d_arm.get("wrap"))
-        distilled.append(evaluate(d_eval, d_ts.params, d_ts.state, test, 500, distributed=args.distributed))
+        distilled.append(evaluate(d_eval, d_ts.params, d_ts.state, test, 500, pad_label=_common.PAD_LABEL, distributed=args.distributed))
         _common.log(f"seed {i}: student alone {alone[-1]['accuracy']:.4f}, distilled {distilled[-1]['accuracy']:.4f}")
     mean = lambda runs, k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
     wins = sum((d["accuracy"] > a["accuracy"]) + 0.5 * (d["accuracy"] == a["accuracy"])

@@ -116,13 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
                            all_reduce=_common.all_reduce(args), compile=run["compile"],
                            compile_cache=run["compile_cache"], lr=schedule,
                            donate=True)
-    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"],
-                               compile_cache=run["compile_cache"])
+    # Eval batches padded to one size with rows labelled PAD_LABEL, which the loss and accuracy leave out.
+    eval_step = make_eval_step(model, _common.masked_cross_entropy, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"], ignore_index=_common.PAD_LABEL)
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
-                      val_data=val, eval_batch_size=500, augment=make_augment(args), monitor="val_accuracy",
+                      val_data=val, eval_batch_size=500, eval_pad_label=_common.PAD_LABEL,
+                      augment=make_augment(args), monitor="val_accuracy",
                       mode="max", **_common.fit_kwargs(args, run))
-    test = evaluate(eval_step, ts.params, ts.state, test_data, 500, distributed=args.distributed)
+    test = evaluate(eval_step, ts.params, ts.state, test_data, 500, pad_label=_common.PAD_LABEL,
+                    distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
                           best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])

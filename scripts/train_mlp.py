@@ -51,12 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
                            compile_cache=run["compile_cache"], lr=schedule,
                            donate=True)
     step = _common.kill_switch(step)   # the elastic-restart test's hook; the step itself without its env var
-    eval_step = make_eval_step(model, losses.cross_entropy, policy=run["policy"], compile=run["compile"],
-                               compile_cache=run["compile_cache"])
+    # Eval batches padded to one size with rows labelled PAD_LABEL, which the loss and accuracy leave out.
+    eval_step = make_eval_step(model, _common.masked_cross_entropy, policy=run["policy"], compile=run["compile"],
+                               compile_cache=run["compile_cache"], ignore_index=_common.PAD_LABEL)
 
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
-                      val_data=(x_va, y_va), eval_batch_size=512, **_common.fit_kwargs(args, run))
-    test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512, distributed=args.distributed)
+                      val_data=(x_va, y_va), eval_batch_size=512, eval_pad_label=_common.PAD_LABEL,
+                      **_common.fit_kwargs(args, run))
+    test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512, pad_label=_common.PAD_LABEL,
+                    distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],
                           best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                           params=model.num_parameters(), steps=history.rows[-1]["step"])

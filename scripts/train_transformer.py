@@ -14,6 +14,11 @@ uses label smoothing 0.1, a noam (or one-cycle) schedule and early stopping on t
 validation loss; greedy BLEU on a validation subset is logged every epoch, and the test
 BLEU (test_2016_flickr, beam search) is measured at the end. Ends with ``RESULT
 test_bleu=... val_loss=... params=... wall_s=...``.
+
+The train and eval steps are compiled (``--no-compile``: eager). Each batch's sources and
+targets are then padded to the next of 4 widths up to --max-len (``--length-buckets``), and
+the last validation batch to the full 128 rows with ignored labels, so the steps meet a few
+shapes, all compiled in the first epoch (the history's ``*_new_signatures`` are 0 after it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import _common
 import torch
 
 from deepfn import data, distributed, losses, optim, random, tree
+from deepfn.data.padding import bucket_width, bucket_widths, pad_width
 from deepfn.models import Transformer
 from deepfn.train import TrainState, evaluate, fit, make_eval_step, make_train_step
 
@@ -53,6 +59,10 @@ def build_parser():
     p.add_argument("--warmup", type=_common.positive_int, default=1000, help="noam warmup steps")
     p.add_argument("--no-bucketing", action="store_true",
                    help="random batches instead of batches of similar lengths (2x the padding)")
+    p.add_argument("--length-buckets", type=_common.nonnegative_int, default=None,
+                   help="pad each batch's sources and targets to the next of this many widths up to --max-len, "
+                        "so a compiled step meets a few shapes, compiled in the first epoch (0: trim each batch "
+                        "to its longest row; default: 4 when compiling, else 0)")
     p.add_argument("--bleu-subset", type=_common.positive_int, default=200, help="validation pairs for the per-epoch greedy BLEU")
     p.add_argument("--beam-size", type=_common.positive_int, default=4, help="beam width for the test BLEU (1: greedy)")
     return p
@@ -93,15 +103,22 @@ def encode(tok, sentences, max_len, bos):
     return rows
 
 
-def make_batch_fn(device, multiple):
-    """``(src, tgt) -> ((src, tgt_in), tgt_out)`` on ``device``, trimmed to the batch's longest row.
+def make_batch_fn(device, widths):
+    """``(src, tgt) -> ((src, tgt_in), tgt_out)`` on ``device``.
 
-    Lengths are read on the CPU copy (no device sync); widths are rounded up to a multiple of
-    ``multiple`` (8 when compiling, so that a compiled step sees few shapes; 1 eagerly).
+    ``widths`` None: trimmed to the batch's longest source and target rows. Else sources and
+    targets both padded with ``<pad>`` (which the model masks and the loss ignores) to the
+    smallest of ``widths`` that holds both, so a compiled step meets ``len(widths)`` shapes.
+    Lengths are read on the CPU copy (no device sync).
     """
     def batch_fn(src, tgt):
-        width = lambda t: min(t.shape[1], -(-int((t != PAD).sum(1).max()) // multiple) * multiple)  # noqa: E731
-        src, tgt = src[:, :width(src)].to(device), tgt[:, :width(tgt) + 1].to(device)
+        src_len = int((src != PAD).sum(1).max())
+        tgt_len = int((tgt != PAD).sum(1).max()) - 1   # tgt_in and tgt_out: [bos] ids [eos] less one token
+        if widths is None:
+            src_w, tgt_w = src_len, tgt_len
+        else:
+            src_w = tgt_w = bucket_width(max(src_len, tgt_len), widths)
+        src, tgt = pad_width(src, src_w, PAD).to(device), pad_width(tgt, tgt_w + 1, PAD).to(device)
         return (src, tgt[:, :-1]), tgt[:, 1:]
     return batch_fn
 
@@ -173,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
                            ignore_index=PAD, donate=True)
     eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"],
                                compile_cache=run["compile_cache"], ignore_index=PAD)
-    batch_fn = make_batch_fn(dev, 8 if run["compile"] else 1)
+    buckets = args.length_buckets if args.length_buckets is not None else (4 if run["compile"] else 0)
+    batch_fn = make_batch_fn(dev, bucket_widths(args.max_len, buckets) if buckets else None)
     lengths = (tensors["train"][0] != PAD).sum(1) + (tensors["train"][1] != PAD).sum(1)
     world = distributed.world_size() if args.distributed else 1
     batch_order = None if args.no_bucketing else data.bucket_by_length(lengths, args.batch_size // world)
@@ -187,10 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {"val_bleu": bleu(hyps, val_refs)}
 
     ts, history = fit(step, ts, tensors["train"], batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
-                      val_data=tensors["val"], eval_batch_size=128, batch_fn=batch_fn, on_epoch_end=val_bleu,
+                      val_data=tensors["val"], eval_batch_size=128, eval_pad_label=PAD, batch_fn=batch_fn,
+                      on_epoch_end=val_bleu,
                       batch_order=batch_order, time_limit_s=args.time_budget_min * 60,
                       **_common.fit_kwargs(args, run))
-    val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn,
+    val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn, pad_label=PAD,
                    distributed=args.distributed)
     figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),
                    params=tree.size(ts.params),
