@@ -280,8 +280,52 @@ def replicate(train_state: Any) -> Any:
 
 
 def all_reduce(args: argparse.Namespace) -> Any:
-    """The ``all_reduce`` argument of ``make_train_step``: gradient averaging when distributed."""
-    return distributed.all_reduce_mean if args.distributed else None
+    """The ``all_reduce`` argument of ``make_train_step``: gradient averaging when distributed
+    (a sharded step averages its gradients itself)."""
+    return distributed.all_reduce_mean if args.distributed and sharding(args) is None else None
+
+
+SHARDINGS = ("none", "optimizer", "full")
+
+
+def add_sharding_flag(p: argparse.ArgumentParser) -> None:
+    """``--sharding {none,optimizer,full}``, for the scripts that wire it (see :func:`shard`)."""
+    p.add_argument("--sharding", choices=SHARDINGS, default="none",
+                   help="with --distributed, what each rank keeps between steps: none (the whole train state), "
+                        "optimizer (ZeRO-1: 1/N of the optimizer state) or full (ZeRO-3: 1/N of the parameters, "
+                        "gradients and optimizer state, each block's parameters gathered while it runs); "
+                        "checkpoints stay full files, so --resume works with any --sharding and world size")
+
+
+def check_sharding(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--sharding`` other than ``none`` needs ``--distributed``: a ``parser.error`` (exit 2) otherwise."""
+    if args.sharding != "none" and not args.distributed:
+        p.error(f"argument --sharding: {args.sharding} shards the train state over torchrun's processes; "
+                f"add --distributed (under torchrun --nproc_per_node N)")
+
+
+def sharding(args: argparse.Namespace) -> str | None:
+    """The ``sharding`` argument of ``make_train_step``: None, ``"optimizer"`` or ``"full"``."""
+    chosen = getattr(args, "sharding", "none")
+    return None if chosen == "none" else chosen
+
+
+def shard(args: argparse.Namespace, train_state: Any) -> Any:
+    """This rank's share of the (replicated) ``train_state`` under ``--sharding``, else itself."""
+    chosen = sharding(args)
+    return train_state if chosen is None else distributed.shard(train_state, chosen)
+
+
+def unshard(train_state: Any) -> Any:
+    """The whole train state of a sharded one (a collective: every rank calls it), else itself:
+    what a script evaluates and decodes with after ``fit``."""
+    return distributed.unshard(train_state) if isinstance(train_state, distributed.ShardedTrainState) else train_state
+
+
+def train_step_cache(args: argparse.Namespace, run: dict[str, Any]) -> str | None:
+    """The ``compile_cache`` of the train step: ``run["compile_cache"]``, except for a sharded step,
+    which compiles its pieces apart and saves none of them (the eval step still does)."""
+    return None if sharding(args) is not None else run["compile_cache"]
 
 
 KILL_AT_STEP_ENV = "DEEPFN_TEST_KILL_AT_STEP"

@@ -65,6 +65,7 @@ def build_parser():
                         "to its longest row; default: 4 when compiling, else 0)")
     p.add_argument("--bleu-subset", type=_common.positive_int, default=200, help="validation pairs for the per-epoch greedy BLEU")
     p.add_argument("--beam-size", type=_common.positive_int, default=4, help="beam width for the test BLEU (1: greedy)")
+    _common.add_sharding_flag(p)
     return p
 
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    _common.check_sharding(parser, args)
     run = _common.setup(args)
     dev = run["device"]
     if not distributed.is_main():
@@ -184,10 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
                                                           ignore_index=PAD)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
+    ts = _common.shard(args, ts)   # --sharding: this rank's share; fit evaluates and saves it whole
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
                            clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"],
-                           compile_cache=run["compile_cache"], lr=schedule,
-                           ignore_index=PAD, donate=True)
+                           compile_cache=_common.train_step_cache(args, run), lr=schedule,
+                           ignore_index=PAD, donate=True, sharding=_common.sharding(args))
     eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"],
                                compile_cache=run["compile_cache"], ignore_index=PAD)
     buckets = args.length_buckets if args.length_buckets is not None else (4 if run["compile"] else 0)
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                       on_epoch_end=val_bleu,
                       batch_order=batch_order, time_limit_s=args.time_budget_min * 60,
                       **_common.fit_kwargs(args, run))
+    ts = _common.unshard(ts)
     val = evaluate(eval_step, ts.params, ts.state, tensors["val"], 128, batch_fn=batch_fn, pad_label=PAD,
                    distributed=args.distributed)
     figures = dict(val_loss=val["loss"], best_epoch=history.best_epoch, epochs_run=_common.epochs_run(history),

@@ -30,7 +30,7 @@ from ..typing import Key
 from .compile.signatures import SignatureLog
 from .early_stopping import EarlyStopping
 from .fit_batches import EpochBatches, as_pair, leading_size, take_rows, world_of
-from .fit_checkpoints import FitCheckpoints, Resumed
+from .fit_checkpoints import FitCheckpoints, Resumed, whole
 from .fit_report import CurvePlotter, EpochMeans, ProgressBar, summary_line
 from .history import History, write_history
 from .state import TrainState
@@ -163,7 +163,11 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             ``train_state.state`` are averaged over ranks at each epoch's end; validation is
             sharded (see :func:`evaluate`); rank 0's monitored value decides early stopping;
             only rank 0 logs, shows progress and writes files; ``resume`` reads rank 0's
-            checkpoint (a folder all ranks see).
+            checkpoint (a folder all ranks see). A sharded ``train_state``
+            (``distributed.shard``, stepped by ``make_train_step(..., sharding=...)``) stays
+            sharded through the loop and is returned so; validation, ``on_epoch_end`` and the
+            checkpoints get it whole (``distributed.unshard`` on every rank), so a checkpoint
+            is one full file and a resume (on any world size) shards it again.
         progress: show a tqdm bar (only when stderr is a terminal).
         log: called with a one-line summary after each epoch (e.g. ``print``).
         metadata: JSON-serialisable dict stored in every checkpoint (e.g. the run's config).
@@ -223,7 +227,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         history.best_epoch, history.best_value, history.stopped_early = (
             stopping.best_epoch, stopping.best_value, stopping.stopped)
         epoch, skip = (epoch, b) if partial else (epoch + 1, 0)
-        reports.epoch_end(row, train_state, stopping.last_value, history, stopping, epoch, skip)
+        reports.epoch_end(row, whole(train_state), stopping.last_value, history, stopping, epoch, skip)
     reports.finish(history)
     return (best_state if restore_best else train_state), history
 
@@ -328,10 +332,11 @@ def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int
     row["epoch_time"] = time.perf_counter() - tic
     row["samples_per_s"] = means.rows * world / max(row["epoch_time"], 1e-9)
     row["train_new_signatures"] = train_signatures.take_new()
-    row.update(validate(train_state))
+    full = whole(train_state)   # a sharded state is evaluated whole
+    row.update(validate(full))
     row["partial"] = partial
     if on_epoch_end is not None:
-        row.update(on_epoch_end(train_state, dict(row)) or {})
+        row.update(on_epoch_end(full, dict(row)) or {})
     return train_state, row
 
 

@@ -17,12 +17,24 @@ from typing import Any
 
 import torch
 
+from .. import distributed as dist
 from ..checkpoint import CheckpointManager, DamagedCheckpointError
 from .early_stopping import EarlyStopping
 from .history import History
 from .state import TrainState
 
-__all__ = ["FitCheckpoints", "Resumed"]
+__all__ = ["FitCheckpoints", "Resumed", "whole"]
+
+
+def whole(train_state: TrainState) -> TrainState:
+    """The full train state of a sharded one (``distributed.unshard``: a collective, so every rank
+    calls it), else ``train_state`` itself.
+
+    What validation, ``on_epoch_end`` and the checkpoints of :func:`~deepfn.train.fit` see: a
+    sharded run's checkpoint is one full file, which a single process loads and a job of any
+    world size resumes from.
+    """
+    return dist.unshard(train_state) if isinstance(train_state, dist.ShardedTrainState) else train_state
 
 
 @dataclass
@@ -58,19 +70,27 @@ class FitCheckpoints:
         """The newest good checkpoint checked against ``like``; None when the folder holds none.
 
         ``stopping`` gives the settings (mode, min delta, patience, smoothing) the record is restored
-        into; the smoothing window is refilled from the history's complete epochs.
+        into; the smoothing window is refilled from the history's complete epochs. A sharded
+        ``like`` (a collective then: every rank calls it) is checked as the full state the files
+        hold, and the states restored are cut into this rank's shares again.
         """
+        sharding = like.sharding if isinstance(like, dist.ShardedTrainState) else None
+        like = whole(like)
         found = self.manager.restore_latest(like=like, device=device)
         if found is None:
             return None
         step, train_state = found
+        best = self._best(like, device)
+        if sharding is not None:
+            train_state = dist.shard(train_state, sharding)
+            best = None if best is None else dist.shard(best, sharding)
         meta = self.manager.metadata(step)
         loop = meta["loop"]
         history = History(meta["history"], loop["best_epoch"], loop["best_value"], loop["stopped_early"])
         restored = EarlyStopping(stopping.mode, stopping.min_delta, stopping.patience, loop["best_epoch"],
                                  loop["best_value"], loop["wait"], loop["stopped_early"], stopping.smoothing)
         restored.replay([row.get(self.monitor) for row in history.rows if not row.get("partial")])
-        return Resumed(train_state, self._best(like, device), history, restored, loop["epoch"], loop["batch"])
+        return Resumed(train_state, best, history, restored, loop["epoch"], loop["batch"])
 
     def _best(self, like: TrainState, device: torch.device) -> TrainState | None:
         best = self.manager.best_step()

@@ -38,9 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(launcher: list[str], script_args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    """``python -m torch.distributed.run LAUNCHER scripts/train_mlp.py SCRIPT_ARGS``, started (not waited for)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(SCRIPTS / "train_mlp.py"), *script_args]
+def torchrun(launcher: list[str], script_args: list[str], cwd: Path, script: str = "train_mlp.py",
+             **env: str) -> subprocess.Popen:
+    """``python -m torch.distributed.run LAUNCHER scripts/SCRIPT SCRIPT_ARGS``, started (not waited for)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(SCRIPTS / script), *script_args]
     full_env = {k: v for k, v in os.environ.items() if k != "DEEPFN_TEST_KILL_AT_STEP"}
     full_env.update(OMP_NUM_THREADS="1", **env)
     if sys.platform.startswith("linux"):
