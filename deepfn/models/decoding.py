@@ -105,8 +105,9 @@ def greedy_decode(model, params: Params, state: State, src: Tensor, max_len: int
         emitted EOS (or after ``max_len`` tokens).
 
     Raises:
-        TypeError / ValueError: bad ``src`` (as ``apply``), ``max_len`` outside
-        ``[1, max_seq_len]`` or ids outside the vocabulary, before any computation.
+        TypeError: a non-integer ``src`` (as ``apply``).
+        ValueError: a bad ``src`` shape (as ``apply``), ``max_len`` outside ``[1, max_seq_len]``
+            or ids outside the vocabulary, before any computation.
     """
     _check_generation(model, src, max_len, bos_id, eos_id, "greedy_decode")
     model.check_params_tree(params, "greedy_decode")
