@@ -26,12 +26,14 @@ def build_parser():
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
                    help="batch norm after each hidden layer")
     p.add_argument("--weight-decay", type=_common.nonnegative_float, default=1e-4, help="AdamW decoupled weight decay")
+    _common.add_sharding_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _common.check_sharding(parser, args)
     run = _common.setup(args)
     dev = run["device"]
     flat = lambda split: tuple(t.to(dev) for t in data.digits(split))  # noqa: E731
@@ -45,11 +47,11 @@ def main(argv: list[str] | None = None) -> dict:
     opt = optim.adamw(schedule, weight_decay=args.weight_decay)
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev)
-    ts = _common.replicate(ts)
+    ts = _common.shard(args, _common.replicate(ts))   # --sharding: this rank's share; fit saves it whole
     step = make_train_step(model, losses.cross_entropy, opt, policy=run["policy"], loss_scale=run["loss_scale"],
                            all_reduce=_common.all_reduce(args), compile=run["compile"],
-                           compile_cache=run["compile_cache"], lr=schedule,
-                           donate=True)
+                           compile_cache=_common.train_step_cache(args, run), lr=schedule,
+                           donate=True, sharding=_common.sharding(args))
     step = _common.kill_switch(step)   # the elastic-restart test's hook; the step itself without its env var
     # Eval batches padded to one size with rows labelled PAD_LABEL, which the loss and accuracy leave out.
     eval_step = make_eval_step(model, _common.masked_cross_entropy, policy=run["policy"], compile=run["compile"],
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     ts, history = fit(step, ts, (x_tr, y_tr), batch_size=args.batch_size, key=k_fit, eval_step=eval_step,
                       val_data=(x_va, y_va), eval_batch_size=512, eval_pad_label=_common.PAD_LABEL,
                       **_common.fit_kwargs(args, run))
+    ts = _common.unshard(ts)
     test = evaluate(eval_step, ts.params, ts.state, (x_te, y_te), 512, pad_label=_common.PAD_LABEL,
                     distributed=args.distributed)
     return _common.finish(args, run, test_acc=test["accuracy"], test_loss=test["loss"],

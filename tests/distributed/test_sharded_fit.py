@@ -105,3 +105,21 @@ def test_train_transformer_with_full_sharding_trains_as_data_parallel(transforme
     result, reference = (json.loads((root / name / "result.json").read_text()) for name in ("full", "none"))
     assert result["params"] == reference["params"]               # counted on the whole parameters
     assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+
+
+MLP_FLAGS = ["--distributed", "--no-compile", "--no-progress", "--epochs", "1", "--batch-size", "32",
+             "--hidden", "16", "--max-steps", "3"]
+
+
+def test_train_mlp_with_sharding_in_a_world_of_one_trains_as_without(tmp_path):
+    # Without torchrun, --distributed is a world of one: the flag's wiring (shard, sharded step,
+    # whole checkpoint, unshard for the test evaluation) runs in this process.
+    main = _script("train_mlp").main
+    results = {name: main([*MLP_FLAGS, "--sharding", name, "--out", str(tmp_path / name)])
+               for name in ("none", "full")}
+    got, want = (checkpoint.load(tmp_path / name / "checkpoints" / "ckpt_000000003.safetensors")
+                 for name in ("full", "none"))
+    assert type(got) is TrainState
+    assert_trees_close(got.params, want.params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(got.state, want.state, rtol=1e-5, atol=1e-6)     # batch-norm statistics
+    assert results["full"]["test_acc"] == pytest.approx(results["none"]["test_acc"], abs=1e-6)
