@@ -64,6 +64,17 @@ def test_fit_of_a_sharded_state_trains_saves_and_resumes_as_the_whole_state(shar
         [r["val_loss"] for r in want_history.rows], rel=1e-5)
 
 
+@pytest.mark.parametrize("before, after", [(None, "full"), ("optimizer", None)])
+def test_a_resume_may_change_the_sharding(before, after, tmp_path):
+    want, _, _ = _fit(None, tmp_path / "plain")
+    _fit(before, tmp_path / "run", max_steps=4)
+    got, _, _ = _fit(after, tmp_path / "run", resume=True)
+    assert isinstance(got, distributed.ShardedTrainState) == (after is not None)
+    whole = distributed.unshard(got) if after is not None else got
+    assert_trees_close(whole.params, want.params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(whole.opt_state, want.opt_state, rtol=1e-5, atol=1e-6)
+
+
 def test_sharding_without_distributed_exits_2_naming_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         _script("train_transformer").main(["--sharding", "full", "--out", str(tmp_path / "tr")])
