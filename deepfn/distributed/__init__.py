@@ -9,8 +9,15 @@ Launch with ``torchrun --nproc_per_node N script.py``; in the script::
     step = make_train_step(model, loss_fn, opt, all_reduce=distributed.all_reduce_mean)
     idx = distributed.shard_indices(data_key, epoch, n, distributed.rank(), distributed.world_size())
 
-Importing this package initialises nothing. Twin: ``torch.nn.parallel.DistributedDataParallel``
-with ``DistributedSampler``.
+Sharded data parallel (ZeRO-1 / ZeRO-3) for states that outgrow one process::
+
+    ts = distributed.shard(distributed.broadcast(ts), "full")       # this rank's 1/N
+    step = make_train_step(model, loss_fn, opt, sharding="full")   # no all_reduce: it reduce-scatters
+    ...
+    full = distributed.unshard(ts)                                  # every rank: the whole state
+
+Importing this package initialises nothing. Twins: ``torch.nn.parallel.DistributedDataParallel``
+with ``DistributedSampler``; ``torch.distributed.fsdp.fully_shard`` for sharding.
 """
 
 from .collectives import all_reduce_mean as all_reduce_mean

@@ -8,7 +8,10 @@ One update, in order (compare the reference :func:`deepfn.train.step.build_train
 2. forward and gradient of this rank's micro-batches, as the reference step takes them
    (the *local* part: compiled with ``compile=True``);
 3. reduce-scatter the mean gradient: each rank keeps its chunk of every leaf; the whole
-   gradients and (``"full"``) the whole parameters are dropped here;
+   gradients and (``"full"``) the whole parameters are dropped here. Eagerly, the last
+   micro-batch's gradients are reduce-scattered bucket by bucket during its backward pass,
+   each whole gradient freed once its bucket is sent (FSDP's overlap:
+   :mod:`~deepfn.distributed.shard_overlap`);
 4. unscale; one small all-reduce sums, over ranks, the squares of the gradient chunks, their
    count of non-finite entries, the loss and the accuracy: the global norm for clipping, a
    finite check every rank agrees on (a skipped step is skipped everywhere) and the metrics;
@@ -35,19 +38,21 @@ from typing import Any
 import torch
 
 from .. import optim, tree
+from .._torch import foreach, foreach_usable
 from ..amp import NoOpLossScale, Policy
 from ..distributed.shard_collectives import (
     all_gather_leaves,
     all_reduce_sum,
     reduce_scatter_mean_leaves,
 )
+from ..distributed.shard_overlap import grad_and_reduce_scatter_mean
 from ..distributed.sharded_state import SHARDINGS, ShardedTrainState, check_world, shard_leaf
 from ..tree import flat as _flat
 from ..typing import Block, Key, PyTree, Tensor
 from .compile import compiled
 from .donate import make_donated_update
 from .finite import keep_if, readable_on_host
-from .grad_engines import accumulate_micro_batch, choose_engine
+from .grad_engines import AUTOGRAD, accumulate_micro_batch, choose_engine
 from .objective import accuracy, make_objective, micro_batch, micro_key
 from .state import TrainState
 
@@ -93,6 +98,28 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         acc = torch.stack(accs).mean() if accs[0] is not None else None
         return grads, state, torch.stack(losses).mean(), acc
 
+    def local_chunks(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
+        """``local`` followed by the reduce-scatter, eagerly: the last micro-batch's gradients
+        are reduce-scattered during its backward pass (:mod:`deepfn.distributed.shard_overlap`)."""
+        if choose_engine(params, None) != AUTOGRAD:
+            grads, state, loss, acc = local(params, state, inputs, labels, key, scaler)
+            return reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb), state, loss, acc
+        summed, losses, accs = None, [], []
+        for i in range(k):
+            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
+            args = (state, x, y, micro_key(key, k, i), scaler)
+            if i < k - 1:
+                summed, (_, (loss, logits, state)) = accumulate_micro_batch(
+                    AUTOGRAD, objective, objective, params, args, summed, last=False, k=k)
+            else:
+                chunks, (_, (loss, logits, state)) = grad_and_reduce_scatter_mean(
+                    objective, params, *args, accumulated=None if summed is None else _flat.flatten(summed)[0],
+                    divide_by=k, bucket_mb=bucket_mb)
+            losses.append(loss)
+            accs.append(accuracy(logits, y, ignore_index))
+        acc = torch.stack(accs).mean() if accs[0] is not None else None
+        return chunks, state, torch.stack(losses).mean(), acc
+
     reference = _shard_update(optimizer)
     update = make_donated_update(optimizer, reference) if donate else reference
     run_local = compiled(local, None, f"{fn}: sharded step (forward and backward)") if compile else local
@@ -111,10 +138,15 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         p_leaves, p_spec = _flat.flatten(ts.params)
         shapes = list(ts.param_shapes)
         whole = p_leaves if sharding == "optimizer" else all_gather_leaves(p_leaves, shapes, bucket_mb)
-        grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0], batch[1],
-                                            key, scaler)
-        g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
-        del grads, whole   # ZeRO-3: whole parameters and gradients live only through the backward pass
+        if compile:
+            grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0], batch[1],
+                                                key, scaler)
+            g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
+            del grads
+        else:
+            g_chunks, state, loss, acc = local_chunks(_flat.unflatten(p_spec, whole), ts.state, batch[0],
+                                                      batch[1], key, scaler)
+        del whole   # ZeRO-3: the whole parameters live only through the forward and backward pass
         g_tree = scaler.unscale(_flat.unflatten(p_spec, g_chunks))
         g_chunks = _flat.flatten(g_tree)[0]
         totals = all_reduce_sum(_local_totals(g_chunks, loss, acc))
@@ -152,16 +184,23 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
 
 
 def _local_totals(chunks: list[Tensor], loss: Tensor, acc: Tensor | None) -> Tensor:
-    """``[sum of squares, non-finite count, loss, accuracy]`` of this rank, float64 (summed over
-    ranks by one all-reduce: the squares of an fp32 overflow stay finite in float64)."""
+    """``[sum of squares, non-finite count, loss, accuracy]`` of this rank in float64, summed
+    over ranks by one all-reduce. The squares come from per-leaf norms in the leaves' dtype
+    (``tree.global_norm``'s arithmetic, one foreach kernel); an inf or NaN makes its leaf's
+    norm non-finite, so the leaves are searched only then (finite values whose norm
+    overflowed are not counted, as the reference step does not count them)."""
     device = loss.device
-    squares = torch.zeros((), dtype=torch.float64, device=device)
-    bad = torch.zeros((), dtype=torch.float64, device=device)
-    for g in chunks:
-        if g.is_floating_point() and g.numel():
-            squares = squares + g.double().square().sum()
-            bad = bad + (~torch.isfinite(g)).sum().double()
-    acc = acc.double() if acc is not None else torch.zeros((), dtype=torch.float64, device=device)
+    floats = [g for g in chunks if g.is_floating_point() and g.numel()]
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    squares, bad = zero, zero
+    if floats:
+        norms = foreach("norm", floats, 2.0) if foreach_usable(floats) else [
+            torch.linalg.vector_norm(g, 2.0) for g in floats]
+        norms = torch.stack([x.double() for x in norms])
+        squares = norms.square().sum()
+        if not bool(torch.isfinite(norms).all()):
+            bad = torch.stack([(~torch.isfinite(g)).sum() for g in floats]).sum().double()
+    acc = acc.double() if acc is not None else zero
     return torch.stack([squares, bad, loss.double(), acc])
 
 

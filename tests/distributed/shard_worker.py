@@ -17,6 +17,8 @@ import shard_scenarios as sc  # this script's own folder is on sys.path (torchru
 import torch
 
 from deepfn import checkpoint, distributed, tree
+from deepfn.distributed.shard_collectives import reduce_scatter_mean_leaves
+from deepfn.distributed.shard_overlap import grad_and_reduce_scatter_mean
 from deepfn.distributed.sharded_state import shard_bytes
 
 SHARDINGS = ("optimizer", "full")
@@ -26,9 +28,29 @@ def nbytes(t) -> int:
     return sum(x.numel() * x.element_size() for x in tree.leaves(t) if isinstance(x, torch.Tensor))
 
 
+def run_overlap(r: int) -> dict:
+    """grad_and_reduce_scatter_mean with tiny buckets, an unused leaf and accumulation, against
+    torch.func.grad followed by reduce_scatter_mean_leaves."""
+    params = {"w": torch.linspace(-1, 1, 12).reshape(3, 4), "v": torch.linspace(0, 1, 8).reshape(4, 2),
+              "unused": torch.ones(5), "b": torch.zeros(3)}
+    x = torch.arange(6.0).reshape(2, 3) * (r + 1) / 10
+
+    def objective(p, x):
+        y = torch.tanh(x @ p["w"]) @ p["v"] + p["b"][:2]
+        return (y ** 2).sum(), {"y": y}
+
+    earlier = [torch.full_like(v, 0.5 * (r + 1)) for v in params.values()]
+    overlapped, (value, aux) = grad_and_reduce_scatter_mean(objective, params, x, accumulated=earlier, divide_by=2,
+                                                            bucket_mb=0.00002)
+    plain = torch.func.grad(lambda p, x: objective(p, x)[0])(params, x)
+    local = [(e + plain[k]) / 2 for e, k in zip(earlier, params, strict=True)]
+    return {"overlapped": overlapped, "after": reduce_scatter_mean_leaves(local, bucket_mb=0.00002),
+            "local": local, "value": value, "y_requires_grad": aux["y"].requires_grad}
+
+
 def run(out_dir: Path, resume: Path | None) -> dict:
     r, n = distributed.rank(), distributed.world_size()
-    out: dict = {}
+    out: dict = {"overlap": run_overlap(r)}
     steps = range(sc.STEPS)
     for name in sc.SCENARIOS:
         for sharding in SHARDINGS:

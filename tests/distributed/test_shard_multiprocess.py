@@ -77,6 +77,24 @@ def test_sharded_training_equals_data_parallel_on_the_same_shards(runs, name, sh
                            rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", WORLDS)
+def test_reduce_scatter_during_backward_equals_reduce_scatter_after_it(runs, n):
+    chunks = [[] for _ in range(4)]
+    for r in range(n):
+        got = runs[n]["ranks"][r]["overlap"]
+        for a, b in zip(got["overlapped"], got["after"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+        for j, c in enumerate(got["overlapped"]):
+            chunks[j].append(c)
+        assert not got["y_requires_grad"]
+    # The chunks, put together, are the mean over ranks of each whole leaf (padding dropped).
+    for j, whole in enumerate(runs[n]["ranks"][0]["overlap"]["local"]):
+        mean = sum(runs[n]["ranks"][r]["overlap"]["local"][j] for r in range(n)) / n
+        torch.testing.assert_close(torch.cat(chunks[j])[:whole.numel()].view(whole.shape), mean)
+    # The unused leaf's gradient is zero: only the accumulated part, mean of 0.5 * (r + 1) / 2.
+    torch.testing.assert_close(runs[n]["ranks"][0]["overlap"]["overlapped"][2][0], torch.tensor(0.25 * (n + 1) / 2))
+
+
 def test_training_moved_the_parameters(runs):
     start = sc.start("sgd_momentum").params
     with pytest.raises(AssertionError):
