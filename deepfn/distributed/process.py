@@ -96,8 +96,28 @@ def init(backend: str | None = None, *, timeout: timedelta | float = timedelta(m
     device = _device(chosen)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(chosen, rank=rank_, world_size=size, timeout=wait)
+    try:
+        dist.init_process_group(chosen, rank=rank_, world_size=size, timeout=wait)
+    except RuntimeError as err:
+        hint = _restart_hint()
+        if hint is None:
+            raise
+        raise RuntimeError(f"{fn}: the process group could not form: {hint}; cause: {err}") from err
     return device
+
+
+def _restart_hint() -> str | None:
+    """Why a group that torchrun restarted may fail to connect, or None when it was not restarted
+    on a shared store."""
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restarts == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    # torchrun's workers build the group on the rendezvous' own store, which outlives a restart:
+    # the restarted ranks can read the previous attempt's addresses from it (pytorch#135712).
+    return (f"torchrun restarted this job (TORCHELASTIC_RESTART_COUNT={restarts}) and its workers share "
+            f"the rendezvous store, where the previous attempt's connection addresses remain; launch "
+            f"torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and --rdzv-backend c10d, so that every "
+            f"attempt gets a fresh store")
 
 
 def is_initialized() -> bool:

@@ -74,8 +74,8 @@ def rows(out: Path) -> list[dict]:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("elastic")
     # Both runs at once (they are independent): the reference never stops, the other loses a rank.
-    # torchrun's workers share its rendezvous store by default, where a restarted group finds the
-    # previous attempt's addresses; TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every attempt a new one.
+    # torchrun's workers share its rendezvous store by default, where a restarted group can find the
+    # previous attempt's addresses (a race); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every attempt a new one.
     reference = torchrun(one_node(0), [*FLAGS, "--out", str(root / "reference")], root)
     killed = torchrun(one_node(1), [*FLAGS, "--out", str(root / "killed")], root,
                       DEEPFN_TEST_KILL_AT_STEP=KILL_AT, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
@@ -136,3 +136,34 @@ def test_without_the_kill_switch_the_step_is_returned_unchanged(monkeypatch):
     monkeypatch.setenv("DEEPFN_TEST_KILL_AT_STEP", "0:3")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")   # a restarted attempt trains on
     assert _common.kill_switch(step) is step
+
+
+def _torchrun_env(monkeypatch, restarts: str) -> None:
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1"),
+                        ("TORCHELASTIC_RESTART_COUNT", restarts), ("TORCHELASTIC_USE_AGENT_STORE", "True")):
+        monkeypatch.setenv(name, value)
+
+
+def _refused(*args, **kwargs):
+    raise RuntimeError("Gloo connectFullMesh failed with ... Connection refused")
+
+
+def test_a_restarted_group_that_cannot_connect_names_the_shared_store(monkeypatch):
+    import torch.distributed
+
+    from deepfn import distributed
+    _torchrun_env(monkeypatch, "1")
+    monkeypatch.setattr(torch.distributed, "init_process_group", _refused)
+    with pytest.raises(RuntimeError, match=r"TORCHELASTIC_RESTART_COUNT=1\) and its workers share the rendezvous "
+                                           r"store.*TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.*Connection refused"):
+        distributed.init("gloo")
+
+
+def test_a_first_attempt_that_cannot_connect_raises_torch_s_own_error(monkeypatch):
+    import torch.distributed
+
+    from deepfn import distributed
+    _torchrun_env(monkeypatch, "0")
+    monkeypatch.setattr(torch.distributed, "init_process_group", _refused)
+    with pytest.raises(RuntimeError, match=r"^Gloo connectFullMesh failed with \.\.\. Connection refused$"):
+        distributed.init("gloo")
