@@ -166,14 +166,18 @@ def generate(model, params: Params, prompt: Tensor, key: Key, *, max_new_tokens:
     dtype = params["wte"]["weight"].dtype
     cache = model.init_cache(b, dtype, prompt.device)
     if t0 > 1:   # every prompt token but the last; the first step feeds the last one
-        _, cache = model.prefill(params, prompt[:, :-1], cache)
+        with torch.no_grad():
+            _, cache = model.prefill(params, prompt[:, :-1], cache)
     step = _compiled_step if compile else _step
     keys = random.split(key.to(prompt.device), max_new_tokens).unbind(0)
     token, done = prompt[:, -1].contiguous(), torch.zeros(b, dtype=torch.bool, device=prompt.device)
     positions = torch.arange(t0 - 1, t0 - 1 + max_new_tokens, device=prompt.device).unbind(0)
     out = [prompt]
-    for pos, k in zip(positions, keys, strict=True):
-        token, cache, done = step(model, params, cache, token, pos, k, done, float(temperature), top_k,
-                                  None if top_p is None else float(top_p), eos_id)
-        out.append(token[:, None])
+    # Sampling is not differentiable: no autograd graph, whatever the caller's grad mode (which
+    # the compiled step would otherwise guard on, compiling once per mode).
+    with torch.no_grad():
+        for pos, k in zip(positions, keys, strict=True):
+            token, cache, done = step(model, params, cache, token, pos, k, done, float(temperature), top_k,
+                                      None if top_p is None else float(top_p), eos_id)
+            out.append(token[:, None])
     return torch.cat(out, dim=1)

@@ -161,8 +161,9 @@ def test_compiled_equals_eager_and_second_call_does_not_recompile(tiny):
     args = dict(max_new_tokens=4, temperature=0.8, top_k=8, top_p=0.9, eos_id=3)
     first = generate(model, params, _prompt(13, 2, 3), random.key(14), **args)
     assert torch.equal(first, generate(model, params, _prompt(13, 2, 3), random.key(14), **args, compile=False))
-    # Other prompt values and length (so other positions) and another key: the same graph.
-    with torch.compiler.set_stance("fail_on_recompile"):
+    # Other prompt values and length (so other positions), another key and the caller's grad
+    # mode off: the same graph.
+    with torch.compiler.set_stance("fail_on_recompile"), torch.no_grad():
         second = generate(model, params, _prompt(15, 2, 6), random.key(16), **args)
     assert torch.equal(second, generate(model, params, _prompt(15, 2, 6), random.key(16), **args, compile=False))
 
