@@ -155,13 +155,13 @@ class GPT:
 
     # -- checks ----------------------------------------------------------------------------
 
-    def check_ids(self, name: str, ids: Tensor, method: str, *, offset: int = 0) -> None:
-        """Dtype, rank and length from metadata (``offset`` positions precede ``ids``); the id
-        range by value, eagerly only."""
+    def check_ids(self, name: str, ids: Tensor, method: str) -> None:
+        """Dtype, rank and length (``1 .. max_len``) from metadata; the id range by value,
+        eagerly only."""
         check_integer(self, name, ids, method)
         check_rank(self, name, ids, 2, layout="[B, T] of token ids", method=method)
-        if not 1 <= ids.shape[1] <= self.max_len - offset:
-            raise ValueError(f"{where(self, method)}: {name} must have 1 to {self.max_len - offset} positions "
+        if not 1 <= ids.shape[1] <= self.max_len:
+            raise ValueError(f"{where(self, method)}: {name} must have 1 to {self.max_len} positions "
                              f"(max_len={self.max_len}); got {ids.shape[1]} positions, {describe(ids)}")
         if not plain_eager([ids]):   # a value check needs a host sync: not compiled, not transformed
             return

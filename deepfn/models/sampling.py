@@ -75,7 +75,9 @@ def sample_logits(key: Key, logits: Tensor, temperature: float = 1.0, top_k: int
     """
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
-    logits = logits.float() / temperature
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()      # the masks' softmax and the division in float32
+    logits = logits / temperature
     if top_k is not None:
         logits = top_k_mask(logits, top_k)
     if top_p is not None:
