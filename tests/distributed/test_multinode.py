@@ -1,7 +1,7 @@
 """Multi-node under torchrun, on one machine: two ``torchrun --nnodes 2 --nproc-per-node 1``
-launches (``--node-rank 0`` and ``1``) meeting at a c10d rendezvous on localhost train as one
-node with ``--nproc-per-node 2`` does: the same files, and the same parameters bit for bit
-(the same world size, one thread per process).
+launches meeting at a c10d rendezvous on localhost (which numbers the nodes itself; torchrun
+ignores ``--node-rank`` there) train as one node with ``--nproc-per-node 2`` does: the same
+files, and the same parameters bit for bit (the same world size, one thread per process).
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ FLAGS = ["--distributed", "--dist-timeout", "60", "--no-compile", "--no-progress
 LAST = "ckpt_000000012.safetensors"
 
 
-def two_nodes(node_rank: int, port: int) -> list[str]:
+def two_nodes(host: bool, port: int) -> list[str]:
     # A fixed world (--nnodes 2): the rendezvous waits for both agents; is_host names the agent
     # that serves the rendezvous store (on two hosts, the one at the endpoint's address).
-    return ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node_rank),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-            "--rdzv-conf", f"is_host={int(node_rank == 0)}", "--max-restarts", "0"]
+    return ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-conf", f"is_host={int(host)}", "--max-restarts", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     port = free_port()
     # The three launches at once: the two "nodes" must run together anyway.
-    nodes = [torchrun(two_nodes(r, port), [*FLAGS, "--out", str(root / "two_nodes")], root) for r in (0, 1)]
+    nodes = [torchrun(two_nodes(host, port), [*FLAGS, "--out", str(root / "two_nodes")], root)
+             for host in (True, False)]
     one = torchrun(one_node(0), [*FLAGS, "--out", str(root / "one_node")], root)
     return {"root": root, "nodes": [finish(p) for p in nodes], "one": finish(one)}
 
