@@ -3,15 +3,22 @@
 
 One update, in order (compare the reference :func:`deepfn.train.step.build_train_step`):
 
-1. ``"full"``: all-gather the parameter shards into whole parameters (bucketed);
-   ``"optimizer"``: every rank holds them whole already;
+1. ``"full"``, eagerly: nothing yet (step 2 gathers one unit at a time); ``"full"`` compiled
+   (or on tensors that are not plain): all-gather the parameter shards into whole parameters
+   (bucketed); ``"optimizer"``: every rank holds them whole already;
 2. forward and gradient of this rank's micro-batches, as the reference step takes them
-   (the *local* part: compiled with ``compile=True``);
+   (the *local* part: compiled with ``compile=True``). ``"full"`` eagerly: the model reads its
+   parameters through :class:`~deepfn.distributed.shard_units.LazyParams`, so each unit (a
+   layer, a transformer block, an embedding: :func:`~deepfn.distributed.shard_units.plan_units`)
+   is all-gathered when read, freed after its forward, gathered again in backward when first
+   needed and its gradient reduce-scattered as soon as its backward is done
+   (:mod:`~deepfn.distributed.shard_gather`, FSDP's per-block schedule); under a policy the
+   chunks are cast before the gather;
 3. reduce-scatter the mean gradient: each rank keeps its chunk of every leaf; the whole
-   gradients and (``"full"``) the whole parameters are dropped here. Eagerly, the last
-   micro-batch's gradients are reduce-scattered bucket by bucket during its backward pass,
-   each whole gradient freed once its bucket is sent (FSDP's overlap:
-   :mod:`~deepfn.distributed.shard_overlap`);
+   gradients and (``"full"``) the whole parameters are dropped here. Eagerly with
+   ``"optimizer"``, the last micro-batch's gradients are reduce-scattered bucket by bucket
+   during its backward pass, each whole gradient freed once its bucket is sent (FSDP's
+   overlap: :mod:`~deepfn.distributed.shard_overlap`); ``"full"`` eagerly did it in step 2;
 4. unscale; one small all-reduce sums, over ranks, the squares of the gradient chunks, their
    count of non-finite entries, the loss and the accuracy: the global norm for clipping, a
    finite check every rank agrees on (a skipped step is skipped everywhere) and the metrics;
@@ -26,8 +33,9 @@ their chains and schedules): a transformation that needs the whole tree
 (``optim.clip_by_global_norm`` inside the chain) is refused; use ``clip_norm=`` instead.
 
 Memory per rank: ``"optimizer"`` keeps 1/N of the optimizer state; ``"full"`` keeps 1/N of the
-parameters and optimizer state between steps, and whole parameters and gradients only while
-this rank's forward and backward run.
+parameters, gradients and optimizer state, and eagerly about one unit's whole parameters and
+gradients at a time on top; compiled, the whole parameters and gradients while this rank's
+forward and backward run (Dynamo cannot trace the lazy reads and saved-tensor hooks).
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ from ..distributed.shard_collectives import (
     all_reduce_sum,
     reduce_scatter_mean_leaves,
 )
+from ..distributed.shard_gather import grad_per_unit
 from ..distributed.shard_overlap import grad_and_reduce_scatter_mean
+from ..distributed.shard_units import plan_units
 from ..distributed.sharded_state import SHARDINGS, ShardedTrainState, check_world, shard_leaf
 from ..tree import flat as _flat
 from ..typing import Block, Key, PyTree, Tensor
@@ -53,7 +63,7 @@ from .compile import compiled
 from .donate import make_donated_update
 from .finite import keep_if, readable_on_host
 from .grad_engines import AUTOGRAD, accumulate_micro_batch, choose_engine
-from .objective import accuracy, make_objective, micro_batch, micro_key
+from .objective import accuracy, forward, make_objective, micro_batch, micro_key
 from .state import TrainState
 
 __all__ = ["build_sharded_train_step", "check_elementwise"]
@@ -72,9 +82,11 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
                              sharding: str, *, policy: Policy | None = None, accumulation_steps: int = 1,
                              clip_norm: float | None = None, compile: bool = False, lr: Any = None,
                              ignore_index: int | None = None, donate: bool = False,
-                             bucket_mb: float = 25.0) -> Callable:
+                             bucket_mb: float = 25.0, per_unit: bool = True) -> Callable:
     """``step(sharded_state, (inputs, labels), key) -> (sharded_state, metrics)`` (see the module
-    docstring); the options are :func:`~deepfn.train.make_train_step`'s."""
+    docstring); the options are :func:`~deepfn.train.make_train_step`'s. ``per_unit=False``
+    makes an eager ``"full"`` step gather all the parameters at once, as compiled steps do
+    (the benchmark compares the two)."""
     fn = "deepfn.train.make_train_step"
     if sharding not in SHARDINGS:
         raise ValueError(f"{fn}: sharding must be None or one of {SHARDINGS}; got {sharding!r}")
@@ -120,6 +132,37 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         acc = torch.stack(accs).mean() if accs[0] is not None else None
         return chunks, state, torch.stack(losses).mean(), acc
 
+    def unit_objective(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
+        """``objective`` on parameters gathered in the policy's compute dtypes already."""
+        if policy is not None:
+            inputs = policy.cast_to_compute(inputs)
+        logits, new_state = forward(model, None, params, state, inputs, key, True)
+        if policy is not None:
+            logits = policy.cast_to_output(logits)
+            new_state = tree.map(lambda n, o: n.to(o.dtype), new_state, state)
+        loss = loss_fn(logits, labels).float()
+        return scaler.scale(loss), (loss, logits, new_state)
+
+    def per_unit_chunks(chunks: list[Tensor], spec: Any, shapes: list, plan: Any, state: PyTree, inputs: Any,
+                        labels: Any, key: Key | None, scaler: Any):
+        """``local`` followed by the reduce-scatter, one unit at a time (``"full"``, eagerly)."""
+        # The policy's dtype per leaf, from stand-ins of the whole shapes (keep_float32 reads them).
+        stand_ins = _flat.unflatten(spec, [torch.empty(s, dtype=c.dtype, device="meta")
+                                           for c, s in zip(chunks, shapes, strict=True)])
+        compute = stand_ins if policy is None else policy.cast_to_compute(stand_ins)
+        dtypes = [x.dtype for x in _flat.flatten(compute)[0]]
+        summed, losses, accs = None, [], []
+        for i in range(k):
+            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
+            g, (_, (loss, logits, state)) = grad_per_unit(
+                unit_objective, chunks, shapes, plan, dtypes, state, x, y, micro_key(key, k, i), scaler,
+                divide_by=k)
+            summed = g if summed is None else [a + b for a, b in zip(summed, g, strict=True)]
+            losses.append(loss)
+            accs.append(accuracy(logits, y, ignore_index))
+        acc = torch.stack(accs).mean() if accs[0] is not None else None
+        return summed, state, torch.stack(losses).mean(), acc
+
     reference = _shard_update(optimizer)
     update = make_donated_update(optimizer, reference) if donate else reference
     run_local = compiled(local, None, f"{fn}: sharded step (forward and backward)") if compile else local
@@ -137,15 +180,23 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         scaler = ts.loss_scale if ts.loss_scale is not None else NoOpLossScale()
         p_leaves, p_spec = _flat.flatten(ts.params)
         shapes = list(ts.param_shapes)
-        whole = p_leaves if sharding == "optimizer" else all_gather_leaves(p_leaves, shapes, bucket_mb)
-        if compile:
-            grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0], batch[1],
-                                                key, scaler)
-            g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
-            del grads
+        plan = None
+        if sharding == "full" and per_unit and not compile and choose_engine(ts.params, None) == AUTOGRAD:
+            plan = plan_units(ts.params) if all(x.is_floating_point() for x in p_leaves) else None
+        if plan is not None:   # ZeRO-3 eagerly: one unit's whole parameters at a time
+            whole = None
+            g_chunks, state, loss, acc = per_unit_chunks(p_leaves, p_spec, shapes, plan, ts.state, batch[0],
+                                                         batch[1], key, scaler)
         else:
-            g_chunks, state, loss, acc = local_chunks(_flat.unflatten(p_spec, whole), ts.state, batch[0],
-                                                      batch[1], key, scaler)
+            whole = p_leaves if sharding == "optimizer" else all_gather_leaves(p_leaves, shapes, bucket_mb)
+            if compile:
+                grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0],
+                                                    batch[1], key, scaler)
+                g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
+                del grads
+            else:
+                g_chunks, state, loss, acc = local_chunks(_flat.unflatten(p_spec, whole), ts.state, batch[0],
+                                                          batch[1], key, scaler)
         del whole   # ZeRO-3: the whole parameters live only through the forward and backward pass
         g_tree = scaler.unscale(_flat.unflatten(p_spec, g_chunks))
         g_chunks = _flat.flatten(g_tree)[0]
