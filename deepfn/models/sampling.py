@@ -20,6 +20,11 @@ from ..typing import Key, Params, Tensor
 __all__ = ["generate", "top_k_mask", "top_p_mask", "sample_logits"]
 
 
+def _check_floating(fn: str, logits: Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"{fn}: logits must be a floating tensor; got {describe(logits)}")
+
+
 def top_k_mask(logits: Tensor, k: int) -> Tensor:
     """``logits`` with all but the ``k`` largest of each row (last axis) set to ``-inf``.
 
@@ -31,9 +36,13 @@ def top_k_mask(logits: Tensor, k: int) -> Tensor:
 
     Returns:
         A new tensor of ``logits``' shape and dtype.
+
+    Raises:
+        ValueError: ``k`` is not a positive int. TypeError: ``logits`` is not floating.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top_k_mask: k must be a positive int; got {k!r}")
+    _check_floating("top_k_mask", logits)
     if k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
@@ -54,9 +63,13 @@ def top_p_mask(logits: Tensor, p: float) -> Tensor:
 
     Returns:
         A new tensor of ``logits``' shape and dtype.
+
+    Raises:
+        ValueError: ``p`` outside ``(0, 1]``. TypeError: ``logits`` is not floating.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"top_p_mask: p must be a float in (0, 1]; got {p!r}")
+    _check_floating("top_p_mask", logits)
     ranked, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(ranked.float(), dim=-1)
     before = torch.cumsum(probs, dim=-1) - probs          # mass of the entries ranked above
@@ -72,7 +85,16 @@ def sample_logits(key: Key, logits: Tensor, temperature: float = 1.0, top_k: int
     ``temperature == 0`` is greedy (``argmax``; ``key``, ``top_k`` and ``top_p`` do not
     matter); otherwise ``logits / temperature``, then the top-k and top-p masks, then
     :func:`deepfn.random.categorical`.
+
+    Raises:
+        TypeError: ``logits`` is not a floating tensor.
+        ValueError: ``temperature`` is negative, NaN or infinite (or ``top_k`` / ``top_p`` out
+            of range, from the masks).
     """
+    _check_floating("sample_logits", logits)
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not 0 <= temperature < float("inf")):
+        raise ValueError(f"sample_logits: temperature must be a finite float >= 0 (0 is greedy); got {temperature!r}")
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -172,7 +194,10 @@ def generate(model, params: Params, prompt: Tensor, key: Key, *, max_new_tokens:
             _, cache = model.prefill(params, prompt[:, :-1], cache)
     step = _compiled_step if compile else _step
     keys = random.split(key.to(prompt.device), max_new_tokens).unbind(0)
-    token, done = prompt[:, -1].contiguous(), torch.zeros(b, dtype=torch.bool, device=prompt.device)
+    # Strides (1,) like the tokens the step returns: a [1] slice of the prompt keeps its row stride,
+    # which the compiled step guards on, so batch 1 would compile a second graph at the next step.
+    token = prompt[:, -1].clone(memory_format=torch.contiguous_format)
+    done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
     positions = torch.arange(t0 - 1, t0 - 1 + max_new_tokens, device=prompt.device).unbind(0)
     out = [prompt]
     # Sampling is not differentiable: no autograd graph, whatever the caller's grad mode (which
