@@ -9,6 +9,7 @@ under ``torch.compile`` and never calls ``.item()``. Messages read::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
@@ -201,3 +202,17 @@ def _raise_keys(owner: Any, params: dict, expected: Mapping[str, Any], name: str
 
 def _shape(shape: tuple[int, ...]) -> str:
     return f"[{', '.join(str(s) for s in shape)}]"
+
+
+def takes_positional(fn: Any, n: int) -> bool:
+    """Whether ``fn`` can be called with ``n`` positional arguments; True when its signature
+    cannot be read (some builtins), so only a callable that surely cannot is rejected."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*([None] * n))
+    except TypeError:
+        return False
+    return True

@@ -59,7 +59,11 @@ def cast_keeping_float32(x: PyTree, dtype: torch.dtype, keep_float32: KeepFloat3
 
 def _walk(node: Any, path: str, dtype: torch.dtype, keep: KeepFloat32) -> Any:
     if isinstance(node, Mapping):
-        if keep(path, node):
+        picked = keep(path, node)
+        if not isinstance(picked, bool):   # a truthy dict or str would silently keep float32
+            raise TypeError(f"amp.Policy: keep_float32 must return a bool; got {type(picked).__name__} "
+                            f"for path {path!r}")
+        if picked:
             return tree.cast(dict(node), torch.float32)
         return {k: _walk(v, f"{path}.{k}" if path else str(k), dtype, keep) for k, v in node.items()}
     if type(node) in (list, tuple):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._checks import takes_positional
 from ..typing import PyTree
 from .float32_params import KeepFloat32, cast_keeping_float32, norm_affine
 
@@ -76,6 +77,9 @@ class Policy:
         if self.keep_float32 is not None and not callable(self.keep_float32):
             raise TypeError(f"Policy: keep_float32 must be None or a callable (path, node) -> bool; "
                             f"got {type(self.keep_float32).__name__} {self.keep_float32!r}")
+        if self.keep_float32 is not None and not takes_positional(self.keep_float32, 2):
+            raise TypeError(f"Policy: keep_float32 must take (path, node) and return a bool; got "
+                            f"{getattr(self.keep_float32, '__qualname__', self.keep_float32)!r}, which cannot")
 
     @classmethod
     def from_string(cls, spec: str) -> Policy:

@@ -12,13 +12,14 @@ it is. :func:`check_field` validates such a field at construction, :func:`draw` 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .. import random
-from .._checks import describe, where
+from .._checks import describe, takes_positional, where
 from ..typing import Key
 
 __all__ = [
@@ -131,11 +132,15 @@ def check_field(owner: object, name: str, value: object) -> None:
 
     Raises:
         ValueError: an unknown name (the known ones are listed).
-        TypeError: anything else that is not callable.
+        TypeError: anything else that is not callable, or a callable that cannot take
+            ``(key, shape, dtype)``.
     """
+    block = type(owner).__name__
+    if callable(value) and not takes_positional(value, 3):
+        raise TypeError(f"{block}: {name} must take (key, shape, dtype) and return a Tensor; got "
+                        f"{getattr(value, '__qualname__', type(value).__name__)}{_signature(value)}")
     if value is None or callable(value):
         return
-    block = type(owner).__name__
     if isinstance(value, str):
         if value not in BY_NAME:
             raise ValueError(f"{block}: {name} must be None, a callable (key, shape, dtype) -> Tensor or "
@@ -143,6 +148,13 @@ def check_field(owner: object, name: str, value: object) -> None:
         return
     raise TypeError(f"{block}: {name} must be None, a callable (key, shape, dtype) -> Tensor or a name "
                     f"of initializers.BY_NAME; got {type(value).__name__} {value!r}")
+
+
+def _signature(fn: object) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return ""
 
 
 def draw(owner: object, name: str, value: str | Initializer | None, default: Initializer, key: Key,
