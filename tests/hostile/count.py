@@ -12,13 +12,13 @@ import sys
 import tempfile
 import warnings
 
-from . import cases_blocks, cases_core, cases_scripts, cases_train
+from . import cases_blocks, cases_core, cases_lm, cases_scripts, cases_train
 from .scripts_runner import run_flags
 
 
 def tally() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"clear": [], "unclear": [], "silent": []}
-    for case in cases_core.CASES + cases_blocks.CASES + cases_train.CASES:
+    for case in cases_core.CASES + cases_blocks.CASES + cases_train.CASES + cases_lm.CASES:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -46,7 +46,7 @@ def main() -> int:
         finally:
             tempfile.tempdir = None
     tried = sum(len(v) for v in found.values())
-    print(f"inputs tried: {tried} ({len(cases_core.CASES + cases_blocks.CASES + cases_train.CASES)} API calls, "
+    print(f"inputs tried: {tried} ({len(cases_core.CASES + cases_blocks.CASES + cases_train.CASES + cases_lm.CASES)} API calls, "
           f"{len(cases_scripts.CASES)} script flags); clear errors: {len(found['clear'])}; "
           f"other errors: {len(found['unclear'])}; silent results: {len(found['silent'])}")
     for kind in ("unclear", "silent"):

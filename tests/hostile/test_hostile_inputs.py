@@ -9,10 +9,10 @@ import tempfile
 
 import pytest
 
-from . import cases_blocks, cases_core, cases_scripts, cases_train
+from . import cases_blocks, cases_core, cases_lm, cases_scripts, cases_train
 from .scripts_runner import run_flags
 
-API_CASES = cases_core.CASES + cases_blocks.CASES + cases_train.CASES
+API_CASES = cases_core.CASES + cases_blocks.CASES + cases_train.CASES + cases_lm.CASES
 
 
 @pytest.fixture(autouse=True)
