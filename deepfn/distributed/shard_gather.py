@@ -18,7 +18,8 @@ re-gather before backward and post-backward reduce-scatter.
 
 Eager only: ``torch.compile`` and ``torch.func`` transforms do not see through the lazy reads
 and the saved-tensor hooks; the sharded step keeps its gather-everything path for them.
-:class:`GatherCount` counts the bytes of gathered tensors alive (through weak references).
+:class:`GatherCount` counts the bytes of gathered memory alive (weak references to the
+storages of the gathered tensors).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class _Session:
                  plan: Plan, divide_by: int, count: GatherCount):
         self.chunks, self.shapes, self.dtypes, self.plan = chunks, shapes, dtypes, plan
         self.n, self.divide_by, self.count = world_size(), divide_by, count
-        self.registry: dict[int, tuple[int, int, weakref.ref]] = {}   # storage address -> unit, pos
+        self.registry: dict[int, tuple] = {}   # storage address -> unit, pos, dtype, storage
         self.regathered: dict[int, list[Tensor]] = {}                 # backward's copies, per unit
         self.alive: dict[int, list[weakref.ref]] = {}                 # forward's, while in use
 
@@ -108,17 +109,19 @@ class _Session:
             wholes.append(flat[:numel].view(self.shapes[i]))
             offset += c
         for pos, w in enumerate(wholes):
-            nbytes = w.numel() * w.element_size()
+            # Memory is counted, and found again, by storage: views (``w.t()`` saved by linear)
+            # keep it alive after the whole tensor itself is gone.
+            storage = w.untyped_storage()
+            address, nbytes = storage.data_ptr(), storage.nbytes()
             self.count.add(nbytes)
-            address = w.untyped_storage().data_ptr()
-            self.registry[address] = (uid, pos, weakref.ref(w))
-            weakref.finalize(w, self._forget, address, nbytes)
+            self.registry[address] = (uid, pos, w.dtype, weakref.ref(storage))
+            weakref.finalize(storage, self._forget, address, nbytes)
         return wholes
 
     def _forget(self, address: int, nbytes: int) -> None:
         self.count.sub(nbytes)
         entry = self.registry.get(address)
-        if entry is not None and entry[2]() is None:
+        if entry is not None and entry[3]() is None:
             del self.registry[address]
 
     def reduce_scatter(self, uid: int, grads: Sequence[Tensor]) -> list[Tensor]:
@@ -151,7 +154,7 @@ class _Session:
         if t.layout != torch.strided or t.device.type == "meta":
             return t
         entry = self.registry.get(t.untyped_storage().data_ptr())
-        if entry is None or entry[2]() is None or entry[2]().dtype != t.dtype:
+        if entry is None or entry[3]() is None or entry[2] != t.dtype:
             return t
         return (entry[0], entry[1], t.size(), t.stride(), t.storage_offset())
 
