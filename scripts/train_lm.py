@@ -19,7 +19,9 @@ compiled steps (``--no-compile``: eager). After every epoch (a last, partial one
 history records the validation loss and perplexity, ``exp`` of the mean next-token NLL over
 every character of the validation split (eval mode), and ``--samples`` texts generated with
 a fixed key (``models.generate``, ``--temperature``, ``--top-k``). The test perplexity of the
-kept (best-validation) weights ends the run: ``RESULT test_ppl=... val_ppl=... steps=...``.
+kept (best-validation) weights ends the run: ``RESULT test_ppl=... val_ppl=... val_loss=...
+steps=... steps_per_s=... params=... vocab=... wall_s=...`` (``steps_per_s``: updates per second
+of the training loops, compilation included, evaluation and sampling not).
 
 ``--compare-torch`` then trains the plain-PyTorch twin (``bench_parts/lm_torch_baseline.py``:
 nanoGPT's ``nn.Module`` GPT, ``torch.optim.AdamW``, ``torch.compile(model)``) in the same
