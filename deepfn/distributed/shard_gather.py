@@ -90,8 +90,8 @@ class _Session:
         leaves = self.plan.units[uid]
         local = torch.cat([c.to(self.dtypes[i]) for c, i in zip(chunks, leaves, strict=True)])
         widths = [c.numel() for c in chunks]
-        if self.n == 1:
-            gathered = local.clone().view(1, -1)
+        if self.n == 1:   # torch.cat made a new tensor already
+            gathered = local.view(1, -1)
         else:
             gathered = local.new_empty(self.n * local.numel())
             try:

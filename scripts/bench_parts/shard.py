@@ -56,6 +56,88 @@ def _kb(b: int) -> str:
     return f"{b / 1024:.0f} KiB"
 
 
+def _step_peak_bytes(fn, repeats: int = 3) -> int:
+    """Bytes allocated above the start at the peak of a call of ``fn`` (CPU), the least of
+    ``repeats`` calls (gloo's threads allocate too, interleaved differently each time)."""
+    return min(_one_peak(fn) for _ in range(repeats))
+
+
+def _one_peak(fn) -> int:
+    """From the profiler's memory figures: each op's own (``self``) net bytes, counted at its
+    start when it allocates and at its end when it frees (an upper bound of the true peak)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = []
+    for e in prof.events():
+        b = e.self_cpu_memory_usage
+        if b:
+            changes.append((e.time_range.start if b > 0 else e.time_range.end, b))
+    live = peak = 0
+    for _, b in sorted(changes):
+        live += b
+        peak = max(peak, live)
+    return peak
+
+
+def _peak_rows(quick: bool) -> list[dict]:
+    """Per-rank peak bytes of one step (state held between steps + the step's peak above it)
+    for deepfn ``"full"`` gathering all at once, gathering per unit, and FSDP2 (each Linear
+    ``fully_shard``-ed), on the bench's MLP and on a deeper one."""
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+
+    from deepfn import distributed, losses, models, optim, random, tree
+    from deepfn.distributed.sharded_state import shard_bytes
+    from deepfn.train import TrainState
+    from deepfn.train.sharded import build_sharded_train_step
+
+    r, n = distributed.rank(), distributed.world_size()
+    shapes = [[256]] if quick else [[1024, 1024], [512] * 8]
+    rows = []
+    for hidden in shapes:
+        global_batch = 64
+        model, opt = models.MLP(784, hidden, 10), optim.adamw(1e-3)
+        full = TrainState.create(model, opt, random.key(0))
+        k_x, k_y = random.split(random.fold_in(random.key(1), r))
+        x, y = random.normal(k_x, (global_batch // n, 784)), random.randint(k_y, (global_batch // n,), 0, 10)
+        figures = {}
+        for label, per_unit in (("all at once", False), ("per unit", True)):
+            step = build_sharded_train_step(model, losses.cross_entropy, opt, "full", donate=True, per_unit=per_unit)
+            box = {"ts": distributed.shard(full, "full")}
+
+            def ours(step=step, box=box, x=x, y=y):
+                box["ts"], _ = step(box["ts"], (x, y), None)
+            ours()
+            held = shard_bytes(box["ts"])
+            figures[label] = held["params"] + held["opt_state"] + _step_peak_bytes(ours)
+        dims = [784, *hidden, 10]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+        twin = nn.Sequential(*layers[:-1])
+        for layer in twin:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(twin)
+        twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+
+        def theirs(twin=twin, twin_opt=twin_opt, x=x, y=y):
+            twin_opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(twin(x), y).backward()
+            twin_opt.step()
+        theirs()
+        held = _local_bytes(twin.parameters()) + _local_bytes(
+            v for s in twin_opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+        figures["FSDP2"] = held + _step_peak_bytes(theirs)
+        whole = _local_bytes(tree.leaves(full.params))
+        rows.append(dict(group="shard", name=f"shard full peak gloo x{n}, MLP{dims}, batch {global_batch}",
+                         note="per-rank peak of a step (held + profiler peak above it): " + ", ".join(
+                             f"{k} {_kb(v)}" for k, v in figures.items()) + f"; whole params {_kb(whole)}",
+                         peaks=figures))
+    return rows
+
+
 def _worker(quick: bool, out_dir: Path) -> None:
     from torch import nn
     from torch.distributed.fsdp import fully_shard
@@ -136,6 +218,7 @@ def _worker(quick: bool, out_dir: Path) -> None:
             baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
             note=f"compile=True (forward+backward and update compiled, collectives eager); "
                  f"max |compiled - eager| of the params after 3 steps: {diff:.1e}"))
+    rows += _peak_rows(quick)
     if r == 0:
         (out_dir / ROWS_FILE).write_text(json.dumps(rows))
     distributed.shutdown()
@@ -165,7 +248,14 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
+    if "--peaks" in sys.argv:   # only the peak rows, printed by rank 0 (under torchrun)
+        from deepfn import distributed as _d
+        _d.init("gloo", timeout=300)
+        for row in _peak_rows("--quick" in sys.argv):
+            if _d.rank() == 0:
+                print(json.dumps(row["peaks"]), row["name"])
+        _d.shutdown()
+    elif "--worker" in sys.argv:
         _worker("--quick" in sys.argv, Path(sys.argv[sys.argv.index("--worker") + 1]))
     else:
         for row in run(quick="--quick" in sys.argv):
