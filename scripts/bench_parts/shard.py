@@ -8,7 +8,12 @@ trains ``MLP(784, [1024, 1024], 10)`` with AdamW on a global batch of 256 and re
   root ``fully_shard``-ed, ``torch.optim.AdamW``), the same model, batch and world size;
 - ``shard optimizer``: deepfn ``sharding="optimizer"`` vs the same FSDP2 step;
 - ``shard full compiled`` (N = 2 only): ``compile=True``, with the largest difference
-  from the eager sharded step's parameters after 3 steps in the note.
+  from the eager sharded step's parameters after 3 steps in the note;
+- ``shard full peak bytes`` (no timing): per rank, the bytes held between steps plus the
+  profiler's peak of one step above them (the least of 3 steps: gloo's threads allocate
+  too), for ``"full"`` gathering everything at once (``per_unit=False``), gathering one unit
+  at a time (the eager default) and FSDP2, on the bench's MLP and on ``MLP(784, [512] * 8,
+  10)``, batch 64.
 
 Notes give the per-rank bytes held between steps, measured from the tensors themselves:
 deepfn's params and optimizer state (its gradients are 1/N chunks after the reduce-scatter;
@@ -131,7 +136,8 @@ def _peak_rows(quick: bool) -> list[dict]:
             v for s in twin_opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
         figures["FSDP2"] = held + _step_peak_bytes(theirs)
         whole = _local_bytes(tree.leaves(full.params))
-        rows.append(dict(group="shard", name=f"shard full peak gloo x{n}, MLP{dims}, batch {global_batch}",
+        rows.append(dict(group="shard", name=f"shard full peak bytes gloo x{n}, MLP{dims}, batch {global_batch}",
+                         deepfn_s=None, baseline="torch FSDP2 fully_shard + AdamW", baseline_s=None, ratio=None,
                          note="per-rank peak of a step (held + profiler peak above it): " + ", ".join(
                              f"{k} {_kb(v)}" for k, v in figures.items()) + f"; whole params {_kb(whole)}",
                          peaks=figures))
