@@ -16,8 +16,9 @@ re-gather before backward and post-backward reduce-scatter.
 - Gradients are taken with ``torch.autograd.grad`` on detached aliases of the chunks (as
   :mod:`deepfn.train.autograd`), so no whole gradient tree is ever held.
 
-Eager only: ``torch.compile`` and ``torch.func`` transforms do not see through the lazy reads
-and the saved-tensor hooks; the sharded step keeps its gather-everything path for them.
+Eager only: ``torch.func.grad`` refuses saved-tensor hooks (a ``RuntimeError`` in torch
+2.14) and Dynamo does not trace them, so compiled steps and steps under ``torch.func``
+transforms keep the sharded step's gather-everything path.
 :class:`GatherCount` counts the bytes of gathered memory alive (weak references to the
 storages of the gathered tensors).
 """

@@ -9,7 +9,8 @@ embeddings come out as units (FSDP's wrapping of each block, chosen by size).
 :class:`LazyParams` is that tree as the model sees it: a ``dict`` whose items are gathered when
 read (``params["layers"]["3"]`` gathers layer 3 and returns a plain dict of whole tensors). The
 gatherer keeps no strong reference, so the whole tensors live only while the model's code
-and autograd hold them.
+and autograd hold them. It is a registered pytree node: code that flattens it (``tree.map``,
+``deepfn.remat``'s arguments) gathers every unit under it and gets plain dicts back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._torch import pytree
 from ..typing import Tensor
 
 __all__ = ["UNITS", "Plan", "plan_units", "LazyParams"]
@@ -148,3 +150,26 @@ class LazyParams(dict):
 
     def __repr__(self) -> str:
         return f"LazyParams({list(self)})"
+
+
+def _flatten(lazy: LazyParams) -> tuple[list[Any], list[Any]]:
+    keys = list(lazy)
+    return [lazy[k] for k in keys], keys
+
+
+def _unflatten(children: Any, keys: Any) -> dict:
+    return dict(zip(keys, children, strict=True))
+
+
+def _flatten_with_keys(lazy: LazyParams) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    children, keys = _flatten(lazy)
+    return [(pytree.MappingKey(k), c) for k, c in zip(keys, children, strict=True)], keys
+
+
+# A function that walks the tree (deepfn.remat's flatten of its arguments, tree.map) gathers
+# every unit under the node and sees plain dicts: correct gradients, less saving. Without this
+# the tree would be one opaque leaf, and remat would recompute a block whose parameters it
+# cannot differentiate.
+pytree.register_pytree_node(LazyParams, _flatten, _unflatten,
+                            serialized_type_name=f"{LazyParams.__module__}.LazyParams",
+                            flatten_with_keys_fn=_flatten_with_keys)
