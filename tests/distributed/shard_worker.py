@@ -1,6 +1,7 @@
 """A torchrun worker for the sharded tests: ``shard_worker.py OUT_DIR [RESUME_FILE | compiled]``.
 
-Every rank runs every scenario of ``shard_scenarios`` under both shardings (eagerly), measures its shards' bytes, round-trips its sharded state through a
+Every rank runs every scenario of ``shard_scenarios`` under both shardings (eagerly), checks
+the per-unit gather of ZeRO-3 on an 8-layer MLP, measures its shards' bytes, round-trips its sharded state through a
 per-rank checkpoint, and rank 0 writes the unsharded state as a full checkpoint. Given
 ``RESUME_FILE`` (a full checkpoint of another world size), it resumes from it and also tries
 to step the other world size's per-rank shards (which must fail clearly). Given ``compiled``,
@@ -16,10 +17,13 @@ from pathlib import Path
 import shard_scenarios as sc  # this script's own folder is on sys.path (torchrun runs it as a script)
 import torch
 
-from deepfn import checkpoint, distributed, tree
+from deepfn import checkpoint, distributed, losses, models, random, tree
 from deepfn.distributed.shard_collectives import reduce_scatter_mean_leaves
+from deepfn.distributed.shard_gather import GatherCount, grad_per_unit
 from deepfn.distributed.shard_overlap import grad_and_reduce_scatter_mean
-from deepfn.distributed.sharded_state import shard_bytes
+from deepfn.distributed.shard_units import plan_units
+from deepfn.distributed.sharded_state import shard_bytes, shard_leaf
+from deepfn.tree import flat
 
 SHARDINGS = ("optimizer", "full")
 
@@ -48,9 +52,33 @@ def run_overlap(r: int) -> dict:
             "local": local, "value": value, "y_requires_grad": aux["y"].requires_grad}
 
 
+def run_per_unit(r: int, n: int) -> dict:
+    """grad_per_unit on this rank's chunks of an 8-layer MLP, with this rank's own data: its
+    chunks of the mean gradient, the whole local gradient (the test averages them over
+    ranks), and the peak bytes of gathered parameters against the largest unit's."""
+    model = models.MLP(6, [16] * 8, 3)
+    params, state = model.init(random.key(5))
+    x, y = random.normal(random.fold_in(random.key(6), r), (4, 6)), torch.arange(4) % 3
+
+    def objective(p, x, y):
+        logits, _ = model.apply(p, state, x, train=True)
+        return losses.cross_entropy(logits, y), None
+
+    leaves, spec = flat.flatten(params)
+    chunks = [shard_leaf(v, r, n) for v in leaves]
+    plan = plan_units(flat.unflatten(spec, chunks))
+    count = GatherCount()
+    got, _ = grad_per_unit(objective, chunks, [tuple(v.shape) for v in leaves], plan, [v.dtype for v in leaves],
+                           x, y, count=count)
+    local = flat.flatten(torch.func.grad(lambda p: objective(p, x, y)[0])(params))[0]
+    largest = max(sum(chunks[i].numel() * n * 4 for i in u) for u in plan.units)   # padded whole bytes
+    return {"chunks": got, "local": local, "peak": count.peak_bytes, "largest": largest,
+            "model": sum(v.numel() * 4 for v in leaves), "live": count.live_bytes}
+
+
 def run(out_dir: Path, resume: Path | None) -> dict:
     r, n = distributed.rank(), distributed.world_size()
-    out: dict = {"overlap": run_overlap(r)}
+    out: dict = {"overlap": run_overlap(r), "per_unit": run_per_unit(r, n)}
     steps = range(sc.STEPS)
     for name in sc.SCENARIOS:
         for sharding in SHARDINGS:

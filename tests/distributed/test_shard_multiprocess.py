@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deepfn import checkpoint
+from deepfn.distributed.sharded_state import shard_leaf
 from deepfn.train import TrainState
 
 from ..utils import assert_trees_close
@@ -93,6 +94,17 @@ def test_reduce_scatter_during_backward_equals_reduce_scatter_after_it(runs, n):
         torch.testing.assert_close(torch.cat(chunks[j])[:whole.numel()].view(whole.shape), mean)
     # The unused leaf's gradient is zero: only the accumulated part, mean of 0.5 * (r + 1) / 2.
     torch.testing.assert_close(runs[n]["ranks"][0]["overlap"]["overlapped"][2][0], torch.tensor(0.25 * (n + 1) / 2))
+
+
+@pytest.mark.parametrize("n", WORLDS)
+def test_per_unit_gather_gives_each_rank_its_chunk_of_the_mean_and_holds_one_unit(runs, n):
+    ranks = [runs[n]["ranks"][r]["per_unit"] for r in range(n)]
+    for j in range(len(ranks[0]["local"])):
+        mean = sum(got["local"][j] for got in ranks) / n
+        for r, got in enumerate(ranks):
+            torch.testing.assert_close(got["chunks"][j], shard_leaf(mean, r, n), rtol=1e-5, atol=1e-6)
+    for got in ranks:   # at most one unit's gathered parameters alive at once (of 9 units)
+        assert 0 < got["peak"] <= got["largest"] < got["model"] / 4 and got["live"] == 0
 
 
 def test_training_moved_the_parameters(runs):
