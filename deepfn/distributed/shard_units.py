@@ -15,6 +15,7 @@ and autograd hold them. It is a registered pytree node: code that flattens it (`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,7 @@ def plan_units(params: Any, units: int = UNITS) -> Plan | None:
         return None
     limit = total / units
     found: list[tuple[int, ...]] = []
-    counter = iter(range(1 << 62))
+    counter = itertools.count()   # flat leaf indices, in deepfn.tree.leaves order
 
     def open_node(node: dict) -> dict:
         out: dict = {}
