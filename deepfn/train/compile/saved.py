@@ -46,6 +46,7 @@ naming it and why, then the step compiles again and the file is replaced.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import functools
@@ -254,9 +255,40 @@ def _module_values(program: Any) -> dict[str, str]:
         if module is None:
             out[name] = "not imported"
             continue
-        values = sorted((k, v) for k, v in vars(module).items() if not k.startswith("__") and _counts(v))
+        bound = _names_bound_by_source(module)
+        values = sorted((k, v) for k, v in vars(module).items()
+                        if not k.startswith("__") and _counts(v) and (bound is None or k in bound))
         out[name] = fingerprint(values)
     return out
+
+
+def _names_bound_by_source(module: types.ModuleType) -> set[str] | None:
+    """The names that ``module``'s own top-level code binds (imports, ``def``, ``class``,
+    assignments, also inside top-level ``if``/``try``), or None when its source cannot be read.
+
+    Dynamo installs values of its own into the globals of the module whose function it traces
+    (e.g. a constant it read, named after the function that returned it), so that a process
+    which has compiled a step holds names that a fresh process does not: those must not make
+    a saved step look stale."""
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    names: set[str] = set()
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending.extend(getattr(node, "body", []) + getattr(node, "orelse", []) + getattr(node, "finalbody", []))
+            pending.extend(stmt for handler in getattr(node, "handlers", []) for stmt in handler.body)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
 
 
 def _counts(value: Any) -> bool:
