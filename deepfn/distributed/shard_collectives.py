@@ -94,31 +94,38 @@ def reduce_scatter_mean_leaves(grads: Sequence[Tensor], bucket_mb: float = 25.0)
     # Buckets sized by the chunks each rank keeps: plan over stand-ins of the chunks' size.
     stand_ins = [g.new_empty(1).expand(c) for g, c in zip(grads, chunks, strict=True)]
     for bucket in plan_buckets(stand_ins, _bucket_bytes(fn, bucket_mb), floating_only=False):
-        width = sum(chunks[i] for i in bucket)
-        full = grads[bucket[0]].new_zeros(n, width)
-        offset = 0
-        for i in bucket:
-            c, g = chunks[i], grads[i].reshape(-1)
-            # Row j of this leaf's columns is rank j's chunk (times 1 / N); the tail past numel stays zero.
-            padded = torch.cat([g, g.new_zeros(n * c - g.numel())]) if n * c != g.numel() else g
-            if n == 1:
-                full[:, offset:offset + c] = padded.view(n, c)
-            else:
-                torch.mul(padded.view(n, c), 1.0 / n, out=full[:, offset:offset + c])
-            offset += c
-        if n == 1:
-            mine = full[0]
-        else:
-            mine = full.new_empty(width)
-            try:
-                dist.reduce_scatter_single(mine, full.view(-1))
-            except RuntimeError as err:
-                _raise_collective(fn, err)
+        mine = reduce_scatter_mean_flat([grads[i] for i in bucket], [chunks[i] for i in bucket], fn)
         offset = 0
         for i in bucket:
             out[i] = mine[offset:offset + chunks[i]]
             offset += chunks[i]
     return out
+
+
+def reduce_scatter_mean_flat(grads: Sequence[Tensor], chunks: Sequence[int], fn: str) -> Tensor:
+    """This rank's chunks, concatenated (1-D, ``sum(chunks)`` long), of the mean over ranks of
+    ``grads``: leaf ``i`` flattened, zero-padded to ``N * chunks[i]`` and cut in ``N`` chunks.
+    One ``reduce_scatter`` for all the leaves; ``fn`` names the caller in a collective's error."""
+    n = world_size()
+    full = grads[0].new_zeros(n, sum(chunks))
+    offset = 0
+    for g, c in zip(grads, chunks, strict=True):
+        g = g.reshape(-1)
+        # Row j of this leaf's columns is rank j's chunk (times 1 / N); the tail past numel stays zero.
+        padded = torch.cat([g, g.new_zeros(n * c - g.numel())]) if n * c != g.numel() else g
+        if n == 1:
+            full[:, offset:offset + c] = padded.view(n, c)
+        else:
+            torch.mul(padded.view(n, c), 1.0 / n, out=full[:, offset:offset + c])
+        offset += c
+    if n == 1:
+        return full[0]
+    mine = full.new_empty(full.shape[1])
+    try:
+        dist.reduce_scatter_single(mine, full.view(-1))
+    except RuntimeError as err:
+        _raise_collective(fn, err)
+    return mine
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:

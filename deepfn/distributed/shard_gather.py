@@ -37,6 +37,7 @@ from ..train.autograd import detach_tree
 from ..typing import Tensor
 from .collectives import _raise_collective
 from .process import world_size
+from .shard_collectives import reduce_scatter_mean_flat
 from .shard_units import LazyParams, Plan
 from .sharded_state import chunk_size
 
@@ -128,27 +129,12 @@ class _Session:
     def reduce_scatter(self, uid: int, grads: Sequence[Tensor]) -> list[Tensor]:
         """This rank's chunk of the mean over ranks of ``grads / divide_by`` (unit ``uid``)."""
         self.regathered.pop(uid, None)   # every use of the unit is done: free its re-gathered copy
-        leaves, n = self.plan.units[uid], self.n
+        leaves = self.plan.units[uid]
         widths = [self.chunks[i].numel() for i in leaves]
-        full = self.chunks[leaves[0]].new_zeros(n, sum(widths))
-        offset = 0
-        for g, c, i in zip(grads, widths, leaves, strict=True):
-            g = g.to(self.chunks[i].dtype)
-            g = (g / self.divide_by if self.divide_by != 1 else g).reshape(-1)
-            padded = torch.cat([g, g.new_zeros(n * c - g.numel())]) if n * c != g.numel() else g
-            if n == 1:
-                full[:, offset:offset + c] = padded.view(n, c)
-            else:
-                torch.mul(padded.view(n, c), 1.0 / n, out=full[:, offset:offset + c])
-            offset += c
-        if n == 1:
-            mine = full[0]
-        else:
-            mine = full.new_empty(full.shape[1])
-            try:
-                dist.reduce_scatter_single(mine, full.view(-1))
-            except RuntimeError as err:
-                _raise_collective(_FN, err)
+        scaled = [g.to(self.chunks[i].dtype) for g, i in zip(grads, leaves, strict=True)]
+        if self.divide_by != 1:
+            scaled = [g / self.divide_by for g in scaled]
+        mine = reduce_scatter_mean_flat(scaled, widths, _FN)
         return list(mine.split(widths))
 
     def pack(self, t: Tensor) -> Any:
