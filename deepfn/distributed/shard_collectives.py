@@ -102,22 +102,28 @@ def reduce_scatter_mean_leaves(grads: Sequence[Tensor], bucket_mb: float = 25.0)
     return out
 
 
-def reduce_scatter_mean_flat(grads: Sequence[Tensor], chunks: Sequence[int], fn: str) -> Tensor:
-    """This rank's chunks, concatenated (1-D, ``sum(chunks)`` long), of the mean over ranks of
-    ``grads``: leaf ``i`` flattened, zero-padded to ``N * chunks[i]`` and cut in ``N`` chunks.
-    One ``reduce_scatter`` for all the leaves; ``fn`` names the caller in a collective's error."""
-    n = world_size()
+def pack_chunks(grads: Sequence[Tensor], chunks: Sequence[int], n: int) -> Tensor:
+    """``[n, sum(chunks)]``: row ``j`` holds rank ``j``'s chunk of every leaf of ``grads`` (leaf
+    ``i`` flattened, zero-padded to ``n * chunks[i]``), times ``1 / n``: a reduce-scatter's input."""
     full = grads[0].new_zeros(n, sum(chunks))
     offset = 0
     for g, c in zip(grads, chunks, strict=True):
         g = g.reshape(-1)
-        # Row j of this leaf's columns is rank j's chunk (times 1 / N); the tail past numel stays zero.
         padded = torch.cat([g, g.new_zeros(n * c - g.numel())]) if n * c != g.numel() else g
         if n == 1:
             full[:, offset:offset + c] = padded.view(n, c)
         else:
             torch.mul(padded.view(n, c), 1.0 / n, out=full[:, offset:offset + c])
         offset += c
+    return full
+
+
+def reduce_scatter_mean_flat(grads: Sequence[Tensor], chunks: Sequence[int], fn: str) -> Tensor:
+    """This rank's chunks, concatenated (1-D, ``sum(chunks)`` long), of the mean over ranks of
+    ``grads``: leaf ``i`` flattened, zero-padded to ``N * chunks[i]`` and cut in ``N`` chunks.
+    One ``reduce_scatter`` for all the leaves; ``fn`` names the caller in a collective's error."""
+    n = world_size()
+    full = pack_chunks(grads, chunks, n)
     if n == 1:
         return full[0]
     mine = full.new_empty(full.shape[1])

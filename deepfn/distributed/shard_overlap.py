@@ -25,6 +25,7 @@ from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
 from .collectives import _bucket_bytes, _raise_collective, plan_buckets
 from .process import world_size
+from .shard_collectives import pack_chunks
 from .sharded_state import chunk_size
 
 __all__ = ["grad_and_reduce_scatter_mean"]
@@ -70,24 +71,17 @@ def grad_and_reduce_scatter_mean(objective: Callable[..., tuple[Tensor, Any]], p
     def launch_ready() -> None:
         while len(outs) < len(buckets) and missing[len(outs)] == 0:
             bucket = buckets[len(outs)]
-            width = sum(chunks[i] for i in bucket)
-            full = leaves[bucket[0]].new_zeros(n, width)
-            offset = 0
+            scaled = []
             for i in bucket:
                 g = grads[i] if accumulated is None else accumulated[i] + grads[i]
-                g = (g / divide_by if divide_by != 1 else g).reshape(-1)
-                c = chunks[i]
-                padded = torch.cat([g, g.new_zeros(n * c - g.numel())]) if n * c != g.numel() else g
-                if n == 1:
-                    full[:, offset:offset + c] = padded.view(n, c)
-                else:
-                    torch.mul(padded.view(n, c), 1.0 / n, out=full[:, offset:offset + c])
+                scaled.append(g / divide_by if divide_by != 1 else g)
                 grads[i] = None          # the whole gradient is no longer needed
-                offset += c
+            full = pack_chunks(scaled, [chunks[i] for i in bucket], n)
+            del scaled
             if n == 1:
                 outs.append(full[0])
             else:
-                outs.append(full.new_empty(width))
+                outs.append(full.new_empty(full.shape[1]))
                 works.append(dist.reduce_scatter_single(outs[-1], full.view(-1), async_op=True))
 
     def hook_for(i: int) -> Callable[[Tensor], None]:
