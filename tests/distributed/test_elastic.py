@@ -12,72 +12,32 @@ must resume too.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from deepfn import checkpoint, tree
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from .launch import SCRIPTS, finish, one_node, rows, torchrun
+
 # 1257 training digits, global batch 64 over 2 ranks: 19 updates per epoch, 38 in all.
 FLAGS = ["--distributed", "--dist-timeout", "60", "--no-compile", "--no-progress", "--epochs", "2",
          "--batch-size", "64", "--hidden", "32", "16", "--resume"]
 KILL_AT = "1:25"           # rank 1, before the update from step 25: epoch 2's 7th batch
 LAST = "ckpt_000000038.safetensors"
-# Timings, and how many new input signatures this process met (a restarted process meets them again).
-DROP = ("epoch_time", "eval_time", "samples_per_s", "train_new_signatures", "eval_new_signatures")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(launcher: list[str], script_args: list[str], cwd: Path, script: str = "train_mlp.py",
-             **env: str) -> subprocess.Popen:
-    """``python -m torch.distributed.run LAUNCHER scripts/SCRIPT SCRIPT_ARGS``, started (not waited for)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(SCRIPTS / script), *script_args]
-    full_env = {k: v for k, v in os.environ.items() if k != "DEEPFN_TEST_KILL_AT_STEP"}
-    full_env.update(OMP_NUM_THREADS="1", **env)
-    if sys.platform.startswith("linux"):
-        full_env["GLOO_SOCKET_IFNAME"] = "lo"   # loopback only, whatever the hostname resolves to
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)
-
-
-def one_node(restarts: int) -> list[str]:
-    return ["--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--max-restarts", str(restarts)]
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
-
-
-def rows(out: Path) -> list[dict]:
-    lines = (out / "history.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in DROP} for line in lines]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("elastic")
+# Replicated (DDP), ZeRO-3 and ZeRO-1: a sharded run saves whole checkpoints (unshard on every
+# rank), and the restarted group shards the one it resumes from again.
+@pytest.fixture(scope="module", params=["none", "full", "optimizer"], ids=lambda s: f"sharding={s}")
+def runs(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"elastic_{request.param}")
+    flags = [*FLAGS, "--sharding", request.param]
     # Both runs at once (they are independent): the reference never stops, the other loses a rank.
     # torchrun's workers share its rendezvous store by default, where a restarted group can find the
     # previous attempt's addresses (a race); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every attempt a new one.
-    reference = torchrun(one_node(0), [*FLAGS, "--out", str(root / "reference")], root)
-    killed = torchrun(one_node(1), [*FLAGS, "--out", str(root / "killed")], root,
+    reference = torchrun(one_node(0), [*flags, "--out", str(root / "reference")], root)
+    killed = torchrun(one_node(1), [*flags, "--out", str(root / "killed")], root,
                       DEEPFN_TEST_KILL_AT_STEP=KILL_AT, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     return {"root": root, "reference": finish(reference), "killed": finish(killed)}
 

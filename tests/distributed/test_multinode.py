@@ -12,7 +12,7 @@ import pytest
 
 from deepfn import checkpoint, tree
 
-from .test_elastic import finish, free_port, one_node, rows, torchrun
+from .launch import finish, free_port, one_node, rows, torchrun
 
 FLAGS = ["--distributed", "--dist-timeout", "60", "--no-compile", "--no-progress", "--epochs", "1",
          "--batch-size", "64", "--hidden", "32", "16", "--max-steps", "12"]
