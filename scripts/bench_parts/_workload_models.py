@@ -17,12 +17,14 @@ network from the same point:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from deepfn.models import MLP, AdvancedCNN, Transformer
+if TYPE_CHECKING:   # annotations only: a plain-PyTorch job can build a twin without importing deepfn
+    from deepfn.models import MLP, AdvancedCNN, Transformer
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
