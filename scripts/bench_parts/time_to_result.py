@@ -11,11 +11,14 @@ Contenders, per seed, one after another (so the machine's drift falls on all of 
 - ``torch-compile``: the same job written the usual PyTorch way (``demo_torch_job.py``:
   ``SEResNet`` from deepfn's initial weights of the seed, ``torch.optim.AdamW`` + ``OneCycleLR``,
   ``torch.compile(model)``, a plain loop, the same split, batch, epochs and model selection),
-  with a fresh Inductor cache.
+  with a fresh Inductor cache. It writes ``result.json`` and its best weights at the end; the
+  demo also writes a checkpoint every epoch, its history and ``curves.png``, as ``make demo`` does.
 
 Each contender's row holds the wall seconds of the whole process (``subprocess`` start to exit)
 and the test accuracy, as median and range over the seeds (``runs`` lists every seed's figures,
-the script's own ``wall_s`` after its imports too). The rows compare compiled-cold / eager,
+the script's own ``wall_s`` after its imports too; for the compiled runs ``saved_steps``, the
+files in ``OUT/compiled-steps``, and ``saved_steps_written``, how many of them the run wrote:
+0 for a warm run that reused them all). The rows compare compiled-cold / eager,
 compiled-warm / eager, compiled-cold / torch-compile and eager / torch-compile (ratio of the
 medians; ``ratio_range`` spans the per-seed ratios, each pairing two runs of one seed). Issue
 target: median test accuracy >= 0.99 over the seeds in at most 0.60 of the eager job's wall
@@ -187,6 +190,12 @@ def run_job(cmd: list[str], cache_dir: str) -> dict[str, float]:
     return {"wall_s": wall, "test_acc": acc, "script_wall_s": result.get("wall_s")}
 
 
+def saved_steps(out: str) -> dict[str, int]:
+    """``{file name: modification time in ns}`` of the compiled steps saved in ``OUT/compiled-steps``."""
+    folder = Path(out) / "compiled-steps"
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+
+
 def run_seed(seed: int, s: Settings, scratch: str) -> dict[str, dict]:
     """Every chosen contender's figures for one seed (fresh folders under ``scratch``, removed after)."""
     folder = tempfile.mkdtemp(prefix=f"seed{seed}-", dir=scratch)
@@ -201,7 +210,12 @@ def run_seed(seed: int, s: Settings, scratch: str) -> dict[str, dict]:
             # warm: the cold run's out folder (saved steps) and Inductor cache; others: fresh ones
             out = os.path.join(folder, "out-compiled" if contender.startswith("compiled") else f"out-{contender}")
             cache = cold_cache if contender.startswith("compiled") else os.path.join(folder, f"inductor-{contender}")
+            before = saved_steps(out)
             figures[contender] = {"seed": seed, **run_job(command(contender, seed, out, s, weights), cache)}
+            if contender.startswith("compiled"):   # a warm run that reuses them writes none
+                after = saved_steps(out)
+                figures[contender].update(saved_steps=len(after),
+                                          saved_steps_written=sum(after[k] != before.get(k) for k in after))
             print(f"[time_to_result] seed {seed} {contender}: {figures[contender]['wall_s']:.1f} s, "
                   f"test acc {figures[contender]['test_acc']:.4f}", file=sys.stderr, flush=True)
         return figures

@@ -171,6 +171,31 @@ def test_commands_run_the_demo_and_the_torch_job():
         ttr.command("jax", 0, "OUT", s)
 
 
+def test_run_seed_reruns_the_cold_folders_warm_and_gives_the_others_fresh_ones(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_job(cmd, cache_dir):
+        out = cmd[cmd.index("--out") + 1]
+        calls.append((cmd, out, cache_dir))
+        if "--init-weights" in cmd:
+            assert os.path.isfile(cmd[cmd.index("--init-weights") + 1])
+        if len(calls) == 1:   # the cold run saves its steps; the warm run finds them
+            os.makedirs(os.path.join(out, "compiled-steps"))
+            open(os.path.join(out, "compiled-steps", "step.bin"), "w").close()
+        return {"wall_s": 1.0, "test_acc": 0.5, "script_wall_s": 0.5}
+
+    monkeypatch.setattr(ttr, "run_job", fake_job)
+    figures = ttr.run_seed(2, ttr.settings(env={ttr.SEEDS_ENV: "2"}), str(tmp_path))
+    assert list(figures) == list(ttr.CONTENDERS) and all(f["seed"] == 2 for f in figures.values())
+    assert (figures["compiled-cold"]["saved_steps"], figures["compiled-cold"]["saved_steps_written"]) == (1, 1)
+    assert (figures["compiled-warm"]["saved_steps"], figures["compiled-warm"]["saved_steps_written"]) == (1, 0)
+    assert "saved_steps" not in figures["eager"]
+    (_, cold_out, cold_cache), (_, warm_out, warm_cache), (_, eager_out, eager_cache), (_, torch_out, torch_cache) = calls
+    assert (warm_out, warm_cache) == (cold_out, cold_cache)
+    assert len({cold_out, eager_out, torch_out}) == 3 and len({cold_cache, eager_cache, torch_cache}) == 3
+    assert list(tmp_path.iterdir()) == []   # the seed's folders are removed
+
+
 def test_parse_result_reads_the_last_result_line_and_rejects_none():
     figures = ttr.parse_result("epoch 1\nRESULT test_acc=0.5 wall_s=1.0\nRESULT test_acc=0.9900 wall_s=12.5\n")
     assert figures == {"test_acc": 0.99, "wall_s": 12.5}
