@@ -6,6 +6,8 @@
 - :func:`reduce_scatter_mean_leaves`: whole gradients of every rank -> this rank's chunk of
   their mean (``reduce_scatter_single``; each gradient multiplied by ``1 / N`` first, DDP's
   order, so the sums equal ``all_reduce_mean``'s);
+- :func:`reduce_scatter_mean_whole`: one whole gradient -> this rank's chunk of the mean,
+  with no packed copy (the per-unit gatherer's large leaves);
 - :func:`all_reduce_sum`: a small vector summed over ranks (norms, flags, metrics).
 
 Leaves travel in buckets of about ``bucket_mb`` MiB, one dtype each
@@ -26,7 +28,7 @@ from .collectives import _bucket_bytes, _raise_collective, plan_buckets
 from .process import world_size
 from .sharded_state import chunk_size
 
-__all__ = ["all_gather_leaves", "reduce_scatter_mean_leaves", "all_reduce_sum"]
+__all__ = ["all_gather_leaves", "reduce_scatter_mean_leaves", "reduce_scatter_mean_whole", "all_reduce_sum"]
 
 
 def all_gather_leaves(shards: Sequence[Tensor], shapes: Sequence[tuple[int, ...]],
@@ -132,6 +134,32 @@ def reduce_scatter_mean_flat(grads: Sequence[Tensor], chunks: Sequence[int], fn:
     except RuntimeError as err:
         _raise_collective(fn, err)
     return mine
+
+
+def reduce_scatter_mean_whole(grad: Tensor, fn: str) -> Tensor:
+    """This rank's chunk (1-D, ``grad.numel() // N`` long) of the mean over ranks of ``grad``,
+    whose size is a multiple of ``N`` (no padding), reduce-scattered straight from it: no
+    packed copy of it is made (the gradient is typically the largest tensor alive). The sum
+    over ranks is multiplied by ``1 / N`` after it, not before: for ``N`` a power of two the
+    same numbers as :func:`reduce_scatter_mean_flat` (barring underflow), for other ``N``
+    within rounding. ``fn`` names the caller in a collective's error.
+
+    Raises:
+        ValueError: ``grad``'s size is not a multiple of ``N``.
+        CollectiveError: a rank died or hung.
+    """
+    n = world_size()
+    if grad.numel() % n:
+        raise ValueError(f"{fn}: a gradient reduce-scattered whole must have a multiple of {n} elements "
+                         f"(one chunk per rank); got shape {list(grad.shape)}")
+    if n == 1:
+        return grad.reshape(-1)
+    mine = grad.new_empty(grad.numel() // n)
+    try:
+        dist.reduce_scatter_single(mine, grad.reshape(-1))
+    except RuntimeError as err:
+        _raise_collective(fn, err)
+    return mine.mul_(1.0 / n)
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:

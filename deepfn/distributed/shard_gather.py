@@ -8,7 +8,11 @@ re-gather before backward and post-backward reduce-scatter.
   (before gathering: half the traffic under a bf16 policy) and all-gathers them into whole
   tensors; backward casts the whole gradients to the chunks' dtype and reduce-scatters their
   mean (divided by the micro-batches, then by ``N``: the arithmetic of
-  :func:`~deepfn.distributed.shard_collectives.reduce_scatter_mean_leaves`).
+  :func:`~deepfn.distributed.shard_collectives.reduce_scatter_mean_leaves`), except that a
+  unit's large gradients (a layer's weight) are reduce-scattered straight from themselves and
+  their sums multiplied by ``1 / N`` after
+  (:func:`~deepfn.distributed.shard_collectives.reduce_scatter_mean_whole`): no packed copy of
+  the largest tensor of the backward pass.
 - Autograd would keep the whole tensors for backward (``linear`` saves its weight), so while
   the forward runs a ``saved_tensors_hooks`` packs every saved tensor that lives in a gathered
   unit's memory as a reference to the unit, and backward gathers the unit again when it first
@@ -37,13 +41,15 @@ from ..train.autograd import detach_tree
 from ..typing import Tensor
 from .collectives import _raise_collective
 from .process import world_size
-from .shard_collectives import reduce_scatter_mean_flat
+from .shard_collectives import reduce_scatter_mean_flat, reduce_scatter_mean_whole
 from .shard_units import LazyParams, Plan
 from .sharded_state import chunk_size
 
 __all__ = ["GatherCount", "grad_per_unit"]
 
 _FN = "deepfn.distributed.grad_per_unit"
+#: A unit's leaf holding at least 1 / WHOLE_SHARE of its gradient bytes is reduce-scattered alone.
+WHOLE_SHARE = 4
 
 
 @dataclass
@@ -127,15 +133,28 @@ class _Session:
             del self.registry[address]
 
     def reduce_scatter(self, uid: int, grads: Sequence[Tensor]) -> list[Tensor]:
-        """This rank's chunk of the mean over ranks of ``grads / divide_by`` (unit ``uid``)."""
+        """This rank's chunk of the mean over ranks of ``grads / divide_by`` (unit ``uid``).
+
+        The unit's large leaves (see :func:`_whole_leaves`) are reduce-scattered each straight
+        from its gradient, the others packed into one buffer (one collective): the packed copy
+        of a layer's weight gradient would double the largest tensor of the backward pass."""
         self.regathered.pop(uid, None)   # every use of the unit is done: free its re-gathered copy
         leaves = self.plan.units[uid]
         widths = [self.chunks[i].numel() for i in leaves]
         scaled = [g.to(self.chunks[i].dtype) for g, i in zip(grads, leaves, strict=True)]
         if self.divide_by != 1:
             scaled = [g / self.divide_by for g in scaled]
-        mine = reduce_scatter_mean_flat(scaled, widths, _FN)
-        return list(mine.split(widths))
+        whole = _whole_leaves(scaled, widths, self.n) if self.divide_by == 1 else []
+        out: list[Tensor | None] = [None] * len(leaves)
+        for j in whole:
+            out[j] = reduce_scatter_mean_whole(scaled[j], _FN)
+            scaled[j] = None   # type: ignore[call-overload]
+        rest = [j for j in range(len(leaves)) if out[j] is None]
+        if rest:
+            mine = reduce_scatter_mean_flat([scaled[j] for j in rest], [widths[j] for j in rest], _FN)
+            for j, part in zip(rest, mine.split([widths[j] for j in rest]), strict=True):
+                out[j] = part
+        return out   # type: ignore[return-value]
 
     def pack(self, t: Tensor) -> Any:
         if t.layout != torch.strided or t.device.type == "meta":
@@ -214,6 +233,17 @@ def grad_per_unit(objective: Callable[..., tuple[Tensor, Any]], chunks: list[Ten
     out = [g if g is not None else chunks[i].new_zeros(chunk_size(_numel(shapes[i]), n))
            for i, g in enumerate(grads)]
     return out, (value.detach(), detach_tree(aux))
+
+
+def _whole_leaves(grads: Sequence[Tensor], widths: Sequence[int], n: int) -> list[int]:
+    """The positions of the gradients reduce-scattered on their own: those that fill their
+    ``n`` chunks exactly (no padding) and hold at least ``1 / WHOLE_SHARE`` of the unit's
+    bytes (a layer's weight, not its bias: at most ``WHOLE_SHARE`` more collectives per unit)."""
+    if n == 1:
+        return []
+    total = sum(g.numel() * g.element_size() for g in grads)
+    return [j for j, (g, c) in enumerate(zip(grads, widths, strict=True))
+            if g.numel() == n * c and g.numel() * g.element_size() * WHOLE_SHARE >= total]
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -12,7 +12,8 @@ import torch
 from deepfn import losses, models, random
 from deepfn._torch import pytree
 from deepfn.amp import Policy
-from deepfn.distributed.shard_gather import GatherCount, grad_per_unit
+from deepfn.distributed import shard_collectives
+from deepfn.distributed.shard_gather import GatherCount, _whole_leaves, grad_per_unit
 from deepfn.distributed.shard_units import LazyParams, plan_units
 from deepfn.tree import flat as _flat
 
@@ -136,3 +137,23 @@ def test_a_chunk_that_is_not_floating_is_rejected():
     plan = plan_units(_flat.unflatten(spec, chunks))
     with pytest.raises(TypeError, match="floating tensor; leaf 0"):
         grad_per_unit(objective, chunks, [tuple(t.shape) for t in leaves], plan, [t.dtype for t in leaves], x, y)
+
+
+def test_a_unit_s_large_unpadded_gradients_are_reduce_scattered_whole():
+    weight, bias = torch.zeros(8, 4), torch.zeros(8)
+    assert _whole_leaves([weight, bias], [16, 4], 2) == [0]          # the bias is under 1/4 of the bytes
+    assert _whole_leaves([weight, torch.zeros(6, 4)], [16, 12], 2) == [0, 1]
+    assert _whole_leaves([torch.zeros(5, 5)], [13], 2) == []         # 25 numbers pad to 26: packed
+    assert _whole_leaves([weight, bias], [32, 8], 1) == []           # a world of one: nothing to scatter
+
+
+def test_a_gradient_that_does_not_fill_its_chunks_is_refused(monkeypatch):
+    monkeypatch.setattr(shard_collectives, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"caller: a gradient reduce-scattered whole must have a multiple of 2 "
+                                         r"elements \(one chunk per rank\); got shape \[5\]"):
+        shard_collectives.reduce_scatter_mean_whole(torch.zeros(5), "caller")
+
+
+def test_a_whole_gradient_in_a_world_of_one_is_its_own_chunk():
+    g = torch.arange(6.0).reshape(2, 3)
+    assert torch.equal(shard_collectives.reduce_scatter_mean_whole(g, "caller"), g.reshape(-1))
