@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deepfn import checkpoint, tree
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 # Timings, and how many new input signatures this process met (a restarted process meets them again).
 DROP = ("epoch_time", "eval_time", "samples_per_s", "train_new_signatures", "eval_new_signatures")
@@ -54,3 +56,15 @@ def rows(out: Path) -> list[dict]:
     """The rows of ``OUT/history.jsonl`` without the timings (``DROP``)."""
     lines = (out / "history.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in DROP} for line in lines]
+
+
+def same_checkpoints(got_dir: Path, want_dir: Path, name: str, step: int):
+    """Assert that checkpoint ``name`` of two runs' ``--out`` folders holds the same ``step``
+    and, bit for bit, the same parameters, model state (batch-norm statistics) and optimizer
+    state; returns the first run's."""
+    got, want = checkpoint.load(got_dir / "checkpoints" / name), checkpoint.load(want_dir / "checkpoints" / name)
+    assert int(got.step) == int(want.step) == step
+    assert tree.all_equal(got.params, want.params)
+    assert tree.all_equal(got.state, want.state)
+    assert tree.all_equal(got.opt_state, want.opt_state)
+    return got

@@ -10,9 +10,7 @@ import json
 
 import pytest
 
-from deepfn import checkpoint, tree
-
-from .launch import finish, free_port, one_node, rows, torchrun
+from .launch import finish, free_port, one_node, rows, same_checkpoints, torchrun
 
 FLAGS = ["--distributed", "--dist-timeout", "60", "--no-compile", "--no-progress", "--epochs", "1",
          "--batch-size", "64", "--hidden", "32", "16", "--max-steps", "12"]
@@ -46,10 +44,5 @@ def test_two_nodes_form_one_world_of_two_and_one_rank_writes(runs):
 
 def test_two_nodes_give_the_parameters_of_one_node(runs):
     root = runs["root"]
-    got = checkpoint.load(root / "two_nodes" / "checkpoints" / LAST)
-    want = checkpoint.load(root / "one_node" / "checkpoints" / LAST)
-    assert int(got.step) == int(want.step) == 12
-    assert tree.all_equal(got.params, want.params)
-    assert tree.all_equal(got.state, want.state)
-    assert tree.all_equal(got.opt_state, want.opt_state)
+    same_checkpoints(root / "two_nodes", root / "one_node", LAST, 12)
     assert rows(root / "two_nodes") == rows(root / "one_node")

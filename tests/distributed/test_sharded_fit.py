@@ -21,7 +21,7 @@ from deepfn.train import TrainState, fit, make_eval_step, make_train_step
 
 from ..scripts.test_scripts import MULTI30K, _script
 from ..utils import assert_trees_close
-from .test_elastic import finish, one_node, torchrun
+from .launch import finish, one_node, torchrun
 
 MODEL, OPT = MLP(6, (8,), 3), optim.adam(0.05)
 
