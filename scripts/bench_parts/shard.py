@@ -10,10 +10,11 @@ trains ``MLP(784, [1024, 1024], 10)`` with AdamW on a global batch of 256 and re
 - ``shard full compiled`` (N = 2 only): ``compile=True``, with the largest difference
   from the eager sharded step's parameters after 3 steps in the note;
 - ``shard full peak bytes`` (no timing): per rank, the bytes held between steps plus the
-  profiler's peak of one step above them (the least of 3 steps: gloo's threads allocate
-  too), for ``"full"`` gathering everything at once (``per_unit=False``), gathering one unit
-  at a time (the eager default) and FSDP2, on the bench's MLP and on ``MLP(784, [512] * 8,
-  10)``, batch 64.
+  peak of one step above them (the profiler's allocations matched with their frees by
+  address, in every thread; the least of 5 steps, as gloo's threads allocate too, at
+  moments that vary), for ``"full"`` gathering everything at once (``per_unit=False``),
+  gathering one unit at a time (the eager default) and FSDP2, on the bench's MLP and on
+  ``MLP(784, [512] * 8, 10)``, batch 64.
 
 Notes give the per-rank bytes held between steps, measured from the tensors themselves:
 deepfn's params and optimizer state (its gradients are 1/N chunks after the reduce-scatter;
@@ -26,27 +27,14 @@ Each pair is timed in turns, every call started together on all ranks. Quick mod
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from bench_parts._torchrun import launch, medians, mlp_workload, torch_mlp, write_rows
 
-ROWS_FILE = "rows.json"
-
-
-def _medians(fns, repeats: int, warmup: int) -> list[float]:
-    import torch.distributed as dist
-    from bench_parts._timing import Contender, time_interleaved
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    contenders = [Contender(fn) for fn in fns]
-    time_interleaved(contenders, repeats, blocks=5, sync=dist.barrier)
-    return [c.figures["median_s"] for c in contenders]
+BLOCKS = 5   # turns per contender (time_interleaved)
 
 
 def _local_bytes(tensors) -> int:
@@ -61,37 +49,67 @@ def _kb(b: int) -> str:
     return f"{b / 1024:.0f} KiB"
 
 
-def _step_peak_bytes(fn, repeats: int = 3) -> int:
+def _step_peak_bytes(fn, repeats: int = 5) -> int:
     """Bytes allocated above the start at the peak of a call of ``fn`` (CPU), the least of
     ``repeats`` calls (gloo's threads allocate too, interleaved differently each time)."""
     return min(_one_peak(fn) for _ in range(repeats))
 
 
 def _one_peak(fn) -> int:
-    """From the profiler's memory figures: each op's own (``self``) net bytes, counted at its
-    start when it allocates and at its end when it frees (an upper bound of the true peak)."""
+    """The most bytes alive at once, of those allocated during one call of ``fn``, in every
+    thread (gloo's too): the profiler's allocation events (its trace's ``[memory]`` events,
+    each with its address and size), each allocation matched by address with its free (or
+    with the next allocation at its address: some frees go unrecorded). Frees of memory
+    allocated before the call are left out (an upper bound for a step that frees its old state)."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    changes = []
-    for e in prof.events():
-        b = e.self_cpu_memory_usage
-        if b:
-            changes.append((e.time_range.start if b > 0 else e.time_range.end, b))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    changes = sorted((e["ts"], e["args"]["Addr"], e["args"]["Bytes"]) for e in events
+                     if e.get("name") == "[memory]" and e["args"].get("Bytes"))
+    sizes: dict[int, int] = {}
     live = peak = 0
-    for _, b in sorted(changes):
-        live += b
-        peak = max(peak, live)
+    for _, address, nbytes in changes:
+        # An address allocated again was freed in between, whether or not its free was recorded.
+        live -= sizes.pop(address, 0)
+        if nbytes > 0:
+            sizes[address] = nbytes
+            live += nbytes
+            peak = max(peak, live)
     return peak
+
+
+def _fsdp2_twin(dims, x, y, keep_grads: bool = False):
+    """``(step, module, optimizer)``: FSDP2 on ``torch_mlp(dims)`` (each Linear and the root
+    ``fully_shard``-ed) with ``torch.optim.AdamW``; ``step()`` trains on ``(x, y)`` once; with
+    ``keep_grads`` the sharded gradients stay between steps (to be measured)."""
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    twin = torch_mlp(dims)
+    for layer in twin:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(twin)
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+
+    def step():
+        twin_opt.zero_grad(set_to_none=not keep_grads)
+        nn.functional.cross_entropy(twin(x), y).backward()
+        twin_opt.step()
+    return step, twin, twin_opt
+
+
+def _opt_bytes(twin_opt) -> int:
+    return _local_bytes(v for s in twin_opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
 
 
 def _peak_rows(quick: bool) -> list[dict]:
     """Per-rank peak bytes of one step (state held between steps + the step's peak above it)
     for deepfn ``"full"`` gathering all at once, gathering per unit, and FSDP2 (each Linear
     ``fully_shard``-ed), on the bench's MLP and on a deeper one."""
-    from torch import nn
-    from torch.distributed.fsdp import fully_shard
-
     from deepfn import distributed, losses, models, optim, random, tree
     from deepfn.distributed.sharded_state import shard_bytes
     from deepfn.train import TrainState
@@ -117,24 +135,9 @@ def _peak_rows(quick: bool) -> list[dict]:
             held = shard_bytes(box["ts"])
             figures[label] = held["params"] + held["opt_state"] + _step_peak_bytes(ours)
         dims = [784, *hidden, 10]
-        layers: list[nn.Module] = []
-        for i in range(len(dims) - 1):
-            layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
-        twin = nn.Sequential(*layers[:-1])
-        for layer in twin:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer)
-        fully_shard(twin)
-        twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
-
-        def theirs(twin=twin, twin_opt=twin_opt, x=x, y=y):
-            twin_opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(twin(x), y).backward()
-            twin_opt.step()
+        theirs, twin, twin_opt = _fsdp2_twin(dims, x, y)
         theirs()
-        held = _local_bytes(twin.parameters()) + _local_bytes(
-            v for s in twin_opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
-        figures["FSDP2"] = held + _step_peak_bytes(theirs)
+        figures["FSDP2"] = _local_bytes(twin.parameters()) + _opt_bytes(twin_opt) + _step_peak_bytes(theirs)
         whole = _local_bytes(tree.leaves(full.params))
         rows.append(dict(group="shard", name=f"shard full peak bytes gloo x{n}, MLP{dims}, batch {global_batch}",
                          deepfn_s=None, baseline="torch FSDP2 fully_shard + AdamW", baseline_s=None, ratio=None,
@@ -145,46 +148,21 @@ def _peak_rows(quick: bool) -> list[dict]:
 
 
 def _worker(quick: bool, out_dir: Path) -> None:
-    from torch import nn
-    from torch.distributed.fsdp import fully_shard
-
-    from deepfn import distributed, losses, models, optim, random, tree
+    from deepfn import distributed, losses, random, tree
     from deepfn.distributed.sharded_state import shard_bytes
     from deepfn.train import TrainState, make_train_step
 
-    distributed.init("gloo", timeout=300)
-    r, n = distributed.rank(), distributed.world_size()
-    hidden, global_batch = ([256], 64) if quick else ([1024, 1024], 256)
+    w = mlp_workload(quick, timeout=300)
+    n, model, opt, x, y, dims, global_batch = w.world, w.model, w.optimizer, w.x, w.y, w.dims, w.global_batch
     repeats, warmup = (5, 2) if quick else (20, 3)
-    local = global_batch // n
-    model = models.MLP(784, hidden, 10)
-    opt = optim.adamw(1e-3)
     full = TrainState.create(model, opt, random.key(0))
-    k_x, k_y = random.split(random.fold_in(random.key(1), r))
-    x, y = random.normal(k_x, (local, 784)), random.randint(k_y, (local,), 0, 10)
     whole = {"params": _local_bytes(tree.leaves(full.params)), "opt_state": _local_bytes(
         [t for t in tree.leaves(full.opt_state) if isinstance(t, torch.Tensor)])}
 
-    dims = [784, *hidden, 10]
-    layers: list[nn.Module] = []
-    for i in range(len(dims) - 1):
-        layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
-    twin = nn.Sequential(*layers[:-1])
-    for layer in twin:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(twin)
-    twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
-
-    def theirs():
-        twin_opt.zero_grad(set_to_none=False)   # keep the sharded grads to measure them
-        nn.functional.cross_entropy(twin(x), y).backward()
-        twin_opt.step()
-
+    theirs, twin, twin_opt = _fsdp2_twin(dims, x, y, keep_grads=True)   # keep the sharded grads to measure them
     theirs()
     fsdp = {"params": _local_bytes(twin.parameters()), "grads": _local_bytes(p.grad for p in twin.parameters()),
-            "opt_state": _local_bytes(v for s in twin_opt.state.values() for v in s.values()
-                                      if isinstance(v, torch.Tensor))}
+            "opt_state": _opt_bytes(twin_opt)}
     fsdp_note = (f"FSDP2 per rank: params {_kb(fsdp['params'])}, grads {_kb(fsdp['grads'])}, "
                  f"opt {_kb(fsdp['opt_state'])}")
     rows = []
@@ -196,7 +174,7 @@ def _worker(quick: bool, out_dir: Path) -> None:
             box["ts"], _ = step(box["ts"], (x, y), None)
 
         held = shard_bytes(box["ts"])
-        t_ours, t_theirs = _medians([ours, theirs], repeats, warmup)
+        t_ours, t_theirs = medians([ours, theirs], repeats, warmup, BLOCKS)
         rows.append(dict(
             group="shard", name=f"shard {sharding} gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
             baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
@@ -218,39 +196,19 @@ def _worker(quick: bool, out_dir: Path) -> None:
             eager_step()
         diff = max((a - b).abs().max().item() for a, b in zip(
             tree.leaves(boxes[True]["ts"].params), tree.leaves(boxes[False]["ts"].params), strict=True))
-        t_ours, t_theirs = _medians([compiled_step, theirs], repeats, warmup)
+        t_ours, t_theirs = medians([compiled_step, theirs], repeats, warmup, BLOCKS)
         rows.append(dict(
             group="shard", name=f"shard full compiled gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
             baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
             note=f"compile=True (forward+backward and update compiled, collectives eager); "
                  f"max |compiled - eager| of the params after 3 steps: {diff:.1e}"))
     rows += _peak_rows(quick)
-    if r == 0:
-        (out_dir / ROWS_FILE).write_text(json.dumps(rows))
+    write_rows(out_dir, rows)
     distributed.shutdown()
 
 
 def run(quick: bool = False) -> list[dict]:
-    rows: list[dict] = []
-    for n in ((1, 2) if quick else (1, 2, 4)):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with tempfile.TemporaryDirectory() as tmp:
-            # As a module (-m): this folder's random.py must not shadow the standard library's.
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
-                   "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bench_parts.shard",
-                   "--worker", tmp] + (["--quick"] if quick else [])
-            here = Path(__file__).resolve().parent
-            path = os.pathsep.join([str(here.parent), str(here.parent.parent), os.environ.get("PYTHONPATH", "")])
-            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=path)
-            if sys.platform.startswith("linux"):
-                env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-            if proc.returncode != 0:
-                raise RuntimeError(f"shard benchmark (x{n}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            rows += json.loads((Path(tmp) / ROWS_FILE).read_text())
-    return rows
+    return [row for n in ((1, 2) if quick else (1, 2, 4)) for row in launch("shard", n, quick, timeout=1800)]
 
 
 if __name__ == "__main__":
