@@ -258,7 +258,7 @@ def rows(per_seed: list[dict[str, dict]], demo_settings: bool = True) -> list[di
             continue
         ours, theirs = summaries[contender], summaries[baseline]
         paired = [seed[contender]["wall_s"] / seed[baseline]["wall_s"] for seed in per_seed]
-        row = {"group": GROUP, "name": f"digits-cnn demo: {contender}", "deepfn_s": ours["wall_median_s"],
+        row = {"group": GROUP, "name": f"digits-cnn demo: {contender} vs {baseline}", "deepfn_s": ours["wall_median_s"],
                "baseline": LABELS[baseline], "baseline_s": theirs["wall_median_s"],
                "ratio": ours["wall_median_s"] / theirs["wall_median_s"],
                "ratio_range": [min(paired), max(paired)], "contender": LABELS[contender],
@@ -280,5 +280,6 @@ def run(quick: bool = False) -> list[dict]:
         per_seed = [run_seed(seed, s, scratch) for seed in s.seeds]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return rows(per_seed, s.demo_settings)
+    knobs = {"seeds": list(s.seeds), "epochs": s.epochs, "limit": s.limit, "torch_backend": s.torch_backend}
+    return [dict(row, settings=knobs) for row in rows(per_seed, s.demo_settings)]
 

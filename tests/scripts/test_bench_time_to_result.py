@@ -97,8 +97,7 @@ def test_rows_hold_medians_ranges_ratios_and_the_target():
                 _seed(1, (70.0, 12.0, 110.0, 80.0), (0.995, 0.995, 0.989, 0.980)),
                 _seed(2, (66.0, 11.0, 90.0, 70.0), (0.985, 0.985, 0.996, 0.996))]
     rows = ttr.rows(per_seed)
-    assert [r["name"] for r in rows] == ["digits-cnn demo: compiled-cold", "digits-cnn demo: compiled-warm",
-                                         "digits-cnn demo: compiled-cold", "digits-cnn demo: eager"]
+    assert [r["name"] for r in rows] == [f"digits-cnn demo: {c} vs {b}" for c, b in ttr.COMPARISONS]
     assert [r["baseline"] for r in rows] == [ttr.LABELS[b] for _, b in ttr.COMPARISONS]
     cold_vs_eager, warm_vs_eager, cold_vs_torch, eager_vs_torch = rows
     for r in rows:
@@ -224,11 +223,12 @@ def test_tiny_end_to_end_through_bench(tmp_path, monkeypatch):
     assert bench.main(["--only", "time_to_result", "--out", str(tmp_path), "--label", "ttr"]) == 0
     payload = json.loads((tmp_path / "ttr.json").read_text())
     (row,) = payload["rows"]
-    assert all(k in row for k in KEYS) and row["name"] == "digits-cnn demo: eager"
+    assert all(k in row for k in KEYS) and row["name"] == "digits-cnn demo: eager vs torch-compile"
+    assert row["settings"] == {"seeds": [0], "epochs": 1, "limit": 256, "torch_backend": "eager"}
     assert row["baseline"] == ttr.LABELS["torch-compile"] and row["ratio"] > 0
     for figures in (row["contender_figures"], row["baseline_figures"]):
         (one,) = figures["runs"]
         assert one["seed"] == 0 and one["wall_s"] > 0 and one["script_wall_s"] > 0
         assert isinstance(one["test_acc"], float) and 0.0 <= one["test_acc"] <= 1.0
         assert figures["acc_median"] == one["test_acc"] and figures["wall_range_s"] == [one["wall_s"]] * 2
-    assert "| time_to_result | digits-cnn demo: eager |" in (tmp_path / "ttr.md").read_text()
+    assert "| time_to_result | digits-cnn demo: eager vs torch-compile |" in (tmp_path / "ttr.md").read_text()
