@@ -6,7 +6,8 @@ starts the group again, every rank resumes from the end-of-epoch-1 checkpoint th
 wrote, replays epoch 2's batches (the order is a function of seed, epoch and step only) and
 ends with the parameters of a run that was never interrupted, bit for bit (same world size,
 one thread per process). Batch norm and dropout stay on: their running statistics and keys
-must resume too.
+must resume too. The same with ``--sharding full`` (ZeRO-3) and ``--sharding optimizer`` (ZeRO-1):
+the checkpoints stay whole files, and the restarted group shards the one it resumes from.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ KILL_AT = "1:25"           # rank 1, before the update from step 25: epoch 2's 7
 LAST = "ckpt_000000038.safetensors"
 
 
-# Replicated (DDP), ZeRO-3 and ZeRO-1: a sharded run saves whole checkpoints (unshard on every
-# rank), and the restarted group shards the one it resumes from again.
 @pytest.fixture(scope="module", params=["none", "full", "optimizer"], ids=lambda s: f"sharding={s}")
 def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"elastic_{request.param}")
