@@ -37,12 +37,45 @@ def _repr(x: Any) -> str:
     return repr(x)
 
 
+_MAX_REPR = 80
+
+
 def describe(x: Any) -> str:
-    """``"float32 [2, 3]"`` for a tensor, the type name otherwise."""
+    """``"float32 [2, 3]"`` for a tensor; else the type name and a repr cut to one line.
+
+    Containers whose repr runs long are summarized (``"tuple of 2: (dict with keys ['w'],
+    dict with keys [])"``), so that a message never prints the values of tensors.
+    """
     if isinstance(x, torch.Tensor):
         dtype = str(x.dtype).removeprefix("torch.")
         return f"{dtype} [{', '.join(str(s) for s in x.shape)}]"
-    return f"{type(x).__name__} {x!r}"
+    text = repr(x)
+    if len(text) <= _MAX_REPR and "\n" not in text:
+        return f"{type(x).__name__} {text}"
+    return f"{type(x).__name__} {_summary(x)}"
+
+
+def _summary(x: Any) -> str:
+    """One line for a value whose repr is long: the structure of a container, else a cut repr."""
+    if isinstance(x, (tuple, list)):
+        parts = [_short(v) for v in x[:4]] + (["..."] if len(x) > 4 else [])
+        return f"of {len(x)}: ({', '.join(parts)})"
+    if isinstance(x, Mapping):
+        return _keys(x)
+    return repr(x).replace("\n", " ")[:_MAX_REPR - 3] + "..."
+
+
+def _short(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return describe(x)
+    if isinstance(x, Mapping):
+        return f"{type(x).__name__} {_keys(x)}"
+    return type(x).__name__
+
+
+def _keys(x: Mapping) -> str:
+    keys = [repr(k) for k in list(x)[:8]] + (["..."] if len(x) > 8 else [])
+    return f"with keys [{', '.join(keys)}]"
 
 
 def check_tensor(owner: Any, name: str, x: Any, method: str = "apply") -> None:
@@ -149,8 +182,10 @@ def check_params(owner: Any, params: Any, expected: Layout, *, like: torch.Tenso
             other than ``like``'s.
     """
     if not isinstance(params, dict):
+        pair = isinstance(params, tuple) and len(params) == 2 and isinstance(params[0], dict)
+        hint = f" (init returns a (params, state) pair: pass its first item as {name})" if pair else ""
         raise TypeError(f"{where(owner, method)}: {name} must be a dict with keys {list(expected)} "
-                        f"(from {type(owner).__name__}.init); got {describe(params)}")
+                        f"(from {type(owner).__name__}.init); got {describe(params)}{hint}")
     if params.keys() != expected.keys():
         _raise_keys(owner, params, expected, name, method)
     for key, want in expected.items():

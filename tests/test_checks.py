@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deepfn import nn, random, tree
-from deepfn._checks import check_keys, check_params
+from deepfn._checks import check_keys, check_params, describe
 from deepfn.models import MLP
 from tests.utils import assert_trees_close
 
@@ -82,3 +82,26 @@ def test_vmap_over_stacked_params_sees_each_members_shapes():
     # Inside vmap a member's weight is [3, 4]: the message shows the shape the block sees.
     with pytest.raises(ValueError, match=r"params\['weight'\] must be \[3, 5\]; got float32 \[3, 4\]"):
         torch.func.vmap(lambda p: nn.Dense(5, 3).apply(p, {}, torch.zeros(2, 5))[0])(stacked)
+
+
+def test_passing_inits_pair_as_params_names_the_pair_without_printing_tensors():
+    layer = nn.Dense(4, 2)
+    pair = layer.init(random.key(0))
+    with pytest.raises(TypeError) as info:
+        layer.apply(pair, {}, torch.ones(3, 4))
+    message = str(info.value)
+    assert "got tuple of 2: (dict with keys ['weight', 'bias'], dict with keys [])" in message
+    assert "init returns a (params, state) pair: pass its first item as params" in message
+    assert "tensor(" not in message and "\n" not in message
+
+
+def test_describe_keeps_short_reprs_and_cuts_long_ones_to_one_line():
+    assert describe(3) == "int 3"
+    assert describe([1, 2]) == "list [1, 2]"
+    assert describe(torch.zeros(2, 3)) == "float32 [2, 3]"
+    long_list = describe(list(range(100)))
+    assert long_list == "list of 100: (int, int, int, int, ...)"
+    long_text = describe("x" * 200)
+    assert long_text.startswith("str 'xxx") and long_text.endswith("...") and len(long_text) < 90
+    many_keys = describe({i: torch.zeros(1) for i in range(20)})
+    assert many_keys.startswith("dict with keys [0, 1, 2") and many_keys.endswith("...]")
