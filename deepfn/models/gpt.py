@@ -42,6 +42,7 @@ from ..nn.masks import causal_mask
 from ..nn.transformer import TransformerEncoderLayer
 from ..train.remat import remat as rematerialise
 from ..typing import Block, Key, Params, State, Tensor
+from ._checks import check_token_ids
 from .transformer import _Stack
 
 __all__ = ["GPT"]
@@ -157,18 +158,9 @@ class GPT:
 
     def check_ids(self, name: str, ids: Tensor, method: str) -> None:
         """Dtype, rank and length (``1 .. max_len``) from metadata; the id range by value,
-        eagerly only."""
-        check_integer(self, name, ids, method)
-        check_rank(self, name, ids, 2, layout="[B, T] of token ids", method=method)
-        if not 1 <= ids.shape[1] <= self.max_len:
-            raise ValueError(f"{where(self, method)}: {name} must have 1 to {self.max_len} positions "
-                             f"(max_len={self.max_len}); got {ids.shape[1]} positions, {describe(ids)}")
-        if not plain_eager([ids]):   # a value check needs a host sync: not compiled, not transformed
-            return
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bool(bad.any()):
-            raise ValueError(f"{where(self, method)}: {name} must lie in [0, {self.vocab_size}) "
-                             f"(vocab_size); got id {int(ids[bad][0])} in {describe(ids)}")
+        eagerly only (:func:`deepfn.models._checks.check_token_ids`)."""
+        check_token_ids(self, name, ids, method, vocab_size=self.vocab_size, max_len=self.max_len,
+                        max_len_name="max_len")
 
     def _check_params(self, params: Params, method: str) -> None:
         check_keys(self, params, self.children(), method=method)

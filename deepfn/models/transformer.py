@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from .. import random, tree
 from .._checks import (
     check_choice,
-    check_integer,
     check_keys,
     check_params,
     check_positive,
@@ -26,7 +25,6 @@ from .._checks import (
     require_key,
     where,
 )
-from .._torch import plain_eager
 from ..nn import activations, initializers
 from ..nn.block import init_children, split_key
 from ..nn.dense import Dense
@@ -39,6 +37,7 @@ from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 from ..train.remat import remat as rematerialise
 from ..typing import Key, Params, State, Tensor
 from . import decoding
+from ._checks import check_token_ids
 
 __all__ = ["Transformer"]
 
@@ -154,19 +153,10 @@ class Transformer:
     # -- input checks ----------------------------------------------------------------------
 
     def check_tokens(self, name: str, x: Tensor, method: str) -> None:
-        """Dtype, rank and length from metadata; the id range by value, eagerly only."""
-        check_integer(self, name, x, method)
-        check_rank(self, name, x, 2, layout="[B, T] of token ids", method=method)
-        if not 1 <= x.shape[1] <= self.max_seq_len:
-            raise ValueError(f"{where(self, method)}: {name} must have 1 to {self.max_seq_len} positions "
-                             f"(max_seq_len); got {x.shape[1]} positions, {describe(x)}")
-        # A value check needs a host sync: skipped while compiling and under vmap/grad wrappers.
-        if not plain_eager([x]):
-            return
-        bad = (x < 0) | (x >= self.vocab_size)
-        if bool(bad.any()):
-            raise ValueError(f"{where(self, method)}: {name} ids must lie in [0, {self.vocab_size}) "
-                             f"(vocab_size); got id {int(x[bad][0])} in {describe(x)}")
+        """Dtype, rank and length (``1 .. max_seq_len``) from metadata; the id range by value,
+        eagerly only (:func:`deepfn.models._checks.check_token_ids`)."""
+        check_token_ids(self, name, x, method, vocab_size=self.vocab_size, max_len=self.max_seq_len,
+                        max_len_name="max_seq_len")
 
     def check_params_tree(self, params: Params, method: str) -> None:
         """The key sets of the whole tree (each layer checks its own leaves when it runs)."""

@@ -195,5 +195,5 @@ def test_rejects_float_source(tiny):
 
 def test_rejects_source_beyond_max_seq_len(tiny):
     model, params = tiny
-    with pytest.raises(ValueError, match=r"\.greedy_decode: src must have 1 to 12 positions \(max_seq_len\); got 13"):
+    with pytest.raises(ValueError, match=r"\.greedy_decode: src must have 1 to 12 positions \(max_seq_len=12\); got 13"):
         model.greedy_decode(params, {}, src_tokens(0, s=13), 5)

@@ -243,19 +243,19 @@ def test_rejects_wrong_rank(tiny):
 
 def test_rejects_too_long_sequence(tiny):
     model, params = tiny
-    with pytest.raises(ValueError, match=r"src must have 1 to 12 positions \(max_seq_len\); got 13 positions"):
+    with pytest.raises(ValueError, match=r"src must have 1 to 12 positions \(max_seq_len=12\); got 13 positions"):
         model.apply(params, {}, tokens(0, 2, 13), tokens(1, 2, 3))
 
 
 def test_rejects_id_outside_vocabulary(tiny):
     model, params = tiny
-    with pytest.raises(ValueError, match=r"tgt ids must lie in \[0, 20\) \(vocab_size\); got id 20"):
+    with pytest.raises(ValueError, match=r"tgt must lie in \[0, 20\) \(vocab_size\); got id 20"):
         model.apply(params, {}, tokens(0, 2, 3), torch.tensor([[1, 20, 3]]).expand(2, 3))
 
 
 def test_rejects_negative_id(tiny):
     model, params = tiny
-    with pytest.raises(ValueError, match=r"\.encode: src ids must lie in \[0, 20\) \(vocab_size\); got id -1"):
+    with pytest.raises(ValueError, match=r"\.encode: src must lie in \[0, 20\) \(vocab_size\); got id -1"):
         model.encode(params, {}, torch.tensor([[4, -1]]))
 
 

@@ -55,7 +55,7 @@ def test_token_ids_out_of_range_raise_the_models_error(compile):
     loss_fn = lambda logits, y: losses.cross_entropy(logits.flatten(0, 1), y.flatten())  # noqa: E731
     step = make_train_step(model, loss_fn, opt, compile=compile)
     src, tgt = torch.tensor([[3, 4, 50]]), torch.tensor([[1, 2]])
-    with pytest.raises(ValueError, match=r"Transformer\(.*src ids must lie in \[0, 11\) \(vocab_size\); got id 50"):
+    with pytest.raises(ValueError, match=r"Transformer\(.*src must lie in \[0, 11\) \(vocab_size\); got id 50"):
         step(ts, ((src, tgt), tgt), None)
 
 
