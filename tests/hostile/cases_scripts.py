@@ -84,6 +84,7 @@ SPECIFIC = [
     _flag("distill", "--teacher-checkpoint", "no/such/file.safetensors",
           r"must be an existing file; got no/such/file\.safetensors \(no such file\)"),
     _flag("distill", "--teacher-base-channels", "0", _POS_INT.format(0)),
+    _flag("distill", "--teacher-smoothing", "0", _POS_INT.format(0)),
     _flag("distill", "--student-hidden", "0", _POS_INT.format(0)),
     _flag("distill", "--temperature", "0", _POS_FLOAT.format(0)),
     _flag("distill", "--alpha", "1.5", r"must be a number in \[0, 1\]; got 1\.5"),

@@ -157,6 +157,21 @@ def test_distill(tmp_path, augment):
     assert result["wins"].endswith("/2")
 
 
+@pytest.mark.parametrize("flags, teacher, students", [([], 5, 1), (["--teacher-smoothing", "1", "--smoothing", "3"], 1, 3)])
+def test_distill_teacher_best_epoch_by_its_own_smoothing(tmp_path, monkeypatch, flags, teacher, students):
+    module = _script("distill")
+    seen = []
+
+    def fit(step, ts, train, **kwargs):
+        seen.append(kwargs["smoothing"])
+        return ts, None
+
+    monkeypatch.setattr(module, "fit", fit)
+    module.main([*TINY, "--out", str(tmp_path / "d"), "--teacher-epochs", "1", "--teacher-base-channels", "4",
+                 "--student-hidden", "8", "--student-seeds", "2", *flags])
+    assert seen == [teacher] + [students] * 4   # the teacher, then alone/distilled for each seed
+
+
 def test_distill_shifting_step_feeds_teacher_and_student_the_same_shifted_images():
     import torch
 
