@@ -220,6 +220,10 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     policy = loss_scale = None
     if args.amp:
         half = "bfloat16" if device.type == "cpu" else "float16"
+        if half == "bfloat16" and amp.bf16_in_hardware(device) is False:
+            warnings.warn("--amp: this CPU has no bf16 matrix instructions (AVX-512 BF16 or AMX), so bf16 "
+                          "products are emulated and run many times slower than float32 ones; drop --amp here",
+                          RuntimeWarning, stacklevel=2)
         policy = amp.Policy("float32", half, "float32")
         if half == "float16":   # fp16's narrow exponent range needs loss scaling; bf16 does not
             loss_scale = to_device(amp.DynamicLossScale(), device)

@@ -13,7 +13,8 @@ gives the same results. The version gate (:mod:`deepfn._torch.gate`) turns every
 torch release other than ``TESTED`` (one warning per process), and turns one hook off when its
 private call raises (one warning naming it): never a wrong result, never a crash.
 
-Hooks: ``plain_eager`` / ``transforms_active`` (functorch probes), ``foreach`` /
+Hooks: ``plain_eager`` / ``transforms_active`` (functorch probes), ``cpu_bf16_in_hardware``
+(``torch.cpu``'s instruction-set probes), ``foreach`` /
 ``foreach_usable`` / ``unscale_and_check_`` (``torch._foreach_*`` and the AMP unscale kernel),
 ``open_node`` / ``rebuild_node`` (pytree registry), ``register_pointwise_lowering``
 (Inductor), ``compiler_settings`` / ``forget_module_sources`` / ``guard_pickler_patched``
@@ -39,12 +40,12 @@ from .inductor import (
 )
 from .kernels import foreach, unscale_and_check_
 from .kernels import usable as foreach_usable
-from .probes import plain_eager, transforms_active
+from .probes import cpu_bf16_in_hardware, plain_eager, transforms_active
 from .trees import open_node, pytree, rebuild_node
 
 __all__ = [
     "TESTED", "HOOKS", "hook_on", "turn_off", "release",
-    "plain_eager", "transforms_active",
+    "plain_eager", "transforms_active", "cpu_bf16_in_hardware",
     "foreach", "foreach_usable", "unscale_and_check_",
     "pytree", "open_node", "rebuild_node",
     "register_pointwise_lowering", "clear_compile_caches", "clear_kernel_caches", "phase_seconds",

@@ -28,6 +28,7 @@ HOOKS = {
     "guard_pickler": "saving nested functions whole in Dynamo's guard state (torch._dynamo)",
     "compiler_settings": "reading Dynamo's and Inductor's settings for saved compiles",
     "compile_stats": "Dynamo's and Inductor's counters and caches (bench only)",
+    "cpu_isa": "torch.cpu's instruction-set probes: whether bf16 matrix products run in hardware",
 }
 
 

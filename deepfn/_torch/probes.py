@@ -11,6 +11,7 @@ that no ``torch.func`` transform has wrapped (wrapped tensors have no batching r
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 
 import torch
@@ -51,3 +52,21 @@ def transforms_active() -> bool:
     except Exception as error:
         turn_off("functorch_probe", error)
         return True
+
+
+def cpu_bf16_in_hardware() -> bool | None:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX tiles).
+
+    ``False`` where oneDNN emulates them (x86 without those instructions), ``None`` where it
+    cannot be told (another architecture, or the hook off and the public capability string
+    says AVX-512 without saying which extensions).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if hook_on("cpu_isa"):
+        try:
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except Exception as error:   # a moved or renamed probe: the public string from now on
+            turn_off("cpu_isa", error)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return False if capability in ("DEFAULT", "NO AVX", "AVX2") else None
