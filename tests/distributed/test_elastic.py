@@ -28,7 +28,10 @@ KILL_AT = "1:25"           # rank 1, before the update from step 25: epoch 2's 7
 LAST = "ckpt_000000038.safetensors"
 
 
-@pytest.fixture(scope="module", params=["none", "full", "optimizer"], ids=lambda s: f"sharding={s}")
+# "optimizer" is slow-marked to keep the default run short: its resume path (a whole checkpoint
+# sharded again) is the one "full" takes here, and test_sharded_fit resumes it in one process.
+@pytest.fixture(scope="module", params=["none", "full", pytest.param("optimizer", marks=pytest.mark.slow)],
+                ids=lambda s: f"sharding={s}")
 def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"elastic_{request.param}")
     flags = [*FLAGS, "--sharding", request.param]
