@@ -128,12 +128,7 @@ def reduce_scatter_mean_flat(grads: Sequence[Tensor], chunks: Sequence[int], fn:
     full = pack_chunks(grads, chunks, n)
     if n == 1:
         return full[0]
-    mine = full.new_empty(full.shape[1])
-    try:
-        dist.reduce_scatter_single(mine, full.view(-1))
-    except RuntimeError as err:
-        _raise_collective(fn, err)
-    return mine
+    return _reduce_scatter(full.new_empty(full.shape[1]), full.view(-1), fn)
 
 
 def reduce_scatter_mean_whole(grad: Tensor, fn: str) -> Tensor:
@@ -154,12 +149,17 @@ def reduce_scatter_mean_whole(grad: Tensor, fn: str) -> Tensor:
                          f"(one chunk per rank); got shape {list(grad.shape)}")
     if n == 1:
         return grad.reshape(-1)
-    mine = grad.new_empty(grad.numel() // n)
+    return _reduce_scatter(grad.new_empty(grad.numel() // n), grad.reshape(-1), fn).mul_(1.0 / n)
+
+
+def _reduce_scatter(mine: Tensor, flat: Tensor, fn: str) -> Tensor:
+    """``mine`` filled with this rank's chunk of ``flat`` summed over ranks; a failed
+    collective raised as deepfn's error naming ``fn``."""
     try:
-        dist.reduce_scatter_single(mine, grad.reshape(-1))
+        dist.reduce_scatter_single(mine, flat)
     except RuntimeError as err:
         _raise_collective(fn, err)
-    return mine.mul_(1.0 / n)
+    return mine
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
