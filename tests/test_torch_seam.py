@@ -476,3 +476,40 @@ def test_compiler_settings_and_bench_counters(monkeypatch):
         assert seam.compiler_settings() is None
     seam.forget_module_sources()
     assert seam.phase_seconds() == {} and seam.fx_graph_cache_hits() == 0
+
+
+# -- the traceable all-gather of compiled ZeRO-3 ----------------------------------------------
+
+@pytest.fixture
+def gloo_of_one():
+    import torch.distributed as dist
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield dist.group.WORLD.group_name
+    dist.destroy_process_group()
+
+
+def test_the_traceable_all_gather_gathers_and_its_gradient_is_the_rank_s_part(fresh, gloo_of_one):
+    gather = seam.traceable_all_gather()
+    local = torch.arange(3.0, requires_grad=True)
+    whole = gather(local, 1, gloo_of_one)
+    assert whole.tolist() == [0.0, 1.0, 2.0] and whole.data_ptr() != local.data_ptr()
+    (grad,) = torch.autograd.grad((whole * torch.tensor([1.0, 2.0, 3.0])).sum(), local)
+    assert grad.tolist() == [1.0, 2.0, 3.0]   # the sum over one rank
+
+
+def test_the_traceable_all_gather_compiles_into_a_graph(fresh, gloo_of_one):
+    gather = seam.traceable_all_gather()
+    f = torch.compile(lambda x: gather(x * 2, 1, gloo_of_one) + 1, fullgraph=True, backend="aot_eager")
+    assert f(torch.ones(2)).tolist() == [3.0, 3.0]
+
+
+def test_the_traceable_all_gather_is_off_with_the_gate_off(untested):
+    with pytest.warns(RuntimeWarning, match="not the tested release"):
+        assert seam.traceable_all_gather() is None
+
+
+def test_the_traceable_all_gather_turns_off_when_its_ops_moved(fresh, monkeypatch):
+    monkeypatch.setattr(torch.ops, "_c10d_functional", object())
+    with pytest.warns(RuntimeWarning, match="'traceable_gather'"):
+        assert seam.traceable_all_gather() is None
+    assert not seam.hook_on("traceable_gather")

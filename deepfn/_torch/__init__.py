@@ -18,12 +18,14 @@ Hooks: ``plain_eager`` / ``transforms_active`` (functorch probes), ``cpu_bf16_in
 ``foreach_usable`` / ``unscale_and_check_`` (``torch._foreach_*`` and the AMP unscale kernel),
 ``open_node`` / ``rebuild_node`` (pytree registry), ``register_pointwise_lowering``
 (Inductor), ``compiler_settings`` / ``forget_module_sources`` / ``guard_pickler_patched``
-(Dynamo, for saved compiles), the bench's compile counters; and ``hook_on("guard_filter")``,
+(Dynamo, for saved compiles), the bench's compile counters; ``traceable_all_gather`` (a functional collective
+that compiled ZeRO-3 graphs gather with); and ``hook_on("guard_filter")``,
 which gates deepfn's reading of Dynamo's guard names.
 """
 
 from __future__ import annotations
 
+from .collectives import traceable_all_gather
 from .dynamo import (
     compiler_settings,
     forget_module_sources,
@@ -51,4 +53,5 @@ __all__ = [
     "register_pointwise_lowering", "clear_compile_caches", "clear_kernel_caches", "phase_seconds",
     "fx_graph_cache_hits",
     "compiler_settings", "forget_module_sources", "guard_pickler_class", "guard_pickler_patched",
+    "traceable_all_gather",
 ]

@@ -21,8 +21,9 @@ re-gather before backward and post-backward reduce-scatter.
   :mod:`deepfn.train.autograd`), so no whole gradient tree is ever held.
 
 Eager only: ``torch.func.grad`` refuses saved-tensor hooks (a ``RuntimeError`` in torch
-2.14) and Dynamo does not trace them, so compiled steps and steps under ``torch.func``
-transforms keep the sharded step's gather-everything path.
+2.14) and Dynamo does not trace the weak references and storage registry, so steps under
+``torch.func`` transforms keep the sharded step's gather-everything path, and compiled steps
+take the twin that gathers inside their graphs (:mod:`~deepfn.distributed.shard_gather_compiled`).
 :class:`GatherCount` counts the bytes of gathered memory alive (weak references to the
 storages of the gathered tensors).
 """

@@ -3,8 +3,9 @@
 
 One update, in order (compare the reference :func:`deepfn.train.step.build_train_step`):
 
-1. ``"full"``, eagerly: nothing yet (step 2 gathers one unit at a time); ``"full"`` compiled
-   (or on tensors that are not plain): all-gather the parameter shards into whole parameters
+1. ``"full"``: nothing yet (step 2 gathers one unit at a time); ``"full"`` with
+   ``per_unit=False``, on tensors that are not plain, or compiled without a traceable
+   all-gather (the seam's hook off): all-gather the parameter shards into whole parameters
    (bucketed); ``"optimizer"``: every rank holds them whole already;
 2. forward and gradient of this rank's micro-batches, as the reference step takes them
    (the *local* part: compiled with ``compile=True``). ``"full"`` eagerly: the model reads its
@@ -13,12 +14,16 @@ One update, in order (compare the reference :func:`deepfn.train.step.build_train
    is all-gathered when read, freed after its forward, gathered again in backward when first
    needed and its gradient reduce-scattered as soon as its backward is done
    (:mod:`~deepfn.distributed.shard_gather`, FSDP's per-block schedule); under a policy the
-   chunks are cast before the gather;
+   chunks are cast before the gather. ``"full"`` compiled: the same schedule inside the
+   compiled forward and backward graphs (:mod:`~deepfn.distributed.shard_gather_compiled`,
+   SimpleFSDP's: each unit's gather traced where the model reads it, recomputed in backward
+   by a selective checkpoint policy, its gradient reduce-scattered in the backward graph),
+   the gradient taken by ``torch.autograd`` through AOTAutograd's backward graph;
 3. reduce-scatter the mean gradient: each rank keeps its chunk of every leaf; the whole
    gradients and (``"full"``) the whole parameters are dropped here. Eagerly with
    ``"optimizer"``, the last micro-batch's gradients are reduce-scattered bucket by bucket
    during its backward pass, each whole gradient freed once its bucket is sent (FSDP's
-   overlap: :mod:`~deepfn.distributed.shard_overlap`); ``"full"`` eagerly did it in step 2;
+   overlap: :mod:`~deepfn.distributed.shard_overlap`); ``"full"`` per unit did it in step 2;
 4. unscale; one small all-reduce sums, over ranks, the squares of the gradient chunks, their
    count of non-finite entries, the loss and the accuracy: the global norm for clipping, a
    finite check every rank agrees on (a skipped step is skipped everywhere) and the metrics;
@@ -28,14 +33,15 @@ One update, in order (compare the reference :func:`deepfn.train.step.build_train
 
 The collectives (steps 1, 3, 4, 6) run eagerly between the compiled pieces: they are
 ``torch.distributed``'s own ``all_gather_single``, ``reduce_scatter_single`` and
-``all_reduce``, never differentiated. The optimizer must be elementwise (SGD, Adam, AdamW,
+``all_reduce``, never differentiated; only compiled ``"full"`` per unit gathers and
+reduce-scatters inside its graphs (a functional collective the compiler traces). The optimizer must be elementwise (SGD, Adam, AdamW,
 their chains and schedules): a transformation that needs the whole tree
 (``optim.clip_by_global_norm`` inside the chain) is refused; use ``clip_norm=`` instead.
 
 Memory per rank: ``"optimizer"`` keeps 1/N of the optimizer state; ``"full"`` keeps 1/N of the
-parameters, gradients and optimizer state, and eagerly about one unit's whole parameters and
-gradients at a time on top; compiled, the whole parameters and gradients while this rank's
-forward and backward run (Dynamo cannot trace the lazy reads and saved-tensor hooks).
+parameters, gradients and optimizer state, and about one unit's whole parameters and
+gradients at a time on top, eager and compiled (``per_unit=False``: the whole parameters
+and gradients while this rank's forward and backward run).
 """
 
 from __future__ import annotations
@@ -48,12 +54,18 @@ import torch
 from .. import optim, tree
 from .._torch import foreach, foreach_usable
 from ..amp import NoOpLossScale, Policy
+from ..distributed.process import world_size
 from ..distributed.shard_collectives import (
     all_gather_leaves,
     all_reduce_sum,
     reduce_scatter_mean_leaves,
 )
 from ..distributed.shard_gather import grad_per_unit
+from ..distributed.shard_gather_compiled import (
+    compiled_gather_available,
+    grad_of_chunks,
+    objective_on_chunks,
+)
 from ..distributed.shard_overlap import grad_and_reduce_scatter_mean
 from ..distributed.shard_units import plan_units
 from ..distributed.sharded_state import SHARDINGS, ShardedTrainState, check_world, shard_leaf
@@ -85,8 +97,8 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
                              bucket_mb: float = 25.0, per_unit: bool = True) -> Callable:
     """``step(sharded_state, (inputs, labels), key) -> (sharded_state, metrics)`` (see the module
     docstring); the options are :func:`~deepfn.train.make_train_step`'s. ``per_unit=False``
-    makes an eager ``"full"`` step gather all the parameters at once, as compiled steps do
-    (the benchmark compares the two)."""
+    makes a ``"full"`` step gather all the parameters at once before its forward pass, eager
+    or compiled (the benchmark compares the two)."""
     fn = "deepfn.train.make_train_step"
     if sharding not in SHARDINGS:
         raise ValueError(f"{fn}: sharding must be None or one of {SHARDINGS}; got {sharding!r}")
@@ -143,20 +155,32 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         loss = loss_fn(logits, labels).float()
         return scaler.scale(loss), (loss, logits, new_state)
 
+    runners: dict[Any, Callable] = {}   # the compiled objective on chunks, per layout
+
     def per_unit_chunks(chunks: list[Tensor], spec: Any, shapes: list, plan: Any, state: PyTree, inputs: Any,
                         labels: Any, key: Key | None, scaler: Any):
-        """``local`` followed by the reduce-scatter, one unit at a time (``"full"``, eagerly)."""
+        """``local`` followed by the reduce-scatter, one unit at a time (``"full"``): eagerly
+        (:func:`grad_per_unit`) or in compiled graphs (:func:`objective_on_chunks`)."""
         # The policy's dtype per leaf, from stand-ins of the whole shapes (keep_float32 reads them).
         stand_ins = _flat.unflatten(spec, [torch.empty(s, dtype=c.dtype, device="meta")
                                            for c, s in zip(chunks, shapes, strict=True)])
         compute = stand_ins if policy is None else policy.cast_to_compute(stand_ins)
         dtypes = [x.dtype for x in _flat.flatten(compute)[0]]
+        if compile:
+            layout = (repr(plan.root), tuple(map(tuple, shapes)), tuple(dtypes), world_size())
+            if layout not in runners:
+                runners[layout] = compiled(objective_on_chunks(unit_objective, plan, shapes, dtypes), None,
+                                           f"{fn}: sharded step (forward and backward, one unit at a time)")
+            run = runners[layout]
         summed, losses, accs = None, [], []
         for i in range(k):
             x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
-            g, (_, (loss, logits, state)) = grad_per_unit(
-                unit_objective, chunks, shapes, plan, dtypes, state, x, y, micro_key(key, k, i), scaler,
-                divide_by=k)
+            args = (state, x, y, micro_key(key, k, i), scaler)
+            if compile:
+                g, (_, (loss, logits, state)) = grad_of_chunks(run, chunks, *args, divide_by=k)
+            else:
+                g, (_, (loss, logits, state)) = grad_per_unit(unit_objective, chunks, shapes, plan, dtypes, *args,
+                                                              divide_by=k)
             summed = g if summed is None else [a + b for a, b in zip(summed, g, strict=True)]
             losses.append(loss)
             accs.append(accuracy(logits, y, ignore_index))
@@ -181,9 +205,10 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
         p_leaves, p_spec = _flat.flatten(ts.params)
         shapes = list(ts.param_shapes)
         plan = None
-        if sharding == "full" and per_unit and not compile and choose_engine(ts.params, None) == AUTOGRAD:
+        if (sharding == "full" and per_unit and choose_engine(ts.params, None) == AUTOGRAD
+                and (not compile or compiled_gather_available())):
             plan = plan_units(ts.params) if all(x.is_floating_point() for x in p_leaves) else None
-        if plan is not None:   # ZeRO-3 eagerly: one unit's whole parameters at a time
+        if plan is not None:   # ZeRO-3: one unit's whole parameters at a time
             whole = None
             g_chunks, state, loss, acc = per_unit_chunks(p_leaves, p_spec, shapes, plan, ts.state, batch[0],
                                                          batch[1], key, scaler)
