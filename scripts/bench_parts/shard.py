@@ -7,14 +7,17 @@ trains ``MLP(784, [1024, 1024], 10)`` with AdamW on a global batch of 256 and re
 - ``shard full``: deepfn ``sharding="full"`` (eager, donated) vs FSDP2 (each Linear and the
   root ``fully_shard``-ed, ``torch.optim.AdamW``), the same model, batch and world size;
 - ``shard optimizer``: deepfn ``sharding="optimizer"`` vs the same FSDP2 step;
-- ``shard full compiled`` (N = 2 only): ``compile=True``, with the largest difference
-  from the eager sharded step's parameters after 3 steps in the note;
+- ``shard full compiled`` (N = 2 only): ``compile=True``, which gathers one unit at a time
+  inside its compiled forward and backward graphs
+  (:mod:`deepfn.distributed.shard_gather_compiled`), with the largest difference from the
+  eager sharded step's parameters after 3 steps in the note; ``shard full compiled all at
+  once``: the same with ``per_unit=False`` (every parameter gathered before the graph);
 - ``shard full peak bytes`` (no timing): per rank, the bytes held between steps plus the
   peak of one step above them (the profiler's allocations matched with their frees by
   address, in every thread; the least of 5 steps, as gloo's threads allocate too, at
   moments that vary), for ``"full"`` gathering everything at once (``per_unit=False``),
-  gathering one unit at a time (the eager default) and FSDP2, on the bench's MLP and on
-  ``MLP(784, [512] * 8, 10)``, batch 64.
+  gathering one unit at a time (the default), both eager and compiled, and FSDP2, on the
+  bench's MLP and on ``MLP(784, [512] * 8, 10)``, batch 64.
 
 Notes give the per-rank bytes held between steps, measured from the tensors themselves:
 deepfn's params and optimizer state (its gradients are 1/N chunks after the reduce-scatter;
@@ -125,8 +128,10 @@ def _peak_rows(quick: bool) -> list[dict]:
         k_x, k_y = random.split(random.fold_in(random.key(1), r))
         x, y = random.normal(k_x, (global_batch // n, 784)), random.randint(k_y, (global_batch // n,), 0, 10)
         figures = {}
-        for label, per_unit in (("all at once", False), ("per unit", True)):
-            step = build_sharded_train_step(model, losses.cross_entropy, opt, "full", donate=True, per_unit=per_unit)
+        for label, per_unit, compile in (("all at once", False, False), ("per unit", True, False),
+                                         ("compiled all at once", False, True), ("compiled per unit", True, True)):
+            step = build_sharded_train_step(model, losses.cross_entropy, opt, "full", donate=True, per_unit=per_unit,
+                                            compile=compile)
             box = {"ts": distributed.shard(full, "full")}
 
             def ours(step=step, box=box, x=x, y=y):
@@ -182,29 +187,46 @@ def _worker(quick: bool, out_dir: Path) -> None:
                   f"params {_kb(held['params'])}, opt {_kb(held['opt_state'])}, grads after reduce-scatter "
                   f"{_kb(held['params'] if sharding == 'full' else whole['params'] // n)}; {fsdp_note}")))
     if n == 2:
-        steps = {c: make_train_step(model, losses.cross_entropy, opt, sharding="full", compile=c) for c in (True, False)}
-        boxes = {c: {"ts": distributed.shard(full, "full")} for c in (True, False)}
-
-        def compiled_step():
-            boxes[True]["ts"], _ = steps[True](boxes[True]["ts"], (x, y), None)
-
-        def eager_step():
-            boxes[False]["ts"], _ = steps[False](boxes[False]["ts"], (x, y), None)
-
-        for _ in range(3):   # the same three steps from the same shards, compiled and eager
-            compiled_step()
-            eager_step()
-        diff = max((a - b).abs().max().item() for a, b in zip(
-            tree.leaves(boxes[True]["ts"].params), tree.leaves(boxes[False]["ts"].params), strict=True))
-        t_ours, t_theirs = medians([compiled_step, theirs], repeats, warmup, BLOCKS)
-        rows.append(dict(
-            group="shard", name=f"shard full compiled gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
-            baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
-            note=f"compile=True (forward+backward and update compiled, collectives eager); "
-                 f"max |compiled - eager| of the params after 3 steps: {diff:.1e}"))
+        rows += _compiled_rows(w, full, theirs, repeats, warmup)
     rows += _peak_rows(quick)
     write_rows(out_dir, rows)
     distributed.shutdown()
+
+
+def _compiled_rows(w, full, theirs, repeats: int, warmup: int) -> list[dict]:
+    """``"full"`` compiled, gathering one unit at a time in its graphs and (``per_unit=False``)
+    everything before them, each against FSDP2 in turns; the note of the first gives the
+    largest difference from the eager step's parameters after 3 steps from the same shards."""
+    from deepfn import distributed, losses, tree
+    from deepfn.train.sharded import build_sharded_train_step
+
+    n, model, opt, x, y, dims, global_batch = w.world, w.model, w.optimizer, w.x, w.y, w.dims, w.global_batch
+    kinds = {"per unit": (True, True), "all at once": (True, False), "eager": (False, True)}
+    steps = {k: build_sharded_train_step(model, losses.cross_entropy, opt, "full", compile=c, per_unit=p)
+             for k, (c, p) in kinds.items()}
+    boxes = {k: {"ts": distributed.shard(full, "full")} for k in kinds}
+
+    def runner(k):
+        def one():
+            boxes[k]["ts"], _ = steps[k](boxes[k]["ts"], (x, y), None)
+        return one
+
+    for _ in range(3):   # the same three steps from the same shards, compiled and eager
+        for k in kinds:
+            runner(k)()
+    rows = []
+    for k, name in (("per unit", "shard full compiled"), ("all at once", "shard full compiled all at once")):
+        diff = max((a - b).abs().max().item() for a, b in zip(
+            tree.leaves(boxes[k]["ts"].params), tree.leaves(boxes["eager"]["ts"].params), strict=True))
+        t_ours, t_theirs = medians([runner(k), theirs], repeats, warmup, BLOCKS)
+        how = ("each unit gathered in the compiled graphs where read, again in backward, its gradient "
+               "reduce-scattered there" if k == "per unit" else "every parameter gathered before the graph")
+        rows.append(dict(
+            group="shard", name=f"{name} gloo x{n}, MLP{dims}, batch {global_batch}", deepfn_s=t_ours,
+            baseline="torch FSDP2 fully_shard + AdamW", baseline_s=t_theirs, ratio=t_ours / t_theirs,
+            note=f"compile=True ({how}; the update compiled); "
+                 f"max |compiled - eager| of the params after 3 steps: {diff:.1e}"))
+    return rows
 
 
 def run(quick: bool = False) -> list[dict]:

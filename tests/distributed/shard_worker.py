@@ -5,7 +5,8 @@ the per-unit gather of ZeRO-3 on an 8-layer MLP, measures its shards' bytes, rou
 per-rank checkpoint, and rank 0 writes the unsharded state as a full checkpoint. Given
 ``RESUME_FILE`` (a full checkpoint of another world size), it resumes from it and also tries
 to step the other world size's per-rank shards (which must fail clearly). Given ``compiled``,
-it only trains one scenario with compiled sharded steps. Results go to ``OUT_DIR/rank<r>.pt``.
+it trains with compiled sharded steps (two scenarios) and measures the compiled per-unit
+forward and backward against gathering every unit at once. Results go to ``OUT_DIR/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import shard_scenarios as sc  # this script's own folder is on sys.path (torchrun runs it as a script)
 import torch
+from peaks import allocated
 
 from deepfn import checkpoint, distributed, losses, models, random, tree
 from deepfn.distributed.shard_collectives import reduce_scatter_mean_leaves
 from deepfn.distributed.shard_gather import GatherCount, grad_per_unit
+from deepfn.distributed.shard_gather_compiled import grad_of_chunks, objective_on_chunks
 from deepfn.distributed.shard_overlap import grad_and_reduce_scatter_mean
 from deepfn.distributed.shard_units import plan_units
 from deepfn.distributed.sharded_state import shard_bytes, shard_leaf
+from deepfn.train.compile import compiled
 from deepfn.tree import flat
 
 SHARDINGS = ("optimizer", "full")
@@ -133,14 +137,44 @@ def run(out_dir: Path, resume: Path | None) -> dict:
     return out
 
 
+def run_compiled_per_unit(r: int, n: int) -> dict:
+    """The compiled per-unit forward and backward on this rank's chunks of a 17-unit MLP, and the
+    same gathering every unit at once: each rank's gradient chunks, its whole local gradient
+    (the test averages them over ranks) and the peak bytes of one call (profiler allocations)."""
+    model = models.MLP(128, [128] * 16, 4)
+    params, state = model.init(random.key(5))
+    x, y = random.normal(random.fold_in(random.key(6), r), (2, 128)), torch.arange(2) % 4
+
+    def objective(p, x, y):
+        logits, _ = model.apply(p, state, x, train=True)
+        return losses.cross_entropy(logits, y), None
+
+    leaves, spec = flat.flatten(params)
+    chunks = [shard_leaf(v, r, n) for v in leaves]
+    plan = plan_units(flat.unflatten(spec, chunks))
+    out = {"local": flat.flatten(torch.func.grad(lambda p: objective(p, x, y)[0])(params))[0],
+           "model": sum(v.numel() * 4 for v in leaves), "chunk_bytes": sum(c.numel() * 4 for c in chunks),
+           "largest": max(sum(chunks[i].numel() * n * 4 for i in u) for u in plan.units)}
+    for per_unit in (True, False):
+        run = compiled(objective_on_chunks(objective, plan, [tuple(v.shape) for v in leaves],
+                                           [v.dtype for v in leaves], per_unit=per_unit), None, "per unit")
+        out[f"chunks/{per_unit}"], _ = grad_of_chunks(run, chunks, x, y)   # compiles
+        out[f"peak/{per_unit}"], _ = allocated(lambda run=run: grad_of_chunks(run, chunks, x, y))
+    return out
+
+
 def run_compiled() -> dict:
     r, n = distributed.rank(), distributed.world_size()
-    out = {}
+    out = {"per_unit": run_compiled_per_unit(r, n)}
     for sharding in SHARDINGS:
         name = "adamw_accum_scaled_clipped"
         ts, _ = sc.train(name, distributed.shard(sc.start(name), sharding), range(sc.STEPS), sharding=sharding,
                          rank=r, world_size=n, compile=True)
         out[f"compiled/{sharding}"] = {"params": distributed.unshard(ts).params}
+    name = "transformer_layer"   # "full" compiled, one unit at a time, with accumulation and clipping
+    ts, _ = sc.train(name, distributed.shard(sc.start(name), "full"), range(sc.STEPS), sharding="full",
+                     rank=r, world_size=n, compile=True)
+    out[f"compiled/{name}/full"] = {"params": distributed.unshard(ts).params}
     return out
 
 

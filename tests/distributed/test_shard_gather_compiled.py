@@ -8,14 +8,9 @@ The multiprocess tests (``test_shard_multiprocess``) check the same path with 2 
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-from torch.profiler import ProfilerActivity, profile
 
 from deepfn import losses, models, random
 from deepfn._torch import gate
@@ -23,6 +18,8 @@ from deepfn.distributed import shard_gather_compiled as sgc
 from deepfn.distributed.shard_units import plan_units
 from deepfn.train.compile import compiled
 from deepfn.tree import flat as _flat
+
+from .peaks import allocated, one_call
 
 DEEP_MLP = models.MLP(128, [128] * 8, 4)   # 9 units of ~64 KiB; activations of 2 rows are ~1 KiB
 
@@ -34,34 +31,6 @@ def group_of_one():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
-
-
-def allocated(fn) -> tuple[int, int]:
-    """``(peak, kept)``: the most bytes alive at once of those ``fn`` allocated, and those still
-    alive when it returned (profiler allocations matched with their frees by address); the
-    least of 3 calls."""
-    found = [_one_call(fn) for _ in range(3)]
-    return min(p for p, _ in found), min(k for _, k in found)
-
-
-def _one_call(fn) -> tuple[int, int]:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    changes = sorted((e["ts"], e["args"]["Addr"], e["args"]["Bytes"]) for e in events
-                     if e.get("name") == "[memory]" and e["args"].get("Bytes"))
-    sizes: dict[int, int] = {}
-    live = peak = 0
-    for _, address, nbytes in changes:
-        live -= sizes.pop(address, 0)   # an address allocated again was freed in between
-        if nbytes > 0:
-            sizes[address] = nbytes
-            live += nbytes
-            peak = max(peak, live)
-    return peak, live
 
 
 def _case(per_unit: bool) -> dict:
@@ -90,7 +59,7 @@ def _case(per_unit: bool) -> dict:
 
     forward_peak, forward_kept = allocated(lambda: (box.clear(), forward()))
     forward()
-    backward_peak, _ = _one_call(backward)
+    backward_peak, _ = one_call(backward)
     want, want_value = torch.func.grad_and_value(lambda p: objective(p, x, y)[0])(params)
     return dict(grads=grads, value=value, want=_flat.flatten(want)[0], want_value=want_value,
                 forward_peak=forward_peak, forward_kept=forward_kept, backward_peak=backward_peak,

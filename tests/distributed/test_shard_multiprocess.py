@@ -1,7 +1,10 @@
 """Sharded data parallel with 4 and 2 gloo processes on 127.0.0.1 (torchrun): every sharding
 gives the parameters of one process on the global batch; shards hold ~1/N of the bytes;
 per-rank checkpoints round-trip; a full checkpoint (through ``unshard``) loads in one process
-and resumes on another world size (4 -> 2)."""
+and resumes on another world size (4 -> 2). Slow-marked: compiled sharded steps (``"full"``
+gathering one unit at a time inside its graphs) equal one process, and their per-unit
+forward and backward peak at about 1/N of the model plus a few units' buffers, where
+gathering everything holds the whole model."""
 
 from __future__ import annotations
 
@@ -113,15 +116,46 @@ def test_training_moved_the_parameters(runs):
         assert_trees_close(runs[2]["ranks"][0]["sgd_momentum/full"]["params"], start)
 
 
-@pytest.mark.slow   # ~60 s of compiling on 2 cores; scripts/bench.py's "shard" part runs compiled sharded steps
-def test_compiled_sharded_steps_equal_one_process(tmp_path, references):
-    proc = launch(2, tmp_path, "compiled")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def compiled_runs(tmp_path_factory) -> dict[int, list[dict]]:
+    """``{world size: each rank's results}`` of the worker's compiled mode."""
+    found = {}
+    for n in WORLDS:
+        out = tmp_path_factory.mktemp(f"compiled{n}")
+        proc = launch(n, out, "compiled", wall_s=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        found[n] = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(n)]
+    return found
+
+
+@pytest.mark.slow   # minutes of compiling on 2 cores; scripts/bench.py's "shard" part runs compiled sharded steps
+@pytest.mark.parametrize("n", WORLDS)
+def test_compiled_sharded_steps_equal_one_process(compiled_runs, references, n):
     expected, _ = references["adamw_accum_scaled_clipped"]
-    for r in range(2):
-        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+    layer, _ = references["transformer_layer"]
+    for got in compiled_runs[n]:
         for sharding in ("optimizer", "full"):
             assert_trees_close(got[f"compiled/{sharding}"]["params"], expected.params, rtol=1e-5, atol=1e-6)
+        assert_trees_close(got["compiled/transformer_layer/full"]["params"], layer.params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow   # as above
+@pytest.mark.parametrize("n", WORLDS)
+def test_compiled_per_unit_gather_gives_the_chunks_of_the_mean_and_holds_about_one_unit(compiled_runs, n):
+    ranks = [got["per_unit"] for got in compiled_runs[n]]
+    for j in range(len(ranks[0]["local"])):
+        mean = sum(got["local"][j] for got in ranks) / n
+        for r, got in enumerate(ranks):
+            for per_unit in (True, False):
+                torch.testing.assert_close(got[f"chunks/{per_unit}"][j], shard_leaf(mean, r, n), rtol=1e-5, atol=1e-6)
+    for got in ranks:
+        # Per unit: this rank's gradient chunks (1/N of the model) and a few buffers of one unit's
+        # size at a time (the gathered buffer, its leaves copied out of its columns, the whole
+        # gradient and the packed one it is reduce-scattered from; 4 ranks read up to 5 such).
+        # All at once: every whole parameter through backward.
+        bound = got["chunk_bytes"] + 6 * got["largest"]
+        assert got["largest"] < got["model"] / 16
+        assert got["peak/True"] <= bound < got["model"] <= got["peak/False"], (got["peak/True"], got["peak/False"])
 
 
 @pytest.mark.parametrize("n", WORLDS)
