@@ -33,7 +33,7 @@ from .._checks import (
 )
 from .._torch import plain_eager
 from ..nn import activations, initializers
-from ..nn.block import init_children, split_key
+from ..nn.block import init_children
 from ..nn.dense import Dense
 from ..nn.dropout import dropout as _dropout
 from ..nn.embedding import Embedding
@@ -74,7 +74,9 @@ class GPT:
         d_ff: the feed-forward width; ``None`` means ``4 * d_model``.
         dropout: after the embeddings, on attention weights, after each sub-block and
             after the feed-forward activation (``TransformerEncoderLayer``'s placements;
-            GPT-2 has no dropout after the activation). ``train=True`` then needs ``key``.
+            GPT-2 has no dropout after the activation). ``train=True`` then needs ``key``,
+            from which ``apply`` cuts every dropout key of the call with one
+            ``random.split(key, 1 + 4 n_layers)`` (the embedding's, then 4 per layer).
         tie_embeddings: project to the vocabulary with ``wte.weight`` (GPT-2) or with a
             separate ``lm_head.weight``.
         layer_norm_eps: every LayerNorm's epsilon.
@@ -201,19 +203,22 @@ class GPT:
         drop = train and self.dropout > 0.0
         if drop:
             require_key(self, key)
-        k_emb, *k_layers = split_key(key if drop else None, self.n_layers + 1)
+        layer = self.layer
+        # Every dropout key of the call from ONE split (the embedding's, then n_keys rows per
+        # layer): one cipher evaluation, one small loop in compiled code, not a kernel per split.
+        keys = random.split(key, 1 + self.n_layers * layer.n_keys) if drop else None
         t = ids.shape[1]
         x = self.embed(params, ids, torch.arange(t, device=ids.device))
-        x = _dropout(x, self.dropout, k_emb, train, owner=self)
+        x = _dropout(x, self.dropout, None if keys is None else keys[0], train, owner=self)
         mask = causal_mask(t, device=ids.device)
-        layer = self.layer
 
-        def run(p: Params, h: Tensor, m: Tensor, k: Key | None) -> Tensor:
-            return layer.apply(p, {}, h, m, key=k, train=train)[0]
+        def run(p: Params, h: Tensor, m: Tensor, k: Tensor | None) -> Tensor:
+            return layer.apply_keyed(p, {}, h, m, keys=k, train=train)[0]
         if self.remat and train:   # only training differentiates; evaluation keeps the plain call
             run = rematerialise(run)
-        for i, k in enumerate(k_layers):
-            x = run(params["layers"][str(i)], x, mask, k)
+        n = layer.n_keys
+        for i in range(self.n_layers):
+            x = run(params["layers"][str(i)], x, mask, None if keys is None else keys[1 + i * n:1 + (i + 1) * n])
         return self.logits(params, x), state
 
     # -- incremental decoding over a fixed-size cache ----------------------------------------

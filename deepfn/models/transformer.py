@@ -26,7 +26,7 @@ from .._checks import (
     where,
 )
 from ..nn import activations, initializers
-from ..nn.block import init_children, split_key
+from ..nn.block import init_children
 from ..nn.dense import Dense
 from ..nn.dropout import dropout
 from ..nn.embedding import Embedding
@@ -61,6 +61,11 @@ class Transformer:
     ``output_layer.bias`` (absent with ``tie_output``, whose projection has no bias).
     Matrices start xavier-uniform (the seed's ``init_weights``), vectors as the layers
     initialise them. ``state`` is always ``{}``.
+
+    Dropout keys: ``apply(key=k)`` cuts every key of the call from one ``random.split(k,
+    2 + 10 n_layers)`` (the source embedding's, 4 per encoder layer, the target embedding's,
+    6 per decoder layer, in that order; each layer gets its rows through ``apply_keyed``);
+    ``encode`` from ``split(k, 1 + 4 n_layers)``, ``decode`` from ``split(k, 1 + 6 n_layers)``.
 
     Args:
         vocab_size, d_model, n_heads, n_layers, d_ff, dropout, max_seq_len, pad_token_id: the
@@ -198,35 +203,52 @@ class Transformer:
             return F.linear(x, self._embedding(params, "tgt"))
         return F.linear(x, params["output_layer"]["weight"], params["output_layer"]["bias"])
 
-    def _encode(self, params, src, key, train):
-        k_emb, *k_layers = split_key(key, self.n_layers + 1)
+    # -- dropout keys: one derivation per call --------------------------------------------
+
+    def _n_keys(self, side: str) -> int:
+        """Dropout keys of one stack: the embedding's, then each layer's ``n_keys`` rows."""
+        layer = self.encoder_layer if side == "src" else self.decoder_layer
+        return 1 + self.n_layers * layer.n_keys
+
+    def _stack_keys(self, key: Key | None, train: bool, sides: tuple[str, ...]) -> list[Tensor | None]:
+        """Every dropout key of ``sides`` (``"src"``: the encoder, ``"tgt"``: the decoder) from
+        ONE ``random.split(key, n)``: one cipher evaluation over ``n`` counters (one small loop
+        in compiled code) instead of a tree of splits (a kernel each). One ``int64 [n_i, 2]``
+        block per side, rows in :meth:`_n_keys`'s order; ``None`` per side without dropout."""
+        if not (train and self.dropout > 0.0):
+            return [None] * len(sides)
+        sizes = [self._n_keys(side) for side in sides]
+        return list(random.split(key, sum(sizes)).split(sizes))
+
+    def _encode(self, params, src, keys, train):
+        k_emb, k_layers = (None, None) if keys is None else (keys[0], keys[1:])
         x = self.embed(params, src, key=k_emb, train=train, side="src")
         mask = padding_mask(src, self.pad_token_id)
         enc, layer = params["encoder"], self.encoder_layer
 
-        def run(p: Params, h: Tensor, m: Tensor, k: Key | None) -> Tensor:
-            return layer.apply(p, {}, h, m, key=k, train=train)[0]
+        def run(p: Params, h: Tensor, m: Tensor, k: Tensor | None) -> Tensor:
+            return layer.apply_keyed(p, {}, h, m, keys=k, train=train)[0]
         run = self._maybe_remat(run, train)
-        for i, k in enumerate(k_layers):
-            x = run(enc["layers"][str(i)], x, mask, k)
+        for i in range(self.n_layers):
+            x = run(enc["layers"][str(i)], x, mask, _rows(k_layers, i, layer.n_keys))
         return self.final_norm(enc, x)
 
     def _maybe_remat(self, fn: Callable, train: bool) -> Callable:
         # Only training differentiates; eval and generation keep the plain (cheaper) call.
         return rematerialise(fn) if self.remat and train else fn
 
-    def _decode(self, params, tgt, memory, src, key, train):
-        k_emb, *k_layers = split_key(key, self.n_layers + 1)
+    def _decode(self, params, tgt, memory, src, keys, train):
+        k_emb, k_layers = (None, None) if keys is None else (keys[0], keys[1:])
         x = self.embed(params, tgt, key=k_emb, train=train)
         self_mask = causal_mask(tgt.shape[1], device=tgt.device) & padding_mask(tgt, self.pad_token_id)
         cross_mask = padding_mask(src, self.pad_token_id)
         dec, layer = params["decoder"], self.decoder_layer
 
-        def run(p: Params, h: Tensor, mem: Tensor, sm: Tensor, cm: Tensor, k: Key | None) -> Tensor:
-            return layer.apply(p, {}, h, mem, sm, cm, key=k, train=train)[0]
+        def run(p: Params, h: Tensor, mem: Tensor, sm: Tensor, cm: Tensor, k: Tensor | None) -> Tensor:
+            return layer.apply_keyed(p, {}, h, mem, sm, cm, keys=k, train=train)[0]
         run = self._maybe_remat(run, train)
-        for i, k in enumerate(k_layers):
-            x = run(dec["layers"][str(i)], x, memory, self_mask, cross_mask, k)
+        for i in range(self.n_layers):
+            x = run(dec["layers"][str(i)], x, memory, self_mask, cross_mask, _rows(k_layers, i, layer.n_keys))
         return self.logits(params, self.final_norm(dec, x))
 
     def encode(self, params: Params, state: State, src: Tensor, *, key: Key | None = None,
@@ -242,7 +264,7 @@ class Transformer:
         self.check_params_tree(params, "encode")
         if train and self.dropout > 0:
             require_key(self, key)
-        return self._encode(params, src, key, train), state
+        return self._encode(params, src, *self._stack_keys(key, train, ("src",)), train), state
 
     def decode(self, params: Params, state: State, tgt: Tensor, memory: Tensor, src: Tensor, *,
                key: Key | None = None, train: bool = False) -> tuple[Tensor, State]:
@@ -261,7 +283,7 @@ class Transformer:
         self.check_params_tree(params, "decode")
         if train and self.dropout > 0:
             require_key(self, key)
-        return self._decode(params, tgt, memory, src, key, train), state
+        return self._decode(params, tgt, memory, src, *self._stack_keys(key, train, ("tgt",)), train), state
 
     def apply(self, params: Params, state: State, src: Tensor, tgt: Tensor, *, key: Key | None = None,
               train: bool = False) -> tuple[Tensor, State]:
@@ -278,7 +300,7 @@ class Transformer:
         self.check_params_tree(params, "apply")
         if train and self.dropout > 0:
             require_key(self, key)
-        k_enc, k_dec = split_key(key, 2)
+        k_enc, k_dec = self._stack_keys(key, train, ("src", "tgt"))
         memory = self._encode(params, src, k_enc, train)
         return self._decode(params, tgt, memory, src, k_dec, train), state
 
@@ -294,6 +316,11 @@ class Transformer:
         """Beam search with a key/value cache; see :func:`deepfn.models.decoding.beam_search`."""
         return decoding.beam_search(self, params, state, src, max_len, beam_size=beam_size,
                                     length_penalty=length_penalty, bos_id=bos_id, eos_id=eos_id)
+
+
+def _rows(keys: Tensor | None, i: int, n: int) -> Tensor | None:
+    """Layer ``i``'s ``n`` key rows ``[n, 2]`` of a stack's ``keys [n_layers * n, 2]``."""
+    return None if keys is None else keys[i * n:(i + 1) * n]
 
 
 @dataclass(frozen=True)

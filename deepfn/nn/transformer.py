@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import random
 from .._checks import (
     check_dim,
     check_floating,
@@ -30,7 +32,7 @@ from .._checks import (
 from ..typing import Block, Key, Params, State, Tensor
 from . import activations
 from .attention import MultiHeadAttention
-from .block import init_children, split_key
+from .block import init_children
 from .dense import Dense
 from .dropout import dropout as _dropout
 from .layer_norm import LayerNorm
@@ -80,11 +82,32 @@ class _LayerBase:
         check_floating(self, name, x, method=method)
         check_dim(self, name, x, axis=-1, size=self.d_model, hyper="d_model", method=method)
 
-    def _keys(self, key: Key | None, train: bool, n: int) -> list[Key | None]:
-        if train and self.dropout > 0.0:
-            require_key(self, key)
-            return split_key(key, n)
-        return [None] * n
+    def _dropping(self, train: bool) -> bool:
+        return train and self.dropout > 0.0
+
+    def layer_keys(self, key: Key | None, train: bool = True) -> Tensor | None:
+        """The keys of this layer's dropout sites, ``int64 [n_keys, 2]`` (``random.split(key,
+        n_keys)``), as ``apply`` derives them from its ``key``; ``None`` when nothing is dropped.
+
+        A model of many layers may instead cut every layer's rows out of one ``random.split``
+        of its own key and pass them to ``apply_keyed``: one derivation for the whole model.
+        """
+        if not self._dropping(train):
+            return None
+        require_key(self, key)
+        return random.split(key, self.n_keys)
+
+    def _site_keys(self, keys: Tensor | None, train: bool, method: str) -> list[Key | None]:
+        """``keys [n_keys, 2]`` as one key per dropout site (``None``s when nothing is dropped)."""
+        if not self._dropping(train):
+            return [None] * self.n_keys
+        if keys is None:
+            raise ValueError(f"{where(self, method)}: train=True needs keys for dropout: int64 [{self.n_keys}, 2] "
+                             "from layer_keys(key) or rows of random.split; or call with train=False")
+        if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or tuple(keys.shape) != (self.n_keys, 2):
+            raise ValueError(f"{where(self, method)}: keys must be int64 [{self.n_keys}, 2] (one key per dropout "
+                             f"site); got {describe(keys)}")
+        return list(keys.unbind(0))
 
     def _drop(self, x: Tensor, key: Key | None, train: bool) -> Tensor:
         return _dropout(x, self.dropout, key, train, owner=self)
@@ -123,23 +146,44 @@ class TransformerEncoderLayer(_LayerBase):
                 "norm1": LayerNorm(self.d_model, self.layer_norm_eps),
                 "norm2": LayerNorm(self.d_model, self.layer_norm_eps)}
 
+    #: Dropout sites, in the order of their keys: attention weights, after self-attention,
+    #: after the activation, after the feed-forward.
+    n_keys: ClassVar[int] = 4
+
     def apply(self, params: Params, state: State, x: Tensor, mask: Tensor | None = None, *,
               key: Key | None = None, train: bool = False) -> tuple[Tensor, State]:
-        """``x [b, t, e]`` floating, ``mask`` bool broadcastable to ``[b, h, t, t]`` -> ``[b, t, e]``."""
-        self._check_x("x", x)
-        check_keys(self, params, self.children())
-        attn = MultiHeadAttention(self.d_model, self.n_heads, self.dropout)
+        """``x [b, t, e]`` floating, ``mask`` bool broadcastable to ``[b, h, t, t]`` -> ``[b, t, e]``.
+
+        Dropout uses ``layer_keys(key)``: ``apply(key=k)`` equals ``apply_keyed(keys=layer_keys(k))``.
+        """
+        self._check_inputs(params, x, mask, "apply")
+        keys = self._site_keys(self.layer_keys(key, train), train, "apply")
+        return self._forward(params, x, mask, keys, train), state
+
+    def apply_keyed(self, params: Params, state: State, x: Tensor, mask: Tensor | None = None, *,
+                    keys: Tensor | None = None, train: bool = False) -> tuple[Tensor, State]:
+        """``apply`` with the dropout keys given: ``keys`` ``int64 [n_keys, 2]``, one per site
+        (needed when ``train=True`` and ``dropout > 0``, ignored otherwise)."""
+        self._check_inputs(params, x, mask, "apply_keyed")
+        return self._forward(params, x, mask, self._site_keys(keys, train, "apply_keyed"), train), state
+
+    def _check_inputs(self, params: Params, x: Tensor, mask: Tensor | None, method: str) -> None:
+        self._check_x("x", x, method)
+        check_keys(self, params, self.children(), method=method)
         if mask is not None:
-            check_mask(self, "mask", mask, (x.shape[0], self.n_heads, x.shape[1], x.shape[1]))
-        k_attn, k_d1, k_act, k_d2 = self._keys(key, train, 4)
+            check_mask(self, "mask", mask, (x.shape[0], self.n_heads, x.shape[1], x.shape[1]), method)
+
+    def _forward(self, params: Params, x: Tensor, mask: Tensor | None, keys: list[Key | None],
+                 train: bool) -> Tensor:
+        attn = MultiHeadAttention(self.d_model, self.n_heads, self.dropout)
+        k_attn, k_d1, k_act, k_d2 = keys
 
         def self_attention(h: Tensor) -> Tensor:
             y = attn.apply(params["self_attn"], {}, h, None, mask, key=k_attn, train=train)[0]
             return self._drop(y, k_d1, train)
 
         x = self._residual(params, "norm1", x, self_attention)
-        x = self._residual(params, "norm2", x, lambda h: self._ff(params, h, k_act, k_d2, train))
-        return x, state
+        return self._residual(params, "norm2", x, lambda h: self._ff(params, h, k_act, k_d2, train))
 
 
 @dataclass(frozen=True)
@@ -169,10 +213,10 @@ class TransformerDecoderLayer(_LayerBase):
         return self._attn().project_kv(params["multihead_attn"], memory)
 
     def _layer(self, params: Params, x: Tensor, cache: KVCache | None, memory_kv: KVCache,
-               self_mask: Tensor | None, cross_mask: Tensor | None, key: Key | None,
+               self_mask: Tensor | None, cross_mask: Tensor | None, keys: list[Key | None],
                train: bool) -> tuple[Tensor, KVCache]:
         attn = self._attn()
-        k_sa, k_d1, k_ca, k_d2, k_act, k_d3 = self._keys(key, train, 6)
+        k_sa, k_d1, k_ca, k_d2, k_act, k_d3 = keys
         new_cache: list[KVCache] = []
 
         def self_attention(h: Tensor) -> Tensor:
@@ -192,6 +236,10 @@ class TransformerDecoderLayer(_LayerBase):
         x = self._residual(params, "norm3", x, lambda h: self._ff(params, h, k_act, k_d3, train))
         return x, new_cache[0]
 
+    #: Dropout sites, in the order of their keys: self-attention weights, after self-attention,
+    #: cross-attention weights, after cross-attention, after the activation, after the feed-forward.
+    n_keys: ClassVar[int] = 6
+
     def apply(self, params: Params, state: State, x: Tensor, memory: Tensor,
               self_mask: Tensor | None = None, cross_mask: Tensor | None = None, *,
               key: Key | None = None, train: bool = False) -> tuple[Tensor, State]:
@@ -200,24 +248,40 @@ class TransformerDecoderLayer(_LayerBase):
         Args:
             self_mask: bool broadcastable to ``[b, h, t, t]`` (e.g. ``causal_mask(t)``).
             cross_mask: bool broadcastable to ``[b, h, t, s]`` (e.g. the source padding mask).
+            key: dropout uses ``layer_keys(key)``: ``apply(key=k)`` equals
+                ``apply_keyed(keys=layer_keys(k))``.
 
         Returns:
             ``([b, t, e], state)``.
         """
-        self._check_x("x", x)
-        self._check_x("memory", memory)
-        check_keys(self, params, self.children())
-        check_same_dtype(self, "memory", memory, x.dtype, "x")
+        self._check_inputs(params, x, memory, self_mask, cross_mask, "apply")
+        keys = self._site_keys(self.layer_keys(key, train), train, "apply")
+        memory_kv = self._attn().project_kv(params["multihead_attn"], memory)
+        return self._layer(params, x, None, memory_kv, self_mask, cross_mask, keys, train)[0], state
+
+    def apply_keyed(self, params: Params, state: State, x: Tensor, memory: Tensor,
+                    self_mask: Tensor | None = None, cross_mask: Tensor | None = None, *,
+                    keys: Tensor | None = None, train: bool = False) -> tuple[Tensor, State]:
+        """``apply`` with the dropout keys given: ``keys`` ``int64 [n_keys, 2]``, one per site
+        (needed when ``train=True`` and ``dropout > 0``, ignored otherwise)."""
+        self._check_inputs(params, x, memory, self_mask, cross_mask, "apply_keyed")
+        site_keys = self._site_keys(keys, train, "apply_keyed")
+        memory_kv = self._attn().project_kv(params["multihead_attn"], memory)
+        return self._layer(params, x, None, memory_kv, self_mask, cross_mask, site_keys, train)[0], state
+
+    def _check_inputs(self, params: Params, x: Tensor, memory: Tensor, self_mask: Tensor | None,
+                      cross_mask: Tensor | None, method: str) -> None:
+        self._check_x("x", x, method)
+        self._check_x("memory", memory, method)
+        check_keys(self, params, self.children(), method=method)
+        check_same_dtype(self, "memory", memory, x.dtype, "x", method=method)
         b, t, _ = x.shape
         if memory.shape[0] != b:
-            raise ValueError(f"{where(self)}: memory must have x's batch size {b}; got {describe(memory)}")
+            raise ValueError(f"{where(self, method)}: memory must have x's batch size {b}; got {describe(memory)}")
         if self_mask is not None:
-            check_mask(self, "self_mask", self_mask, (b, self.n_heads, t, t))
+            check_mask(self, "self_mask", self_mask, (b, self.n_heads, t, t), method)
         if cross_mask is not None:
-            check_mask(self, "cross_mask", cross_mask, (b, self.n_heads, t, memory.shape[1]))
-        memory_kv = self._attn().project_kv(params["multihead_attn"], memory)
-        y, _ = self._layer(params, x, None, memory_kv, self_mask, cross_mask, key, train)
-        return y, state
+            check_mask(self, "cross_mask", cross_mask, (b, self.n_heads, t, memory.shape[1]), method)
 
     def decode_step(self, params: Params, x: Tensor, memory_kv: KVCache, cache: KVCache | None = None,
                     self_mask: Tensor | None = None, cross_mask: Tensor | None = None, *,
@@ -257,4 +321,5 @@ class TransformerDecoderLayer(_LayerBase):
             check_mask(self, "cross_mask", cross_mask, (b, h, t, memory_kv[0].shape[2]), "decode_step")
         pos = torch.arange(p + t, device=x.device)
         causal = pos[None, :] <= pos[p:, None]
-        return self._layer(params, x, cache, memory_kv, combine(causal, self_mask), cross_mask, key, train)
+        keys = self._site_keys(self.layer_keys(key, train), train, "decode_step")
+        return self._layer(params, x, cache, memory_kv, combine(causal, self_mask), cross_mask, keys, train)

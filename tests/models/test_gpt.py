@@ -136,6 +136,20 @@ def test_dropout_needs_key_and_changes_output():
         model.apply(params, state, ids, train=True)
 
 
+def test_dropout_keys_come_from_one_split():
+    """``apply`` derives every dropout key from one ``random.split(key, 1 + 4 n)``: the
+    embedding's row, then each layer's ``n_keys`` rows (``apply_keyed``)."""
+    model = GPT(**TINY, dropout=0.3)
+    params, state = model.init(random.key(0))
+    ids, k = _ids(8, 2, 6), random.key(3)
+    keys, layer = random.split(k, 1 + 4 * model.n_layers), model.layer
+    x = deepfn.nn.dropout(model.embed(params, ids, torch.arange(6)), 0.3, keys[0], True)
+    for i in range(model.n_layers):
+        x = layer.apply_keyed(params["layers"][str(i)], {}, x, deepfn.nn.causal_mask(6),
+                              keys=keys[1 + 4 * i:5 + 4 * i], train=True)[0]
+    assert torch.equal(model.apply(params, state, ids, key=k, train=True)[0], model.logits(params, x))
+
+
 def test_vmap_over_two_param_sets_equals_loop(tiny):
     model, params, state = tiny
     other, _ = model.init(random.key(9))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from deepfn import interop, random, tree
 from deepfn.models.transformer import Transformer
+from deepfn.nn import causal_mask, padding_mask
 from deepfn.nn.positional import sinusoidal_table
 from tests.utils import TOL, assert_trees_close
 
@@ -195,6 +196,63 @@ def test_dropout_needs_key_and_is_keyed(getkey):
     a = model.apply(params, state, src, tgt, key=k, train=True)[0]
     assert torch.equal(a, model.apply(params, state, src, tgt, key=k, train=True)[0])
     assert not torch.allclose(a, model.apply(params, state, src, tgt)[0])
+
+
+def _by_layers(model, params, src, tgt, enc_keys, dec_keys):
+    """The training forward assembled from the model's public pieces and the layers' ``apply_keyed``,
+    with the dropout keys given: ``enc_keys [1 + 4 n, 2]`` (embedding, then 4 rows per layer),
+    ``dec_keys [1 + 6 n, 2]``; ``dec_keys=None`` returns the encoder memory."""
+    n, pad = model.n_layers, model.pad_token_id
+    enc, dec = model.encoder_layer, model.decoder_layer
+    x = model.embed(params, src, key=enc_keys[0], train=True, side="src")
+    for i in range(n):
+        x = enc.apply_keyed(params["encoder"]["layers"][str(i)], {}, x, padding_mask(src, pad),
+                            keys=enc_keys[1 + 4 * i:5 + 4 * i], train=True)[0]
+    memory = model.final_norm(params["encoder"], x)
+    if dec_keys is None:
+        return memory
+    y = model.embed(params, tgt, key=dec_keys[0], train=True)
+    self_mask = causal_mask(tgt.shape[1]) & padding_mask(tgt, pad)
+    for i in range(n):
+        y = dec.apply_keyed(params["decoder"]["layers"][str(i)], {}, y, memory, self_mask, padding_mask(src, pad),
+                            keys=dec_keys[1 + 6 * i:7 + 6 * i], train=True)[0]
+    return model.logits(params, model.final_norm(params["decoder"], y))
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**31), norm_first=st.booleans())
+def test_dropout_keys_come_from_one_split(seed, norm_first):
+    """``apply`` derives every dropout key of a call from one ``random.split(key, 2 + 10 n)``
+    (encoder rows, then decoder rows); ``encode`` from ``split(key, 1 + 4 n)``."""
+    model = Transformer(**{**TINY, "dropout": 0.3, "norm_first": norm_first})
+    params, state = model.init(random.key(seed))
+    src, tgt, k = tokens(seed, 2, 5, pad_tail=2), tokens(seed + 1, 2, 4, first=1), random.key(seed + 1)
+    n = model.n_layers
+    keys = random.split(k, 2 + 10 * n)
+    want = _by_layers(model, params, src, tgt, keys[:1 + 4 * n], keys[1 + 4 * n:])
+    assert torch.equal(model.apply(params, state, src, tgt, key=k, train=True)[0], want)
+    memory = model.encode(params, state, src, key=k, train=True)[0]
+    assert torch.equal(memory, _by_layers(model, params, src, tgt, random.split(k, 1 + 4 * n), None))
+    decoded = model.decode(params, state, tgt, memory, src, key=k, train=True)[0]
+    assert decoded.shape == want.shape and not torch.equal(decoded, want)
+
+
+def test_dropout_same_key_eager_compiled_vmapped():
+    """Same key, same output: eagerly, traced whole (AOTAutograd, no Inductor: quick), and per
+    lane under ``vmap`` over a batch of keys (each lane its own masks)."""
+    model = Transformer(**{**TINY, "dropout": 0.3, "n_layers": 1})
+    params, _ = model.init(random.key(5))
+    src, tgt = tokens(13, 2, 5, pad_tail=2), tokens(14, 2, 4, first=1)
+    fn = lambda p, k: model.apply(p, {}, src, tgt, key=k, train=True)[0]  # noqa: E731
+    keys = random.split(random.key(6), 3)
+    eager = [fn(params, k) for k in keys]
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for k, e in zip(keys, eager, strict=True):
+        assert torch.equal(compiled(params, k), e)
+    batched = torch.func.vmap(fn, in_dims=(None, 0))(params, keys)
+    for i, e in enumerate(eager):
+        torch.testing.assert_close(batched[i], e, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(eager[0], eager[1])
 
 
 def test_training_lowers_loss_on_copy_task():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad, vmap
 
@@ -243,6 +243,53 @@ def test_dropout_without_key_raises(kind, getkey):
     extra = (torch.randn(1, 2, E),) if kind == "decoder" else ()
     with pytest.raises(ValueError, match=rf"{block.__class__.__name__}\(.*\)\.apply: train=True needs a random key"):
         block.apply(params, state, torch.randn(1, 2, E), *extra, train=True)
+
+
+@settings(max_examples=6, deadline=None)
+@given(kind=st.sampled_from(sorted(LAYERS)), seed=st.integers(0, 2**31), norm_first=st.booleans())
+def test_apply_is_apply_keyed_with_layer_keys(kind, seed, norm_first):
+    """``apply(key=k)`` derives its dropout keys as ``layer_keys(k)`` (one split, one row per site)."""
+    block = LAYERS[kind][0](E, H, FF, dropout=0.3, norm_first=norm_first)
+    params, state = block.init(random.key(seed))
+    g = torch.Generator().manual_seed(seed)
+    x, mem, k = torch.randn(2, 4, E, generator=g), torch.randn(2, 3, E, generator=g), random.key(seed + 1)
+    extra = (mem,) if kind == "decoder" else ()
+    keys = block.layer_keys(k)
+    assert keys.shape == (block.n_keys, 2) and torch.equal(keys, random.split(k, block.n_keys))
+    want = block.apply(params, state, x, *extra, key=k, train=True)[0]
+    assert torch.equal(block.apply_keyed(params, state, x, *extra, keys=keys, train=True)[0], want)
+    # Every site draws from its own row: changing one row changes the output.
+    for i in range(block.n_keys):
+        other = keys.clone()
+        other[i] = random.fold_in(keys[i], 1)
+        assert not torch.equal(block.apply_keyed(params, state, x, *extra, keys=other, train=True)[0], want), i
+    assert block.layer_keys(k, train=False) is None and block.layer_keys(None, train=False) is None
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_apply_keyed_without_dropout_ignores_keys(kind, getkey):
+    block = LAYERS[kind][0](E, H, FF, dropout=0.2)
+    params, state = block.init(getkey())
+    x, mem = torch.randn(2, 4, E), torch.randn(2, 3, E)
+    extra = (mem,) if kind == "decoder" else ()
+    plain = block.apply(params, state, x, *extra)[0]
+    assert torch.equal(block.apply_keyed(params, state, x, *extra)[0], plain)
+    assert torch.equal(block.apply_keyed(params, state, x, *extra, keys=random.split(getkey(), 3))[0], plain)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("bad", [None, "short", "int32", "key"])
+def test_apply_keyed_rejects_missing_or_misshaped_keys(kind, bad, getkey):
+    block = LAYERS[kind][0](E, H, FF)
+    params, state = block.init(getkey())
+    extra = (torch.randn(1, 2, E),) if kind == "decoder" else ()
+    keys = {None: None, "short": random.split(getkey(), block.n_keys - 1),
+            "int32": random.split(getkey(), block.n_keys).int(), "key": getkey()}[bad]
+    name = block.__class__.__name__
+    match = (rf"{name}\(.*\)\.apply_keyed: train=True needs keys for dropout: int64 \[{block.n_keys}, 2\]" if bad is None
+             else rf"{name}\(.*\)\.apply_keyed: keys must be int64 \[{block.n_keys}, 2\] \(one key per dropout site\); got")
+    with pytest.raises(ValueError, match=match):
+        block.apply_keyed(params, state, torch.randn(1, 2, E), *extra, keys=keys, train=True)
 
 
 # -- rejected inputs -------------------------------------------------------------------
