@@ -28,10 +28,18 @@ KILL_AT = "1:25"           # rank 1, before the update from step 25: epoch 2's 7
 LAST = "ckpt_000000038.safetensors"
 
 
-# "optimizer" is slow-marked to keep the default run short: its resume path (a whole checkpoint
-# sharded again) is the one "full" takes here, and test_sharded_fit resumes it in one process.
-@pytest.fixture(scope="module", params=["none", "full", pytest.param("optimizer", marks=pytest.mark.slow)],
-                ids=lambda s: f"sharding={s}")
+# The sharded restarts are slow-marked to keep the default run short (each is four more processes
+# to start). The restart itself is the one "none" takes here; what sharding adds is covered by
+# default tests: fit resuming both shardings from a whole checkpoint (test_sharded_fit's
+# test_fit_of_a_sharded_state_trains_saves_and_resumes_as_the_whole_state), two ranks sharding a
+# whole checkpoint again (test_shard_multiprocess's
+# test_resume_on_another_world_size_from_the_full_checkpoint) and the scripts' --sharding full
+# under torchrun (test_sharded_fit's test_train_transformer_with_full_sharding_trains_as_data_parallel).
+SHARDED = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", ids=lambda s: f"sharding={s}",
+                params=["none", pytest.param("full", marks=SHARDED), pytest.param("optimizer", marks=SHARDED)])
 def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"elastic_{request.param}")
     flags = [*FLAGS, "--sharding", request.param]

@@ -104,7 +104,8 @@ def test_resume_with_the_same_thread_count_is_quiet(tmp_path, recwarn):
 
 def test_compiled_runs_save_their_steps_unless_told_not_to(tmp_path):
     main = _script("train_mlp").main
-    flags = ["--compile", "--no-progress", "--epochs", "1", "--batch-size", "32", "--max-steps", "2"]
+    # One hidden layer: less for each of the three runs to trace and compile (the folders are the check).
+    flags = ["--compile", "--no-progress", "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--hidden", "8"]
     main([*flags, "--out", str(tmp_path / "default")])
     saved = tmp_path / "default" / "compiled-steps"   # the default place: inside --out
     # One train step and one eval step: validation (270 rows) and test (360) batches are both
