@@ -23,7 +23,8 @@ import torch.distributed as dist
 from .. import tree
 from ..train.autograd import detach_tree, detached_aliases
 from ..typing import PyTree
-from .collectives import _bucket_bytes, _raise_collective, pack, plan_buckets, unpack
+from .bucket_hooks import backward_with_bucket_hooks, buckets_from_end
+from .collectives import _bucket_bytes, pack, unpack
 from .process import world_size
 
 __all__ = ["grad_and_all_reduce_mean"]
@@ -67,48 +68,22 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
     leaves, spec = tree.leaves(params), tree.structure(params)
     extra = tree.leaves(accumulated) if accumulated is not None else None
     inputs, diff = detached_aliases(leaves)
-    # Backward produces the last layers' gradients first: bucket from the end, like DDP.
-    last = len(leaves) - 1
-    buckets = [[last - j for j in b] for b in plan_buckets(leaves[::-1], size_bytes, first_bucket_bytes=first_bytes)]
-    bucket_of = {i: b for b, bucket in enumerate(buckets) for i in bucket}
-    grads: list[Any] = list(leaves)
-    missing = [len(b) for b in buckets]
-    flats: list[torch.Tensor] = []
-    works: list[Any] = []
+    # DDP's order: the last layers' gradients first, in a small first bucket.
+    buckets = buckets_from_end(leaves, size_bytes, first_bytes)
 
-    def launch_ready() -> None:
-        while len(flats) < len(buckets) and missing[len(flats)] == 0:
-            bucket = buckets[len(flats)]
-            local = {i: _local(grads[i], None if extra is None else extra[i], divide_by) for i in bucket}
-            flats.append(pack(local, bucket, 1.0 / n))
-            works.append(dist.all_reduce(flats[-1], async_op=True))
+    def launch(bucket: list[int], grads: dict[int, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        local = {i: _local(grads.pop(i), None if extra is None else extra[i], divide_by) for i in bucket}
+        flat = pack(local, bucket, 1.0 / n)
+        return flat, dist.all_reduce(flat, async_op=True)
 
-    def hook_for(i: int) -> Callable[[torch.Tensor], None]:
-        def hook(g: torch.Tensor) -> None:
-            grads[i] = g
-            missing[bucket_of[i]] -= 1
-            launch_ready()
-        return hook
-
-    handles = [inputs[i].register_hook(hook_for(i)) for i in diff]
-    try:
+    def backward() -> tuple[torch.Tensor, Any]:
         with torch.enable_grad():
             value, aux = objective(tree.unflatten_leaves(spec, inputs), *args)
-            produced = torch.autograd.grad(value, [inputs[i] for i in diff], allow_unused=True)
-        for i, g in zip(diff, produced, strict=True):
-            if g is None:             # the loss does not reach this leaf: DDP's unused parameter
-                grads[i] = torch.zeros_like(leaves[i])
-                missing[bucket_of[i]] -= 1
-        launch_ready()
-        for work in works:
-            work.wait()
-    except RuntimeError as err:
-        if works:                     # a failed collective, not an error of the model
-            _raise_collective(_FN, err)
-        raise
-    finally:
-        for h in handles:
-            h.remove()
+            torch.autograd.grad(value, [inputs[i] for i in diff], allow_unused=True)
+        return value, aux
+
+    flats, (value, aux) = backward_with_bucket_hooks(_FN, inputs, diff, buckets, backward, launch,
+                                                     post_accumulate=False)
     out = list(leaves)
     for flat, bucket in zip(flats, buckets, strict=True):
         unpack(flat, leaves, bucket, out)
@@ -116,7 +91,7 @@ def grad_and_all_reduce_mean(objective: Callable[..., tuple[torch.Tensor, Any]],
 
 
 def _local(g: torch.Tensor, extra: torch.Tensor | None, divide_by: int) -> torch.Tensor:
+    """This rank's part of the mean: ``(extra + g) / divide_by``."""
     if extra is not None:
         g = extra + g
     return g / divide_by if divide_by != 1 else g
-

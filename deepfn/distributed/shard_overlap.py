@@ -23,7 +23,8 @@ import torch.distributed as dist
 from ..train.autograd import detach_tree, detached_aliases
 from ..tree import flat as _flat
 from ..typing import PyTree, Tensor
-from .collectives import _bucket_bytes, _raise_collective, plan_buckets
+from .bucket_hooks import backward_with_bucket_hooks, buckets_from_end
+from .collectives import _bucket_bytes
 from .process import world_size
 from .shard_collectives import pack_chunks
 from .sharded_state import chunk_size
@@ -57,65 +58,40 @@ def grad_and_reduce_scatter_mean(objective: Callable[..., tuple[Tensor, Any]], p
     if len(diff) != len(leaves):
         raise TypeError(f"{_FN}: every parameter leaf must be a floating tensor")
     chunks = [chunk_size(x.numel(), n) for x in leaves]
-    # Backward produces the last layers' gradients first: bucket from the end.
-    last = len(leaves) - 1
-    stand_ins = [leaves[i].new_empty(1).expand(chunks[i]) for i in range(last, -1, -1)]
-    buckets = [[last - j for j in b] for b in plan_buckets(stand_ins, _bucket_bytes(_FN, bucket_mb))]
-    bucket_of = {i: b for b, bucket in enumerate(buckets) for i in bucket}
-    grads: list[Tensor | None] = [None] * len(leaves)
-    seen = [False] * len(leaves)
-    missing = [len(b) for b in buckets]
-    outs: list[Tensor] = []
-    works: list[Any] = []
+    # Buckets by the bytes of this rank's chunks (what each rank receives), not of whole leaves.
+    stand_ins = [x.new_empty(1).expand(c) for x, c in zip(leaves, chunks, strict=True)]
+    buckets = buckets_from_end(stand_ins, _bucket_bytes(_FN, bucket_mb))
 
-    def launch_ready() -> None:
-        while len(outs) < len(buckets) and missing[len(outs)] == 0:
-            bucket = buckets[len(outs)]
-            scaled = []
-            for i in bucket:
-                g = grads[i] if accumulated is None else accumulated[i] + grads[i]
-                scaled.append(g / divide_by if divide_by != 1 else g)
-                grads[i] = None          # the whole gradient is no longer needed
-            full = pack_chunks(scaled, [chunks[i] for i in bucket], n)
-            del scaled
-            if n == 1:
-                outs.append(full[0])
-            else:
-                outs.append(full.new_empty(full.shape[1]))
-                works.append(dist.reduce_scatter_single(outs[-1], full.view(-1), async_op=True))
+    def launch(bucket: list[int], grads: dict[int, Tensor]) -> tuple[Tensor, Any]:
+        scaled = []
+        for i in bucket:   # each whole gradient is dropped once its scaled copy exists
+            g = grads.pop(i) if accumulated is None else accumulated[i] + grads.pop(i)
+            scaled.append(g / divide_by if divide_by != 1 else g)
+        full = pack_chunks(scaled, [chunks[i] for i in bucket], n)
+        del scaled, g
+        if n == 1:
+            return full[0], None
+        out = full.new_empty(full.shape[1])
+        return out, dist.reduce_scatter_single(out, full.view(-1), async_op=True)
 
-    def hook_for(i: int) -> Callable[[Tensor], None]:
-        def hook(p: Tensor) -> None:
-            grads[i], p.grad, seen[i] = p.grad, None, True
-            missing[bucket_of[i]] -= 1
-            launch_ready()
-        return hook
-
-    handles = [inputs[i].register_post_accumulate_grad_hook(hook_for(i)) for i in diff]
-    try:
+    def backward() -> tuple[Tensor, Any]:
         with torch.enable_grad():
             value, aux = objective(_flat.unflatten(spec, inputs), *args)
             if value.requires_grad:
                 torch.autograd.backward(value, inputs=[inputs[i] for i in diff])
-        for i in diff:
-            if not seen[i]:   # the loss does not reach this leaf: a zero gradient, as torch.func gives
-                grads[i] = torch.zeros_like(leaves[i])
-                missing[bucket_of[i]] -= 1
-        launch_ready()
-        for work in works:
-            work.wait()
-    except RuntimeError as err:
-        if works:
-            _raise_collective(_FN, err)
-        raise
-    finally:
-        for h in handles:
-            h.remove()
+        return value, aux
+
+    outs, (value, aux) = backward_with_bucket_hooks(_FN, inputs, diff, buckets, backward, launch,
+                                                    post_accumulate=True)
+    return _split(outs, buckets, chunks, leaves), (value.detach(), detach_tree(aux))
+
+
+def _split(outs: list[Tensor], buckets: list[list[int]], chunks: list[int], leaves: list[Tensor]) -> list[Tensor]:
+    """Each leaf's chunk ``[chunks[i]]``: its slice of its bucket's reduce-scattered ``out``."""
     result: list[Tensor] = [leaves[0]] * len(leaves)
     for out, bucket in zip(outs, buckets, strict=True):
         offset = 0
         for i in bucket:
             result[i] = out[offset:offset + chunks[i]]
             offset += chunks[i]
-    return result, (value.detach(), detach_tree(aux))
-
+    return result

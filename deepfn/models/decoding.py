@@ -12,7 +12,7 @@ Beam search reorders the cache by beam index after each step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -129,6 +129,14 @@ def length_normalizer(length: Tensor, alpha: float) -> Tensor:
     return ((5.0 + length.double()) / 6.0) ** alpha
 
 
+class _Finished(NamedTuple):
+    """Per source row, the finished hypotheses of a beam search: ``k`` slots and a discard slot ``k``."""
+    scores: Tensor   # float64 [b, k + 1], length-normalized; -inf: an empty slot
+    seqs: Tensor     # int64 [b, k + 1, max_len], pad_token_id after EOS
+    length: Tensor   # int64 [b, k + 1], tokens including EOS
+    count: Tensor    # int64 [b], slots filled
+
+
 @torch.no_grad()
 def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, *, beam_size: int = 4,
                 length_penalty: float = 1.0, bos_id: int = 1, eos_id: int = 2) -> Tensor:
@@ -147,62 +155,99 @@ def beam_search(model, params: Params, state: State, src: Tensor, max_len: int, 
     """
     _check_generation(model, src, max_len, bos_id, eos_id, "beam_search")
     model.check_params_tree(params, "beam_search")
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"{where(model, 'beam_search')}: beam_size must be a positive int; got {beam_size!r}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
-        raise ValueError(f"{where(model, 'beam_search')}: length_penalty must be a float; got {length_penalty!r}")
-    b, k, v, dev = src.shape[0], beam_size, model.vocab_size, src.device
-    n_cand = min(2 * k, k * v)
+    _check_beam(model, beam_size, length_penalty)
+    b, k, pad, dev = src.shape[0], beam_size, model.pad_token_id, src.device
     cache, cross_mask = _start(model, params, src, k)
     prefix = torch.full((b * k, 1), bos_id, dtype=torch.int64, device=dev)
     # Only beam 0 is live at the start, so the first step does not pick k copies of one token.
     scores = torch.full((b, k), float("-inf"), dtype=torch.float64, device=dev)
     scores[:, 0] = 0.0
-    fin_scores = torch.full((b, k + 1), float("-inf"), dtype=torch.float64, device=dev)  # slot k: discard
-    fin_seqs = torch.full((b, k + 1, max_len), model.pad_token_id, dtype=torch.int64, device=dev)
-    fin_len = torch.zeros((b, k + 1), dtype=torch.int64, device=dev)
-    fin_count = torch.zeros(b, dtype=torch.int64, device=dev)
-    rank = torch.arange(n_cand, device=dev)
+    fin = _Finished(torch.full((b, k + 1), float("-inf"), dtype=torch.float64, device=dev),
+                    torch.full((b, k + 1, max_len), pad, dtype=torch.int64, device=dev),
+                    torch.zeros((b, k + 1), dtype=torch.int64, device=dev),
+                    torch.zeros(b, dtype=torch.int64, device=dev))
     for t in range(max_len):
         logits, cache = decode_step(model, params, prefix, cache, cross_mask)
-        logp = rearrange(torch.log_softmax(logits.double(), dim=-1), "(b k) v -> b (k v)", k=k)
-        cand, idx = (scores.repeat_interleave(v, dim=1) + logp).topk(n_cand, dim=1)   # [b, 2k]
-        beam, token = idx // v, idx % v
-        seqs = rearrange(prefix[:, 1:], "(b k) t -> b k t", k=k)
-        seqs = seqs.gather(1, beam[..., None].expand(b, n_cand, t))
-        seqs = torch.cat([seqs, token[..., None]], dim=2)                               # [b, 2k, t+1]
-
-        # Finished: EOS among the top k, finite, while the row still has free slots.
-        is_eos = token == eos_id
-        fresh = is_eos & (rank < k) & torch.isfinite(cand) & (fin_count < k)[:, None]
-        pos = fin_count[:, None] + fresh.cumsum(1) - 1
-        fresh = fresh & (pos < k)
-        slot = torch.where(fresh, pos, k)
-        norm = cand / length_normalizer(torch.tensor(t + 1, device=dev), length_penalty)
-        fin_scores = fin_scores.scatter(1, slot, torch.where(fresh, norm, float("-inf")))
-        padded = torch.nn.functional.pad(seqs, (0, max_len - t - 1), value=model.pad_token_id)
-        fin_seqs = fin_seqs.scatter(1, slot[..., None].expand(b, n_cand, max_len), padded)
-        fin_len = fin_len.scatter(1, slot, torch.full_like(slot, t + 1))
-        fin_count = fin_count + fresh.sum(1)
-        if bool((fin_count >= k).all()):
+        cand, beam, token, seqs = _extensions(scores, logits, prefix, k, model.vocab_size)
+        fin = _finish(fin, cand, seqs, token == eos_id, t, length_penalty, pad)
+        if bool((fin.count >= k).all()):
             break
+        scores, cache, prefix = _keep_alive(cand, beam, seqs, token == eos_id, cache, prefix)
+    return _best(fin, scores, prefix, length_penalty, pad)
 
-        # Alive: the k best non-EOS extensions, in rank order.
-        keep = torch.where(is_eos, n_cand + rank, rank).argsort(dim=1)[:, :k]
-        scores = cand.gather(1, keep)
-        origin = beam.gather(1, keep) + torch.arange(b, device=dev)[:, None] * k
-        cache = reorder_cache(cache, rearrange(origin, "b k -> (b k)"))
-        alive = seqs.gather(1, keep[..., None].expand(b, k, t + 1))
-        prefix = torch.cat([prefix[:, :1], rearrange(alive, "b k t -> (b k) t")], dim=1)
 
-    # Rows still open at max_len also rank their alive beams (length = steps taken).
-    steps = prefix.shape[1] - 1 if not bool((fin_count >= k).all()) else 0
-    best_scores, best_seqs, best_len = fin_scores[:, :k], fin_seqs[:, :k], fin_len[:, :k]
+def _check_beam(model, beam_size: Any, length_penalty: Any) -> None:
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"{where(model, 'beam_search')}: beam_size must be a positive int; got {beam_size!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+        raise ValueError(f"{where(model, 'beam_search')}: length_penalty must be a float; got {length_penalty!r}")
+
+
+def _extensions(scores: Tensor, logits: Tensor, prefix: Tensor, k: int, v: int):
+    """The ``n = min(2k, k v)`` best one-token extensions of the alive beams, per row.
+
+    Args:
+        scores: float64 ``[b, k]`` the alive beams' summed log-probabilities (-inf: not live).
+        logits: ``[b k, v]`` of their next token; ``prefix``: int64 ``[b k, 1 + t]``, BOS first.
+
+    Returns:
+        ``(cand [b, n] float64 summed log-probabilities, best first, beam [b, n] their beam,
+        token [b, n] their last token, seqs [b, n, t + 1] their tokens without BOS)``.
+    """
+    b, t = scores.shape[0], prefix.shape[1] - 1
+    logp = rearrange(torch.log_softmax(logits.double(), dim=-1), "(b k) v -> b (k v)", k=k)
+    cand, idx = (scores.repeat_interleave(v, dim=1) + logp).topk(min(2 * k, k * v), dim=1)
+    beam, token = idx // v, idx % v
+    seqs = rearrange(prefix[:, 1:], "(b k) t -> b k t", k=k)
+    seqs = seqs.gather(1, beam[..., None].expand(b, cand.shape[1], t))
+    return cand, beam, token, torch.cat([seqs, token[..., None]], dim=2)
+
+
+def _finish(fin: _Finished, cand: Tensor, seqs: Tensor, is_eos: Tensor, t: int, length_penalty: float,
+            pad: int) -> _Finished:
+    """``fin`` with the EOS extensions among the top ``k`` (finite, while the row has free slots)
+    added, scored at length ``t + 1``; ``cand``, ``seqs`` and ``is_eos`` as :func:`_extensions`'."""
+    (b, n_cand), k, max_len = cand.shape, fin.scores.shape[1] - 1, fin.seqs.shape[2]
+    rank = torch.arange(n_cand, device=cand.device)
+    fresh = is_eos & (rank < k) & torch.isfinite(cand) & (fin.count < k)[:, None]
+    pos = fin.count[:, None] + fresh.cumsum(1) - 1
+    fresh = fresh & (pos < k)
+    slot = torch.where(fresh, pos, k)
+    norm = cand / length_normalizer(torch.tensor(t + 1, device=cand.device), length_penalty)
+    padded = torch.nn.functional.pad(seqs, (0, max_len - t - 1), value=pad)
+    return _Finished(fin.scores.scatter(1, slot, torch.where(fresh, norm, float("-inf"))),
+                     fin.seqs.scatter(1, slot[..., None].expand(b, n_cand, max_len), padded),
+                     fin.length.scatter(1, slot, torch.full_like(slot, t + 1)),
+                     fin.count + fresh.sum(1))
+
+
+def _keep_alive(cand: Tensor, beam: Tensor, seqs: Tensor, is_eos: Tensor, cache: Cache, prefix: Tensor):
+    """The ``k`` best extensions that are not EOS, in rank order, as the next step's beams.
+
+    Returns:
+        ``(scores [b, k], cache reordered by beam of origin, prefix [b k, 2 + t])``.
+    """
+    (b, n_cand), k = cand.shape, prefix.shape[0] // cand.shape[0]
+    rank = torch.arange(n_cand, device=cand.device)
+    keep = torch.where(is_eos, n_cand + rank, rank).argsort(dim=1)[:, :k]
+    origin = beam.gather(1, keep) + torch.arange(b, device=cand.device)[:, None] * k
+    cache = reorder_cache(cache, rearrange(origin, "b k -> (b k)"))
+    alive = seqs.gather(1, keep[..., None].expand(b, k, seqs.shape[2]))
+    prefix = torch.cat([prefix[:, :1], rearrange(alive, "b k t -> (b k) t")], dim=1)
+    return cand.gather(1, keep), cache, prefix
+
+
+def _best(fin: _Finished, scores: Tensor, prefix: Tensor, length_penalty: float, pad: int) -> Tensor:
+    """The best hypothesis per row as int64 ``[b, l]``; rows still open at ``max_len`` also rank
+    their alive beams (``scores [b, k]``, ``prefix [b k, 1 + steps]``, length = steps taken)."""
+    (b, k), max_len = scores.shape, fin.seqs.shape[2]
+    steps = prefix.shape[1] - 1 if not bool((fin.count >= k).all()) else 0
+    best_scores, best_seqs, best_len = fin.scores[:, :k], fin.seqs[:, :k], fin.length[:, :k]
     if steps:
-        open_rows = (fin_count < k)[:, None]
-        alive_norm = scores / length_normalizer(torch.tensor(steps, device=dev), length_penalty)
+        open_rows = (fin.count < k)[:, None]
+        alive_norm = scores / length_normalizer(torch.tensor(steps, device=scores.device), length_penalty)
         alive_seqs = rearrange(prefix[:, 1:], "(b k) t -> b k t", k=k)
-        alive_seqs = torch.nn.functional.pad(alive_seqs, (0, max_len - steps), value=model.pad_token_id)
+        alive_seqs = torch.nn.functional.pad(alive_seqs, (0, max_len - steps), value=pad)
         best_scores = torch.cat([best_scores, torch.where(open_rows, alive_norm, float("-inf"))], dim=1)
         best_seqs = torch.cat([best_seqs, alive_seqs], dim=1)
         best_len = torch.cat([best_len, torch.full_like(alive_norm, steps, dtype=torch.int64)], dim=1)

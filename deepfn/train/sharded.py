@@ -1,7 +1,9 @@
 """The train step of sharded data parallel (``make_train_step(..., sharding=...)``): ZeRO-1
 (``"optimizer"``) and ZeRO-3 (``"full"``) over a :class:`~deepfn.distributed.ShardedTrainState`.
 
-One update, in order (compare the reference :func:`deepfn.train.step.build_train_step`):
+One update, in order (compare the reference :func:`deepfn.train.step.build_train_step`; steps 1
+to 3 are :func:`deepfn.train.sharded_local.chunk_gradients`, 4 and 5 ``_unscale_and_clip``, 5 and
+6 ``_update_chunks``):
 
 1. ``"full"``: nothing yet (step 2 gathers one unit at a time); ``"full"`` with
    ``per_unit=False``, on tensors that are not plain, or compiled without a traceable
@@ -51,31 +53,17 @@ from typing import Any
 
 import torch
 
-from .. import optim, tree
+from .. import optim
 from .._torch import foreach, foreach_usable
 from ..amp import NoOpLossScale, Policy
-from ..distributed.process import world_size
-from ..distributed.shard_collectives import (
-    all_gather_leaves,
-    all_reduce_sum,
-    reduce_scatter_mean_leaves,
-)
-from ..distributed.shard_gather import grad_per_unit
-from ..distributed.shard_gather_compiled import (
-    compiled_gather_available,
-    grad_of_chunks,
-    objective_on_chunks,
-)
-from ..distributed.shard_overlap import grad_and_reduce_scatter_mean
-from ..distributed.shard_units import plan_units
+from ..distributed.shard_collectives import all_gather_leaves, all_reduce_sum
 from ..distributed.sharded_state import SHARDINGS, ShardedTrainState, check_world, shard_leaf
 from ..tree import flat as _flat
 from ..typing import Block, Key, PyTree, Tensor
 from .compile import compiled
 from .donate import make_donated_update
 from .finite import keep_if, readable_on_host
-from .grad_engines import AUTOGRAD, accumulate_micro_batch, choose_engine
-from .objective import accuracy, forward, make_objective, micro_batch, micro_key
+from .sharded_local import chunk_gradients
 from .state import TrainState
 
 __all__ = ["build_sharded_train_step", "check_elementwise"]
@@ -103,161 +91,89 @@ def build_sharded_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tens
     if sharding not in SHARDINGS:
         raise ValueError(f"{fn}: sharding must be None or one of {SHARDINGS}; got {sharding!r}")
     check_elementwise(fn, optimizer)
-    k = accumulation_steps
-    objective = make_objective(model, loss_fn, policy)
-
-    def local(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
-        """This rank's mean gradient over its micro-batches, new model state, loss and accuracy."""
-        engine = choose_engine(params, None)
-        grads, losses, accs = None, [], []
-        for i in range(k):
-            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
-            grads, (_, (loss, logits, state)) = accumulate_micro_batch(
-                engine, objective, objective, params, (state, x, y, micro_key(key, k, i), scaler),
-                grads, last=i == k - 1, k=k)
-            losses.append(loss)
-            accs.append(accuracy(logits, y, ignore_index))
-        if k > 1:   # the reference step's division: the whole batch's gradient of a mean loss
-            grads = tree.map(lambda g: g / k, grads)
-        acc = torch.stack(accs).mean() if accs[0] is not None else None
-        return grads, state, torch.stack(losses).mean(), acc
-
-    def local_chunks(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
-        """``local`` followed by the reduce-scatter, eagerly: the last micro-batch's gradients
-        are reduce-scattered during its backward pass (:mod:`deepfn.distributed.shard_overlap`)."""
-        if choose_engine(params, None) != AUTOGRAD:
-            grads, state, loss, acc = local(params, state, inputs, labels, key, scaler)
-            return reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb), state, loss, acc
-        summed, losses, accs = None, [], []
-        for i in range(k):
-            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
-            args = (state, x, y, micro_key(key, k, i), scaler)
-            if i < k - 1:
-                summed, (_, (loss, logits, state)) = accumulate_micro_batch(
-                    AUTOGRAD, objective, objective, params, args, summed, last=False, k=k)
-            else:
-                chunks, (_, (loss, logits, state)) = grad_and_reduce_scatter_mean(
-                    objective, params, *args, accumulated=None if summed is None else _flat.flatten(summed)[0],
-                    divide_by=k, bucket_mb=bucket_mb)
-            losses.append(loss)
-            accs.append(accuracy(logits, y, ignore_index))
-        acc = torch.stack(accs).mean() if accs[0] is not None else None
-        return chunks, state, torch.stack(losses).mean(), acc
-
-    def unit_objective(params: PyTree, state: PyTree, inputs: Any, labels: Any, key: Key | None, scaler: Any):
-        """``objective`` on parameters gathered in the policy's compute dtypes already."""
-        if policy is not None:
-            inputs = policy.cast_to_compute(inputs)
-        logits, new_state = forward(model, None, params, state, inputs, key, True)
-        if policy is not None:
-            logits = policy.cast_to_output(logits)
-            new_state = tree.map(lambda n, o: n.to(o.dtype), new_state, state)
-        loss = loss_fn(logits, labels).float()
-        return scaler.scale(loss), (loss, logits, new_state)
-
-    runners: dict[Any, Callable] = {}   # the compiled objective on chunks, per layout
-
-    def per_unit_chunks(chunks: list[Tensor], spec: Any, shapes: list, plan: Any, state: PyTree, inputs: Any,
-                        labels: Any, key: Key | None, scaler: Any):
-        """``local`` followed by the reduce-scatter, one unit at a time (``"full"``): eagerly
-        (:func:`grad_per_unit`) or in compiled graphs (:func:`objective_on_chunks`)."""
-        # The policy's dtype per leaf, from stand-ins of the whole shapes (keep_float32 reads them).
-        stand_ins = _flat.unflatten(spec, [torch.empty(s, dtype=c.dtype, device="meta")
-                                           for c, s in zip(chunks, shapes, strict=True)])
-        compute = stand_ins if policy is None else policy.cast_to_compute(stand_ins)
-        dtypes = [x.dtype for x in _flat.flatten(compute)[0]]
-        if compile:
-            layout = (repr(plan.root), tuple(map(tuple, shapes)), tuple(dtypes), world_size())
-            if layout not in runners:
-                runners[layout] = compiled(objective_on_chunks(unit_objective, plan, shapes, dtypes), None,
-                                           f"{fn}: sharded step (forward and backward, one unit at a time)")
-            run = runners[layout]
-        summed, losses, accs = None, [], []
-        for i in range(k):
-            x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
-            args = (state, x, y, micro_key(key, k, i), scaler)
-            if compile:
-                g, (_, (loss, logits, state)) = grad_of_chunks(run, chunks, *args, divide_by=k)
-            else:
-                g, (_, (loss, logits, state)) = grad_per_unit(unit_objective, chunks, shapes, plan, dtypes, *args,
-                                                              divide_by=k)
-            summed = g if summed is None else [a + b for a, b in zip(summed, g, strict=True)]
-            losses.append(loss)
-            accs.append(accuracy(logits, y, ignore_index))
-        acc = torch.stack(accs).mean() if accs[0] is not None else None
-        return summed, state, torch.stack(losses).mean(), acc
-
+    grads_of = chunk_gradients(model, loss_fn, policy, sharding, accumulation_steps=accumulation_steps,
+                               ignore_index=ignore_index, bucket_mb=bucket_mb, compile=compile,
+                               per_unit=per_unit, fn=fn)
     reference = _shard_update(optimizer)
     update = make_donated_update(optimizer, reference) if donate else reference
-    run_local = compiled(local, None, f"{fn}: sharded step (forward and backward)") if compile else local
     run_update = compiled(update, None, f"{fn}: sharded step (update)", training=False) if compile else update
 
     def step(ts: ShardedTrainState, batch: tuple[Any, Any], key: Key | None):
-        if not isinstance(ts, ShardedTrainState):
-            raise TypeError(f"{fn}: a step made with sharding={sharding!r} needs this rank's ShardedTrainState "
-                            f"(distributed.shard(train_state, {sharding!r})); got {type(ts).__name__}")
-        if ts.sharding != sharding:
-            raise ValueError(f"{fn}: the step was made with sharding={sharding!r} but the state is sharded "
-                             f"with {ts.sharding!r}")
-        check_world(f"{fn}: step", ts)
-        n, r = ts.world_size, ts.rank
+        _check_state(fn, sharding, ts)
         scaler = ts.loss_scale if ts.loss_scale is not None else NoOpLossScale()
-        p_leaves, p_spec = _flat.flatten(ts.params)
-        shapes = list(ts.param_shapes)
-        plan = None
-        if (sharding == "full" and per_unit and choose_engine(ts.params, None) == AUTOGRAD
-                and (not compile or compiled_gather_available())):
-            plan = plan_units(ts.params) if all(x.is_floating_point() for x in p_leaves) else None
-        if plan is not None:   # ZeRO-3: one unit's whole parameters at a time
-            whole = None
-            g_chunks, state, loss, acc = per_unit_chunks(p_leaves, p_spec, shapes, plan, ts.state, batch[0],
-                                                         batch[1], key, scaler)
-        else:
-            whole = p_leaves if sharding == "optimizer" else all_gather_leaves(p_leaves, shapes, bucket_mb)
-            if compile:
-                grads, state, loss, acc = run_local(_flat.unflatten(p_spec, whole), ts.state, batch[0],
-                                                    batch[1], key, scaler)
-                g_chunks = reduce_scatter_mean_leaves(_flat.flatten(grads)[0], bucket_mb)
-                del grads
-            else:
-                g_chunks, state, loss, acc = local_chunks(_flat.unflatten(p_spec, whole), ts.state, batch[0],
-                                                          batch[1], key, scaler)
-        del whole   # ZeRO-3: the whole parameters live only through the forward and backward pass
-        g_tree = scaler.unscale(_flat.unflatten(p_spec, g_chunks))
-        g_chunks = _flat.flatten(g_tree)[0]
-        totals = all_reduce_sum(_local_totals(g_chunks, loss, acc))
-        norm, ok = totals[0].sqrt(), (totals[1] == 0) & torch.isfinite(totals[2])
-        if clip_norm is not None:
-            coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
-            g_tree = _flat.unflatten(p_spec, [g * coef.to(g.dtype) for g in g_chunks])
-        p_chunks = (p_leaves if sharding == "full"
-                    else [shard_leaf(x, r, n) for x in p_leaves])
-        chunk_ts = TrainState(_flat.unflatten(p_spec, p_chunks), ts.state, ts.opt_state)
-        new_chunks, opt_state, state = run_update(chunk_ts, g_tree, state, ok)
-        params = new_chunks
-        if sharding == "optimizer" and readable_on_host(ok) and not bool(ok):
-            params = ts.params   # a skipped step: the whole parameters are as they were
-        elif sharding == "optimizer":
-            params = _flat.unflatten(p_spec, all_gather_leaves(_flat.flatten(new_chunks)[0], shapes, bucket_mb))
-        grad_norm = norm.to(torch.float32)
-        metrics = {"loss": (totals[2] / n).to(torch.float32), "grad_norm": grad_norm}
-        if acc is not None:
-            metrics["accuracy"] = (totals[3] / n).to(torch.float32)
-        if lr is not None:
-            rate = lr(ts.step) if callable(lr) else lr
-            metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
-        metrics["nonfinite"] = ~ok
+        g_chunks, state, loss, acc = grads_of(ts, batch, key, scaler)                             # 1-3
+        g_tree, totals, norm, ok = _unscale_and_clip(scaler, ts, g_chunks, loss, acc, clip_norm)  # 4-5
+        params, opt_state, state = _update_chunks(run_update, ts, g_tree, state, ok, bucket_mb)   # 5-6
+        metrics = _metrics(ts, totals, norm, ok, acc is not None, lr)
         new_scale = None
         if ts.loss_scale is not None:
             grads_ok = totals[1] == 0
             metrics["loss_scale"], metrics["grads_finite"] = scaler.loss_scale, grads_ok
             new_scale = scaler.adjust(grads_ok)
         return ShardedTrainState(params, state, opt_state, ts.step + 1, new_scale, sharding=ts.sharding,
-                                 world_size=n, rank=r, param_shapes=ts.param_shapes,
+                                 world_size=ts.world_size, rank=ts.rank, param_shapes=ts.param_shapes,
                                  opt_shapes=ts.opt_shapes), metrics
 
     return step
 
+
+def _check_state(fn: str, sharding: str, ts: Any) -> None:
+    """Raise unless ``ts`` is a ``ShardedTrainState`` sharded as the step, for this process group."""
+    if not isinstance(ts, ShardedTrainState):
+        raise TypeError(f"{fn}: a step made with sharding={sharding!r} needs this rank's ShardedTrainState "
+                        f"(distributed.shard(train_state, {sharding!r})); got {type(ts).__name__}")
+    if ts.sharding != sharding:
+        raise ValueError(f"{fn}: the step was made with sharding={sharding!r} but the state is sharded "
+                         f"with {ts.sharding!r}")
+    check_world(f"{fn}: step", ts)
+
+
+def _unscale_and_clip(scaler: Any, ts: ShardedTrainState, g_chunks: list[Tensor], loss: Tensor,
+                      acc: Tensor | None, clip_norm: float | None) -> tuple[PyTree, Tensor, Tensor, Tensor]:
+    """Steps 4 and 5's clipping: the unscaled (and clipped) gradient chunks as a tree like the
+    parameters, the all-reduced ``[sum of squares, non-finite count, loss, accuracy]`` float64
+    ``[4]`` (:func:`_local_totals`), the global norm and whether the step is finite (0-d bool)."""
+    spec = _flat.flatten(ts.params)[1]
+    g_tree = scaler.unscale(_flat.unflatten(spec, g_chunks))
+    g_chunks = _flat.flatten(g_tree)[0]
+    totals = all_reduce_sum(_local_totals(g_chunks, loss, acc))
+    norm, ok = totals[0].sqrt(), (totals[1] == 0) & torch.isfinite(totals[2])
+    if clip_norm is not None:
+        coef = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)
+        g_tree = _flat.unflatten(spec, [g * coef.to(g.dtype) for g in g_chunks])
+    return g_tree, totals, norm, ok
+
+
+def _update_chunks(run_update: Callable, ts: ShardedTrainState, g_tree: PyTree, state: PyTree, ok: Tensor,
+                   bucket_mb: float) -> tuple[PyTree, PyTree, PyTree]:
+    """Steps 5 and 6: the optimizer on this rank's chunks; ``"optimizer"`` then all-gathers the
+    updated chunks into whole parameters. Returns ``(params, opt_state, state)`` as ``ts`` holds them."""
+    p_leaves, p_spec = _flat.flatten(ts.params)
+    p_chunks = (p_leaves if ts.sharding == "full"
+                else [shard_leaf(x, ts.rank, ts.world_size) for x in p_leaves])
+    chunk_ts = TrainState(_flat.unflatten(p_spec, p_chunks), ts.state, ts.opt_state)
+    new_chunks, opt_state, state = run_update(chunk_ts, g_tree, state, ok)
+    if ts.sharding == "full":
+        return new_chunks, opt_state, state
+    if readable_on_host(ok) and not bool(ok):
+        return ts.params, opt_state, state   # a skipped step: the whole parameters are as they were
+    whole = all_gather_leaves(_flat.flatten(new_chunks)[0], list(ts.param_shapes), bucket_mb)
+    return _flat.unflatten(p_spec, whole), opt_state, state
+
+
+def _metrics(ts: ShardedTrainState, totals: Tensor, norm: Tensor, ok: Tensor, has_accuracy: bool,
+             lr: Any) -> dict[str, Tensor]:
+    """The reference step's metrics, from the totals over ranks (loss and accuracy: their mean)."""
+    n = ts.world_size
+    grad_norm = norm.to(torch.float32)
+    metrics = {"loss": (totals[2] / n).to(torch.float32), "grad_norm": grad_norm}
+    if has_accuracy:
+        metrics["accuracy"] = (totals[3] / n).to(torch.float32)
+    if lr is not None:
+        rate = lr(ts.step) if callable(lr) else lr
+        metrics["lr"] = torch.as_tensor(rate, dtype=torch.float32, device=grad_norm.device)
+    metrics["nonfinite"] = ~ok
+    return metrics
 
 def _local_totals(chunks: list[Tensor], loss: Tensor, acc: Tensor | None) -> Tensor:
     """``[sum of squares, non-finite count, loss, accuracy]`` of this rank in float64, summed
