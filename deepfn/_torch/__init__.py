@@ -7,6 +7,9 @@ starts with ``_`` and is not a dunder (``torch._dynamo``, ``torch._C._functorch`
 attribute chain, an ``import``/``from ... import``, or a ``getattr(torch, "_...")``.
 ``tests/test_torch_seam.py`` enforces it by parsing every module.
 
+Also :func:`on_dynamo_import`, which defers deepfn's public ``torch.compiler`` settings to
+Dynamo's import so that ``import deepfn`` does not import Dynamo.
+
 Everything here is either a re-export with no public twin in torch 2.14 (``pytree``) or a
 *hook*: a small function that uses an internal to go faster, with a public-API fallback that
 gives the same results. The version gate (:mod:`deepfn._torch.gate`) turns every hook off on a
@@ -32,6 +35,7 @@ from .dynamo import (
     guard_pickler_class,
     guard_pickler_patched,
 )
+from .dynamo_import import on_dynamo_import
 from .gate import HOOKS, TESTED, hook_on, release, turn_off
 from .inductor import (
     clear_compile_caches,
@@ -53,5 +57,5 @@ __all__ = [
     "register_pointwise_lowering", "clear_compile_caches", "clear_kernel_caches", "phase_seconds",
     "fx_graph_cache_hits",
     "compiler_settings", "forget_module_sources", "guard_pickler_class", "guard_pickler_patched",
-    "traceable_all_gather",
+    "traceable_all_gather", "on_dynamo_import",
 ]

@@ -11,6 +11,8 @@ max_new_tokens)[i]``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import random
@@ -122,7 +124,10 @@ def _step(model, params: Params, cache: Tensor, token: Tensor, pos: Tensor, key:
 # Dynamo caches compiled code per code object, so this one wrapper serves every call of
 # generate with the same model config and sampling options; positions, keys and tokens are
 # tensors, so the steps of one call (and later calls) do not recompile.
-_compiled_step = torch.compile(_step, fullgraph=True)
+# Made on first use, so that importing deepfn does not import Dynamo.
+@functools.cache
+def _compiled_step():
+    return torch.compile(_step, fullgraph=True)
 
 
 def _check_args(model, prompt: Tensor, key: Key, max_new_tokens: int, temperature: float,
@@ -192,7 +197,7 @@ def generate(model, params: Params, prompt: Tensor, key: Key, *, max_new_tokens:
     if t0 > 1:   # every prompt token but the last; the first step feeds the last one
         with torch.no_grad():
             _, cache = model.prefill(params, prompt[:, :-1], cache)
-    step = _compiled_step if compile else _step
+    step = _compiled_step() if compile else _step
     keys = random.split(key.to(prompt.device), max_new_tokens).unbind(0)
     # Strides (1,) like the tokens the step returns: a [1] slice of the prompt keeps its row stride,
     # which the compiled step guards on, so batch 1 would compile a second graph at the next step.

@@ -15,7 +15,8 @@ graph and bypasses graphs holding other Python functions, and a bypass re-runs A
 at every warm start. Figures: ``docs/benchmarks.md`` ("einops reshapes").
 
 This is a process-wide setting, the one einops itself makes on torch 2.0-2.7: importing deepfn
-makes every ``einops.rearrange`` call one graph op, users' calls included (same results).
+makes every ``einops.rearrange`` call one graph op, users' calls included (same results). It is
+made when Dynamo is first imported (:func:`deepfn._torch.on_dynamo_import`), before any trace.
 ``einops.reduce`` is not registered (the cache rejects it); deepfn pools with ``Tensor.mean``.
 """
 
@@ -24,6 +25,9 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from .._torch import on_dynamo_import
+
 __all__ = ["rearrange"]
 
-torch.compiler.allow_in_graph(rearrange)
+# When Dynamo is imported (by a compile), not now: importing it costs seconds.
+on_dynamo_import(lambda: torch.compiler.allow_in_graph(rearrange))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .._torch import on_dynamo_import
 from . import native as _native
 from . import threefry as _threefry
 
@@ -69,10 +70,12 @@ def _vmap(info, in_dims, key, n, dtype):
 _overload = threefry_draw._opoverload
 
 
-@torch.compiler.assume_constant_result
 def _native_available() -> bool:
     """Whether the C loop loaded (once per process; a constant to Dynamo, not a graph break)."""
     return _native.native() is not None
+
+
+on_dynamo_import(lambda: torch.compiler.assume_constant_result(_native_available))
 
 
 def draw(key: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..._torch import guard_pickler_class, guard_pickler_patched
 
-__all__ = ["keep_functions_whole", "reduce_nested_function", "rebuild_function", "WholeFunctionPickler"]
+__all__ = ["keep_functions_whole", "reduce_nested_function", "rebuild_function"]   # and WholeFunctionPickler, made on first use (__getattr__)
 
 
 def reduce_nested_function(obj: Any) -> Any:
@@ -36,7 +36,7 @@ def keep_functions_whole() -> contextlib.AbstractContextManager[bool]:
     """While inside, Dynamo saves nested functions with :func:`reduce_nested_function`; yields
     False (Dynamo's own pickler: such a step is compiled again instead of loaded) when the
     hook is off."""
-    return guard_pickler_patched(WholeFunctionPickler)
+    return guard_pickler_patched(__getattr__("WholeFunctionPickler"))
 
 
 def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults: tuple | None,
@@ -47,6 +47,12 @@ def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults:
     return f
 
 
-# Module level: saved files name it (None with the hook off). the saved-compile module may patch Dynamo
-# with it directly until it uses keep_functions_whole().
-WholeFunctionPickler = guard_pickler_class(reduce_nested_function, __name__, "WholeFunctionPickler")
+def __getattr__(name: str) -> Any:
+    """``WholeFunctionPickler``, the pickler class (None with the hook off), made on first use:
+    a module attribute because saved files name it, made lazily because making it imports
+    Dynamo (seconds), which a process that never compiles should not pay."""
+    if name != "WholeFunctionPickler":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = guard_pickler_class(reduce_nested_function, __name__, name)
+    globals()[name] = cls
+    return cls
