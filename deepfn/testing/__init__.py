@@ -2,7 +2,8 @@
 
 ``check_block`` runs the checks deepfn's own tests use (purity, determinism, evaluation
 state, batch independence, vmap, compile); ``check_mask_invariance`` and ``check_causal``
-check sequence functions. ``deepfn.testing.strategies`` holds hypothesis strategies and is
+check sequence functions; ``allocated`` measures the bytes a call allocates (memory claims).
+``deepfn.testing.strategies`` holds hypothesis strategies and is
 imported on first use, so nothing here needs hypothesis until you ask for it.
 
 Examples:
@@ -21,8 +22,9 @@ from .block_checks import CHECKS as CHECKS
 from .block_checks import check_block as check_block
 from .mask_checks import check_causal as check_causal
 from .mask_checks import check_mask_invariance as check_mask_invariance
+from .memory import allocated as allocated
 
-__all__ = ["CHECKS", "check_block", "check_causal", "check_mask_invariance", "strategies"]
+__all__ = ["CHECKS", "allocated", "check_block", "check_causal", "check_mask_invariance", "strategies"]
 
 
 def __getattr__(name: str) -> Any:

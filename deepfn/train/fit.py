@@ -138,8 +138,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
         resume: continue from the newest good checkpoint in ``checkpoint_dir``, if there is one
             (a damaged newest one is skipped with a warning naming it).
         history_path, plot_path: JSON-lines history (rewritten each epoch) and learning-curve PNG
-            (after the first epoch, then at most every ``fit_report.PLOT_EVERY_S`` seconds, and
-            at the end).
+            (at an epoch's end once ``fit_report.PLOT_EVERY_S`` seconds have passed since the
+            start or the last drawing, and at the end).
         batch_fn: ``batch_fn(*tensors) -> (inputs, labels)`` for data that is not an
             ``(inputs, labels)`` pair (teacher logits, shifted targets); used for evaluation too.
         augment: ``augment(key, inputs) -> inputs`` applied to training inputs (outside the step).

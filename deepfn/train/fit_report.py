@@ -116,12 +116,13 @@ class ProgressBar:
 
 
 class CurvePlotter:
-    """Draws the learning curves to ``path`` after the first epoch, then at most every
-    ``PLOT_EVERY_S`` seconds, and at the end (matplotlib costs ~0.1 s a figure, more than a
-    whole epoch of a small model). ``path`` None: nothing."""
+    """Draws the learning curves to ``path`` at the end of an epoch when ``PLOT_EVERY_S``
+    seconds have passed since the start or the last drawing, and at the end: a job shorter
+    than that draws once (a figure costs matplotlib about a second, more than a whole epoch of
+    a small model). ``path`` None: nothing."""
 
     def __init__(self, path: Any) -> None:
-        self.path, self.rows, self.when = path, 0, -math.inf
+        self.path, self.rows, self.when = path, 0, time.perf_counter()
 
     def _draw(self, rows: Sequence[dict[str, Any]]) -> None:
         plot_history(rows, self.path)

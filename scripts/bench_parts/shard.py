@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from bench_parts._torchrun import launch, medians, mlp_workload, torch_mlp, write_rows
+
+from deepfn.testing import allocated
 
 BLOCKS = 5   # turns per contender (time_interleaved)
 
@@ -50,39 +51,6 @@ def _local_bytes(tensors) -> int:
 
 def _kb(b: int) -> str:
     return f"{b / 1024:.0f} KiB"
-
-
-def _step_peak_bytes(fn, repeats: int = 5) -> int:
-    """Bytes allocated above the start at the peak of a call of ``fn`` (CPU), the least of
-    ``repeats`` calls (gloo's threads allocate too, interleaved differently each time)."""
-    return min(_one_peak(fn) for _ in range(repeats))
-
-
-def _one_peak(fn) -> int:
-    """The most bytes alive at once, of those allocated during one call of ``fn``, in every
-    thread (gloo's too): the profiler's allocation events (its trace's ``[memory]`` events,
-    each with its address and size), each allocation matched by address with its free (or
-    with the next allocation at its address: some frees go unrecorded). Frees of memory
-    allocated before the call are left out (an upper bound for a step that frees its old state)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    changes = sorted((e["ts"], e["args"]["Addr"], e["args"]["Bytes"]) for e in events
-                     if e.get("name") == "[memory]" and e["args"].get("Bytes"))
-    sizes: dict[int, int] = {}
-    live = peak = 0
-    for _, address, nbytes in changes:
-        # An address allocated again was freed in between, whether or not its free was recorded.
-        live -= sizes.pop(address, 0)
-        if nbytes > 0:
-            sizes[address] = nbytes
-            live += nbytes
-            peak = max(peak, live)
-    return peak
 
 
 def _fsdp2_twin(dims, x, y, keep_grads: bool = False):
@@ -138,11 +106,11 @@ def _peak_rows(quick: bool) -> list[dict]:
                 box["ts"], _ = step(box["ts"], (x, y), None)
             ours()
             held = shard_bytes(box["ts"])
-            figures[label] = held["params"] + held["opt_state"] + _step_peak_bytes(ours)
+            figures[label] = held["params"] + held["opt_state"] + allocated(ours, repeats=5)[0]
         dims = [784, *hidden, 10]
         theirs, twin, twin_opt = _fsdp2_twin(dims, x, y)
         theirs()
-        figures["FSDP2"] = _local_bytes(twin.parameters()) + _opt_bytes(twin_opt) + _step_peak_bytes(theirs)
+        figures["FSDP2"] = _local_bytes(twin.parameters()) + _opt_bytes(twin_opt) + allocated(theirs, repeats=5)[0]
         whole = _local_bytes(tree.leaves(full.params))
         rows.append(dict(group="shard", name=f"shard full peak bytes gloo x{n}, MLP{dims}, batch {global_batch}",
                          deepfn_s=None, baseline="torch FSDP2 fully_shard + AdamW", baseline_s=None, ratio=None,

@@ -16,10 +16,9 @@ from deepfn import losses, models, random
 from deepfn._torch import gate
 from deepfn.distributed import shard_gather_compiled as sgc
 from deepfn.distributed.shard_units import plan_units
+from deepfn.testing import allocated
 from deepfn.train.compile import compiled
 from deepfn.tree import flat as _flat
-
-from .peaks import allocated, one_call
 
 DEEP_MLP = models.MLP(128, [128] * 8, 4)   # 9 units of ~64 KiB; activations of 2 rows are ~1 KiB
 
@@ -57,9 +56,9 @@ def _case(per_unit: bool) -> dict:
     def backward():
         box["grads"] = torch.autograd.grad(box.pop("value"), inputs)
 
-    forward_peak, forward_kept = allocated(lambda: (box.clear(), forward()))
+    forward_peak, forward_kept = allocated(lambda: (box.clear(), forward()), repeats=3)
     forward()
-    backward_peak, _ = one_call(backward)
+    backward_peak, _ = allocated(backward)
     want, want_value = torch.func.grad_and_value(lambda p: objective(p, x, y)[0])(params)
     return dict(grads=grads, value=value, want=_flat.flatten(want)[0], want_value=want_value,
                 forward_peak=forward_peak, forward_kept=forward_kept, backward_peak=backward_peak,
