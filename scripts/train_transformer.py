@@ -62,7 +62,8 @@ def build_parser():
     p.add_argument("--length-buckets", type=_common.nonnegative_int, default=None,
                    help="pad each batch's sources and targets to the next of this many widths up to --max-len, "
                         "so a compiled step meets a few shapes, compiled in the first epoch (0: trim each batch "
-                        "to its longest row, eager only; default: 4 when compiling, else 0)")
+                        "to its longest row: dynamic shapes when compiling, with --no-compile-cache; "
+                        "default: 4 when compiling, else 0)")
     p.add_argument("--bleu-subset", type=_common.positive_int, default=200, help="validation pairs for the per-epoch greedy BLEU")
     p.add_argument("--beam-size", type=_common.positive_int, default=4, help="beam width for the test BLEU (1: greedy)")
     _common.add_sharding_flag(p)
@@ -78,12 +79,12 @@ def check_args(parser, args) -> None:
                      f"got {args.vocab_size}")
     if args.max_len < 2:
         parser.error(f"argument --max-len: must be at least 2 (a token and <eos>); got {args.max_len}")
-    if args.length_buckets == 0 and args.compile:
-        # torch 2.14: under torch.func.grad, F.linear with a bias reads its input's sizes as
-        # constants, so Dynamo's dynamic shapes do not hold for the train step (docs/benchmarks.md).
-        parser.error("argument --length-buckets: 0 (each batch at its own width) needs --no-compile: a compiled "
-                     "train step compiles again for every new width until Dynamo's recompile limit stops the "
-                     "run; got 0 with compiling on (use --length-buckets N, or --no-compile)")
+    if args.length_buckets == 0 and args.compile and args.compile_cache != "":
+        # Saved steps are static-shape (one file per input signature); the plain compiled step
+        # takes each batch at its own width with dynamic shapes.
+        parser.error("argument --length-buckets: 0 (each batch at its own width) with compiling needs "
+                     "--no-compile-cache: saved steps are compiled for fixed shapes, one per width; got 0 "
+                     "with saved steps on (add --no-compile-cache, or use --length-buckets N)")
 
 
 def tokenizer_for(path, pairs, vocab_size):

@@ -26,6 +26,7 @@ from .._checks import (
     where,
 )
 from ..nn import activations, initializers
+from ..nn._linear import linear
 from ..nn.block import init_children
 from ..nn.dense import Dense
 from ..nn.dropout import dropout
@@ -201,7 +202,7 @@ class Transformer:
                          like=x, name="params['output_layer']", method="logits")
         if self.tie_output:
             return F.linear(x, self._embedding(params, "tgt"))
-        return F.linear(x, params["output_layer"]["weight"], params["output_layer"]["bias"])
+        return linear(x, params["output_layer"]["weight"], params["output_layer"]["bias"])
 
     # -- dropout keys: one derivation per call --------------------------------------------
 

@@ -36,6 +36,7 @@ from .._torch import transforms_active
 from ..typing import Key, Params, State, Tensor
 from . import initializers
 from ._einops import rearrange
+from ._linear import linear
 from .dropout import dropout as _dropout
 from .masks import check_mask
 
@@ -122,7 +123,7 @@ class MultiHeadAttention:
 
     def _project_q(self, params: Params, x: Tensor) -> Tensor:
         e = self.d_model
-        q = F.linear(x, params["in_proj_weight"][:e], params["in_proj_bias"][:e])
+        q = linear(x, params["in_proj_weight"][:e], params["in_proj_bias"][:e])
         return rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
 
     def project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,7 +134,7 @@ class MultiHeadAttention:
 
     def _project_kv(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         e = self.d_model
-        kv = F.linear(x, params["in_proj_weight"][e:], params["in_proj_bias"][e:])
+        kv = linear(x, params["in_proj_weight"][e:], params["in_proj_bias"][e:])
         k, v = rearrange(kv, "b s (two h d) -> two b h s d", two=2, h=self.n_heads)
         return k, v
 
@@ -204,7 +205,7 @@ class MultiHeadAttention:
             require_key(self, key)
         out = self._heads(self._project_q(params, query), k, v, mask, key, train)
         out = rearrange(out, "b h t d -> b t (h d)")
-        return F.linear(out, params["out_proj"]["weight"], params["out_proj"]["bias"])
+        return linear(out, params["out_proj"]["weight"], params["out_proj"]["bias"])
 
     def apply(self, params: Params, state: State, query: Tensor, key_value: Tensor | None = None,
               mask: Tensor | None = None, *, key: Key | None = None,

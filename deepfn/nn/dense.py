@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
-
 from .. import random
 from .._checks import check_dim, check_floating, check_params, check_positive
 from ..typing import Key, Params, State, Tensor
 from . import initializers
+from ._linear import linear
 
 __all__ = ["Dense"]
 
@@ -69,4 +68,4 @@ class Dense:
         check_floating(self, "x", x)
         check_dim(self, "x", x, axis=-1, size=self.in_features, hyper="in_features")
         check_params(self, params, self.param_shapes, like=x)
-        return F.linear(x, params["weight"], params.get("bias")), state
+        return linear(x, params["weight"], params.get("bias")), state
