@@ -216,9 +216,9 @@ class GPT:
             return layer.apply_keyed(p, {}, h, m, keys=k, train=train)[0]
         if self.remat and train:   # only training differentiates; evaluation keeps the plain call
             run = rematerialise(run)
-        n = layer.n_keys
+        k_layers = None if keys is None else keys[1:]
         for i in range(self.n_layers):
-            x = run(params["layers"][str(i)], x, mask, None if keys is None else keys[1 + i * n:1 + (i + 1) * n])
+            x = run(params["layers"][str(i)], x, mask, layer.stack_rows(k_layers, i))
         return self.logits(params, x), state
 
     # -- incremental decoding over a fixed-size cache ----------------------------------------

@@ -231,7 +231,7 @@ class Transformer:
             return layer.apply_keyed(p, {}, h, m, keys=k, train=train)[0]
         run = self._maybe_remat(run, train)
         for i in range(self.n_layers):
-            x = run(enc["layers"][str(i)], x, mask, _rows(k_layers, i, layer.n_keys))
+            x = run(enc["layers"][str(i)], x, mask, layer.stack_rows(k_layers, i))
         return self.final_norm(enc, x)
 
     def _maybe_remat(self, fn: Callable, train: bool) -> Callable:
@@ -249,7 +249,7 @@ class Transformer:
             return layer.apply_keyed(p, {}, h, mem, sm, cm, keys=k, train=train)[0]
         run = self._maybe_remat(run, train)
         for i in range(self.n_layers):
-            x = run(dec["layers"][str(i)], x, memory, self_mask, cross_mask, _rows(k_layers, i, layer.n_keys))
+            x = run(dec["layers"][str(i)], x, memory, self_mask, cross_mask, layer.stack_rows(k_layers, i))
         return self.logits(params, self.final_norm(dec, x))
 
     def encode(self, params: Params, state: State, src: Tensor, *, key: Key | None = None,
@@ -317,11 +317,6 @@ class Transformer:
         """Beam search with a key/value cache; see :func:`deepfn.models.decoding.beam_search`."""
         return decoding.beam_search(self, params, state, src, max_len, beam_size=beam_size,
                                     length_penalty=length_penalty, bos_id=bos_id, eos_id=eos_id)
-
-
-def _rows(keys: Tensor | None, i: int, n: int) -> Tensor | None:
-    """Layer ``i``'s ``n`` key rows ``[n, 2]`` of a stack's ``keys [n_layers * n, 2]``."""
-    return None if keys is None else keys[i * n:(i + 1) * n]
 
 
 @dataclass(frozen=True)

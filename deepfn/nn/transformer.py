@@ -97,6 +97,16 @@ class _LayerBase:
         require_key(self, key)
         return random.split(key, self.n_keys)
 
+    def stack_rows(self, keys: Tensor | None, i: int) -> Tensor | None:
+        """Layer ``i``'s rows ``[n_keys, 2]`` of a stack's keys ``[n_layers * n_keys, 2]`` (for
+        ``apply_keyed``); ``None`` stays ``None``."""
+        return None if keys is None else keys[i * self.n_keys:(i + 1) * self.n_keys]
+
+    def _keys_of(self, key: Key | None, train: bool) -> list[Key | None]:
+        """One key per dropout site from ``apply``'s ``key`` (``layer_keys``), or ``None``s."""
+        keys = self.layer_keys(key, train)
+        return [None] * self.n_keys if keys is None else list(keys.unbind(0))
+
     def _site_keys(self, keys: Tensor | None, train: bool, method: str) -> list[Key | None]:
         """``keys [n_keys, 2]`` as one key per dropout site (``None``s when nothing is dropped)."""
         if not self._dropping(train):
@@ -157,7 +167,7 @@ class TransformerEncoderLayer(_LayerBase):
         Dropout uses ``layer_keys(key)``: ``apply(key=k)`` equals ``apply_keyed(keys=layer_keys(k))``.
         """
         self._check_inputs(params, x, mask, "apply")
-        keys = self._site_keys(self.layer_keys(key, train), train, "apply")
+        keys = self._keys_of(key, train)
         return self._forward(params, x, mask, keys, train), state
 
     def apply_keyed(self, params: Params, state: State, x: Tensor, mask: Tensor | None = None, *,
@@ -255,9 +265,7 @@ class TransformerDecoderLayer(_LayerBase):
             ``([b, t, e], state)``.
         """
         self._check_inputs(params, x, memory, self_mask, cross_mask, "apply")
-        keys = self._site_keys(self.layer_keys(key, train), train, "apply")
-        memory_kv = self._attn().project_kv(params["multihead_attn"], memory)
-        return self._layer(params, x, None, memory_kv, self_mask, cross_mask, keys, train)[0], state
+        return self._forward(params, x, memory, self_mask, cross_mask, self._keys_of(key, train), train), state
 
     def apply_keyed(self, params: Params, state: State, x: Tensor, memory: Tensor,
                     self_mask: Tensor | None = None, cross_mask: Tensor | None = None, *,
@@ -266,8 +274,12 @@ class TransformerDecoderLayer(_LayerBase):
         (needed when ``train=True`` and ``dropout > 0``, ignored otherwise)."""
         self._check_inputs(params, x, memory, self_mask, cross_mask, "apply_keyed")
         site_keys = self._site_keys(keys, train, "apply_keyed")
+        return self._forward(params, x, memory, self_mask, cross_mask, site_keys, train), state
+
+    def _forward(self, params: Params, x: Tensor, memory: Tensor, self_mask: Tensor | None,
+                 cross_mask: Tensor | None, keys: list[Key | None], train: bool) -> Tensor:
         memory_kv = self._attn().project_kv(params["multihead_attn"], memory)
-        return self._layer(params, x, None, memory_kv, self_mask, cross_mask, site_keys, train)[0], state
+        return self._layer(params, x, None, memory_kv, self_mask, cross_mask, keys, train)[0]
 
     def _check_inputs(self, params: Params, x: Tensor, memory: Tensor, self_mask: Tensor | None,
                       cross_mask: Tensor | None, method: str) -> None:
@@ -321,5 +333,5 @@ class TransformerDecoderLayer(_LayerBase):
             check_mask(self, "cross_mask", cross_mask, (b, h, t, memory_kv[0].shape[2]), "decode_step")
         pos = torch.arange(p + t, device=x.device)
         causal = pos[None, :] <= pos[p:, None]
-        keys = self._site_keys(self.layer_keys(key, train), train, "decode_step")
+        keys = self._keys_of(key, train)
         return self._layer(params, x, cache, memory_kv, combine(causal, self_mask), cross_mask, keys, train)

@@ -60,24 +60,39 @@ def run_per_unit(r: int, n: int) -> dict:
     """grad_per_unit on this rank's chunks of an 8-layer MLP, with this rank's own data: its
     chunks of the mean gradient, the whole local gradient (the test averages them over
     ranks), and the peak bytes of gathered parameters against the largest unit's."""
-    model = models.MLP(6, [16] * 8, 3)
-    params, state = model.init(random.key(5))
-    x, y = random.normal(random.fold_in(random.key(6), r), (4, 6)), torch.arange(4) % 3
-
-    def objective(p, x, y):
-        logits, _ = model.apply(p, state, x, train=True)
-        return losses.cross_entropy(logits, y), None
-
-    leaves, spec = flat.flatten(params)
-    chunks = [shard_leaf(v, r, n) for v in leaves]
-    plan = plan_units(flat.unflatten(spec, chunks))
+    mlp = _ShardedMLP(r, n, models.MLP(6, [16] * 8, 3), batch=4)
     count = GatherCount()
-    got, _ = grad_per_unit(objective, chunks, [tuple(v.shape) for v in leaves], plan, [v.dtype for v in leaves],
-                           x, y, count=count)
-    local = flat.flatten(torch.func.grad(lambda p: objective(p, x, y)[0])(params))[0]
-    largest = max(sum(chunks[i].numel() * n * 4 for i in u) for u in plan.units)   # padded whole bytes
-    return {"chunks": got, "local": local, "peak": count.peak_bytes, "largest": largest,
-            "model": sum(v.numel() * 4 for v in leaves), "live": count.live_bytes}
+    got, _ = grad_per_unit(mlp.objective, mlp.chunks, mlp.shapes, mlp.plan, mlp.dtypes, mlp.x, mlp.y, count=count)
+    return {"chunks": got, "local": mlp.local_gradient(), "peak": count.peak_bytes, "largest": mlp.largest,
+            "model": mlp.model_bytes, "live": count.live_bytes}
+
+
+class _ShardedMLP:
+    """An MLP's objective, this rank's data (``batch`` rows) and chunks of its parameters, and
+    their unit plan; ``largest`` is the biggest unit's padded whole bytes."""
+
+    def __init__(self, r: int, n: int, model, batch: int) -> None:
+        params, state = model.init(random.key(5))
+        self.params = params
+        self.x = random.normal(random.fold_in(random.key(6), r), (batch, model.input_dim))
+        self.y = torch.arange(batch) % model.output_dim
+
+        def objective(p, x, y):
+            logits, _ = model.apply(p, state, x, train=True)
+            return losses.cross_entropy(logits, y), None
+
+        self.objective = objective
+        leaves, spec = flat.flatten(params)
+        self.shapes, self.dtypes = [tuple(v.shape) for v in leaves], [v.dtype for v in leaves]
+        self.chunks = [shard_leaf(v, r, n) for v in leaves]
+        self.plan = plan_units(flat.unflatten(spec, self.chunks))
+        self.model_bytes = sum(v.numel() * 4 for v in leaves)
+        self.largest = max(sum(self.chunks[i].numel() * n * 4 for i in u) for u in self.plan.units)
+
+    def local_gradient(self) -> list[torch.Tensor]:
+        """The whole gradient of this rank's data, flat (the test averages it over ranks)."""
+        grad = torch.func.grad(lambda p: self.objective(p, self.x, self.y)[0])(self.params)
+        return flat.flatten(grad)[0]
 
 
 def run(out_dir: Path, resume: Path | None) -> dict:
@@ -141,23 +156,13 @@ def run_compiled_per_unit(r: int, n: int) -> dict:
     """The compiled per-unit forward and backward on this rank's chunks of a 17-unit MLP, and the
     same gathering every unit at once: each rank's gradient chunks, its whole local gradient
     (the test averages them over ranks) and the peak bytes of one call (profiler allocations)."""
-    model = models.MLP(128, [128] * 16, 4)
-    params, state = model.init(random.key(5))
-    x, y = random.normal(random.fold_in(random.key(6), r), (2, 128)), torch.arange(2) % 4
-
-    def objective(p, x, y):
-        logits, _ = model.apply(p, state, x, train=True)
-        return losses.cross_entropy(logits, y), None
-
-    leaves, spec = flat.flatten(params)
-    chunks = [shard_leaf(v, r, n) for v in leaves]
-    plan = plan_units(flat.unflatten(spec, chunks))
-    out = {"local": flat.flatten(torch.func.grad(lambda p: objective(p, x, y)[0])(params))[0],
-           "model": sum(v.numel() * 4 for v in leaves), "chunk_bytes": sum(c.numel() * 4 for c in chunks),
-           "largest": max(sum(chunks[i].numel() * n * 4 for i in u) for u in plan.units)}
+    mlp = _ShardedMLP(r, n, models.MLP(128, [128] * 16, 4), batch=2)
+    chunks, x, y = mlp.chunks, mlp.x, mlp.y
+    out = {"local": mlp.local_gradient(), "model": mlp.model_bytes,
+           "chunk_bytes": sum(c.numel() * 4 for c in chunks), "largest": mlp.largest}
     for per_unit in (True, False):
-        run = compiled(objective_on_chunks(objective, plan, [tuple(v.shape) for v in leaves],
-                                           [v.dtype for v in leaves], per_unit=per_unit), None, "per unit")
+        run = compiled(objective_on_chunks(mlp.objective, mlp.plan, mlp.shapes, mlp.dtypes, per_unit=per_unit),
+                       None, "per unit")
         out[f"chunks/{per_unit}"], _ = grad_of_chunks(run, chunks, x, y)   # compiles
         out[f"peak/{per_unit}"], _ = allocated(lambda run=run: grad_of_chunks(run, chunks, x, y), repeats=3)
     return out

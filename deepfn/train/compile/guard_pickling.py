@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import sys
 import types
 from typing import Any
 
@@ -36,7 +37,8 @@ def keep_functions_whole() -> contextlib.AbstractContextManager[bool]:
     """While inside, Dynamo saves nested functions with :func:`reduce_nested_function`; yields
     False (Dynamo's own pickler: such a step is compiled again instead of loaded) when the
     hook is off."""
-    return guard_pickler_patched(__getattr__("WholeFunctionPickler"))
+    # An attribute read: made once by __getattr__, then found in the module.
+    return guard_pickler_patched(sys.modules[__name__].WholeFunctionPickler)
 
 
 def rebuild_function(code: types.CodeType, module: str, qualname: str, defaults: tuple | None,
