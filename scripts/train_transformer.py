@@ -15,10 +15,13 @@ validation loss; greedy BLEU on a validation subset is logged every epoch, and t
 BLEU (test_2016_flickr, beam search) is measured at the end. Ends with ``RESULT
 test_bleu=... val_loss=... params=... wall_s=...``.
 
-The train and eval steps are compiled (``--no-compile``: eager). Each batch's sources and
-targets are then padded to the next of 4 widths up to --max-len (``--length-buckets``), and
-the last validation batch to the full 128 rows with ignored labels, so the steps meet a few
-shapes, all compiled in the first epoch (the history's ``*_new_signatures`` are 0 after it).
+The train and eval steps are compiled (``--no-compile``: eager). Each batch is trimmed to its
+longest source and target row, and the compiled steps take those widths as symbols
+(``make_train_step(dynamic_dims=(1,))``): one compile each, in the first epoch, saved in
+``--out/compiled-steps`` for the next run (the history's ``*_new_signatures`` are 0 after it).
+The last validation batch is padded to the full 128 rows with ignored labels.
+``--length-buckets N`` pads instead to the next of N widths up to --max-len, one compile per
+width (slower here: measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -59,11 +62,10 @@ def build_parser():
     p.add_argument("--warmup", type=_common.positive_int, default=1000, help="noam warmup steps")
     p.add_argument("--no-bucketing", action="store_true",
                    help="random batches instead of batches of similar lengths (2x the padding)")
-    p.add_argument("--length-buckets", type=_common.nonnegative_int, default=None,
+    p.add_argument("--length-buckets", type=_common.nonnegative_int, default=0,
                    help="pad each batch's sources and targets to the next of this many widths up to --max-len, "
-                        "so a compiled step meets a few shapes, compiled in the first epoch (0: trim each batch "
-                        "to its longest row: dynamic shapes when compiling, with --no-compile-cache; "
-                        "default: 4 when compiling, else 0)")
+                        "one compile per width (0: trim each batch to its longest row; compiled steps take the "
+                        "widths as symbols, one compile for all)")
     p.add_argument("--bleu-subset", type=_common.positive_int, default=200, help="validation pairs for the per-epoch greedy BLEU")
     p.add_argument("--beam-size", type=_common.positive_int, default=4, help="beam width for the test BLEU (1: greedy)")
     _common.add_sharding_flag(p)
@@ -79,12 +81,6 @@ def check_args(parser, args) -> None:
                      f"got {args.vocab_size}")
     if args.max_len < 2:
         parser.error(f"argument --max-len: must be at least 2 (a token and <eos>); got {args.max_len}")
-    if args.length_buckets == 0 and args.compile and args.compile_cache != "":
-        # Saved steps are static-shape (one file per input signature); the plain compiled step
-        # takes each batch at its own width with dynamic shapes.
-        parser.error("argument --length-buckets: 0 (each batch at its own width) with compiling needs "
-                     "--no-compile-cache: saved steps are compiled for fixed shapes, one per width; got 0 "
-                     "with saved steps on (add --no-compile-cache, or use --length-buckets N)")
 
 
 def tokenizer_for(path, pairs, vocab_size):
@@ -194,13 +190,16 @@ def main(argv: list[str] | None = None) -> dict:
     k_init, k_fit = random.split(random.key(args.seed).to(dev))
     ts = _common.replicate(_common.to_device(TrainState.create(model, opt, k_init, policy=run["policy"]), dev))
     ts = _common.shard(args, ts)   # --sharding: this rank's share; fit evaluates and saves it whole
+    buckets = args.length_buckets
+    # Batches at their own widths: compiled steps take them as symbols ([B, T] dim 1; eager steps
+    # count compile events with it), but sharded steps compile static shapes only.
+    widths = (1,) if buckets == 0 and _common.sharding(args) is None else None
     step = make_train_step(model, loss_fn, opt, policy=run["policy"], loss_scale=run["loss_scale"],
                            clip_norm=1.0, all_reduce=_common.all_reduce(args), compile=run["compile"],
                            compile_cache=_common.train_step_cache(args, run), lr=schedule,
-                           ignore_index=PAD, donate=True, sharding=_common.sharding(args))
+                           ignore_index=PAD, donate=True, sharding=_common.sharding(args), dynamic_dims=widths)
     eval_step = make_eval_step(model, loss_fn, policy=run["policy"], compile=run["compile"],
-                               compile_cache=run["compile_cache"], ignore_index=PAD)
-    buckets = args.length_buckets if args.length_buckets is not None else (4 if run["compile"] else 0)
+                               compile_cache=run["compile_cache"], ignore_index=PAD, dynamic_dims=widths)
     batch_fn = make_batch_fn(dev, bucket_widths(args.max_len, buckets) if buckets else None)
     lengths = (tensors["train"][0] != PAD).sum(1) + (tensors["train"][1] != PAD).sum(1)
     world = distributed.world_size() if args.distributed else 1

@@ -21,8 +21,9 @@ Hooks: ``plain_eager`` / ``transforms_active`` (functorch probes), ``cpu_bf16_in
 ``foreach_usable`` / ``unscale_and_check_`` (``torch._foreach_*`` and the AMP unscale kernel),
 ``open_node`` / ``rebuild_node`` (pytree registry), ``register_pointwise_lowering``
 (Inductor), ``compiler_settings`` / ``forget_module_sources`` / ``guard_pickler_patched``
-(Dynamo, for saved compiles), the bench's compile counters; ``traceable_all_gather`` (a functional collective
-that compiled ZeRO-3 graphs gather with); and ``hook_on("guard_filter")``,
+(Dynamo, for saved compiles), ``mark_dynamic`` (a step's batch dims symbolic), the bench's
+compile counters; ``traceable_all_gather`` (a functional collective that compiled ZeRO-3
+graphs gather with); and ``hook_on("guard_filter")``,
 which gates deepfn's reading of Dynamo's guard names.
 """
 
@@ -34,6 +35,7 @@ from .dynamo import (
     forget_module_sources,
     guard_pickler_class,
     guard_pickler_patched,
+    mark_dynamic,
 )
 from .dynamo_import import on_dynamo_import
 from .gate import HOOKS, TESTED, hook_on, release, turn_off
@@ -56,6 +58,6 @@ __all__ = [
     "pytree", "open_node", "rebuild_node",
     "register_pointwise_lowering", "clear_compile_caches", "clear_kernel_caches", "phase_seconds",
     "fx_graph_cache_hits",
-    "compiler_settings", "forget_module_sources", "guard_pickler_class", "guard_pickler_patched",
+    "compiler_settings", "forget_module_sources", "guard_pickler_class", "guard_pickler_patched", "mark_dynamic",
     "traceable_all_gather", "on_dynamo_import",
 ]

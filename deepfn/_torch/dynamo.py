@@ -1,10 +1,11 @@
-"""Dynamo's internals that saved compiles (``deepfn.train.compile.saved``) rely on: the
+"""Dynamo's internals that compiled steps rely on: marking a batch's dims dynamic; and for saved
+compiles (``deepfn.train.compile.saved``) rely on: the
 compilers' settings and the CPU's vector instructions (part of a saved file's name), torch's
 per-process cache of module sources, and the pickler of Dynamo's saved guard state.
 
 Each has a safe fallback: no settings (the caller then does not save or load compiled steps),
 nothing to forget, the unpatched pickler (a step whose guard state cannot be saved compiles
-again instead of loading).
+again instead of loading), no marks (a step compiles once per size instead of once for all).
 """
 
 from __future__ import annotations
@@ -87,3 +88,18 @@ def guard_pickler_patched(pickler: type | None) -> Iterator[bool]:
     with mock.patch.object(guards, "GuardsStatePickler", pickler):
         yield True
 
+
+
+def mark_dynamic(tensor: Any, dims: tuple[int, ...]) -> bool:
+    """Mark ``dims`` of ``tensor`` dynamic for the next compile that takes it as an input (its
+    sizes symbolic, so one compiled program serves every size). False when the hook is off or
+    the call failed: then nothing is marked and a step compiles once per size, the same numbers."""
+    if not dims or not hook_on("mark_dynamic"):
+        return False
+    try:
+        import torch._dynamo
+        torch._dynamo.mark_dynamic(tensor, list(dims))
+    except Exception as error:
+        turn_off("mark_dynamic", error)
+        return False
+    return True

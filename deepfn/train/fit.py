@@ -109,7 +109,8 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     The row's ``train_new_signatures`` and ``eval_new_signatures`` count the batch signatures
     (structure, shapes, dtypes: :mod:`deepfn.train.compile.signatures`) that the epoch gave
     ``train_step`` and ``eval_step`` for the first time in this call: each is one compile of
-    a compiled step with static shapes, so 0 after the first epoch means no recompilation.
+    a compiled step with static shapes, so 0 after the first epoch means no recompilation (the
+    sizes of a step's ``dynamic_dims`` are left out: it compiles once for all of them).
 
     Args:
         train_step: ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``, e.g.
@@ -195,7 +196,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     best_state = run.best_state if run.best_state is not None else keep(train_state)
     out_of_time = _Deadline(time_limit_s, world, device)
     validate = _Validation(eval_step, val_data, eval_batch_size or batch_size, batch_fn, distributed, eval_pad_label)
-    train_signatures = SignatureLog()
+    train_signatures = SignatureLog(getattr(train_step, "dynamic_dims", ()))
     reports = _Reports(main, epochs, log, saver, metadata, history_path, plot_path)
     step = int(train_state.step.reshape(-1)[0])
     more = lambda: (max_steps is None or step < max_steps) and not out_of_time()  # noqa: E731
@@ -303,7 +304,7 @@ class _Validation:
                  batch_fn: Callable | None, distributed: bool, pad_label: int | None) -> None:
         self.eval_step, self.data, self.batch_size = eval_step, val_data, batch_size
         self.batch_fn, self.distributed, self.pad_label = batch_fn, distributed, pad_label
-        self.signatures = SignatureLog()
+        self.signatures = SignatureLog(getattr(eval_step, "dynamic_dims", ()))
 
     def __call__(self, train_state: TrainState) -> dict[str, Any]:
         """``{"val_<name>": mean, "eval_time": seconds, "eval_new_signatures": count}``, or ``{}``

@@ -26,6 +26,7 @@ from ..amp import NoOpLossScale, Policy
 from ..optim.clipping import clip_given_norm
 from ..typing import Block, Key, PyTree, State, Tensor
 from .compile import compiled, require_compiled, split_compiled
+from .compile.dynamic import DynamicDims, check_dynamic_dims
 from .donate import UnaliasedCheck, make_donated_update
 from .finite import keep_if, unscale_and_check
 from .grad_engines import OVERLAP, accumulate_micro_batch, choose_engine
@@ -42,13 +43,16 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
                      policy: Policy | None = None, accumulation_steps: int = 1, clip_norm: float | None = None,
                      all_reduce: Callable[[PyTree], PyTree] | None = None, lr: Any = None,
                      ignore_index: int | None = None, donate: bool = False, split_compile: bool = False,
-                     compile_cache: str | os.PathLike | None = None) -> Step:
+                     compile_cache: str | os.PathLike | None = None, dynamic_dims: tuple[int, ...] = ()) -> Step:
     """The uncompiled step behind :func:`make_train_step` (for ``vmap``: ensembles), with the
     same options; pure unless ``donate``. ``split_compile``: the forward pass is compiled
-    (saved in ``compile_cache`` when given) and differentiated eagerly, as ``compile="split"``."""
+    (saved in ``compile_cache`` when given, ``dynamic_dims`` of its inputs and labels as symbols)
+    and differentiated eagerly, as ``compile="split"``."""
     k = accumulation_steps
     objective = make_objective(model, loss_fn, policy)
-    eager_objective = (split_compiled(objective, compile_cache, "deepfn.train.make_train_step: step")
+    # objective(params, state, inputs, labels, key, scaler): the batch is arguments 2 and 3
+    dynamic = DynamicDims((2, 3), dynamic_dims) if dynamic_dims else None
+    eager_objective = (split_compiled(objective, compile_cache, "deepfn.train.make_train_step: step", dynamic)
                        if split_compile else objective)
     owned = all_reduce is None or all_reduce is distributed.all_reduce_mean   # gradients no one else holds
     update = _reference_update(optimizer)
@@ -119,7 +123,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
                     clip_norm: float | None = None, all_reduce: Callable[[PyTree], PyTree] | None = None,
                     compile: bool | str = True, lr: Any = None, ignore_index: int | None = None,
                     donate: bool = False, compile_cache: str | os.PathLike | None = None,
-                    sharding: str | None = None) -> Step:
+                    sharding: str | None = None, dynamic_dims: int | tuple[int, ...] | None = None) -> Step:
     """Build ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``: one update.
 
     Args:
@@ -165,9 +169,15 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
             shards (:mod:`deepfn.train.sharded`). ``compile=True`` compiles the forward and
             backward and the update apart, the collectives running eagerly between them; not
             with ``compile="split"`` or ``compile_cache``.
+        dynamic_dims: dims of every tensor of the batch (inputs and labels, as the step gets
+            them) whose sizes change from call to call, e.g. ``(1,)`` for ``[B, T]`` token
+            batches of any width: the step compiles once with those sizes as symbols instead of
+            once per size, and saves one file for all of them in ``compile_cache``
+            (:mod:`deepfn.train.compile.dynamic`). Sizes 0 and 1 are not symbolic (a batch with
+            one compiles once more). Eager steps take any size anyway. Not with ``sharding``.
 
     Returns:
-        The step (attributes ``donates`` and ``loss_scale``). ``metrics`` maps ``loss`` (mean, float32), ``grad_norm``
+        The step (attributes ``donates``, ``loss_scale`` and ``dynamic_dims``). ``metrics`` maps ``loss`` (mean, float32), ``grad_norm``
         (before clipping), ``accuracy`` (integer labels of the logits' leading shape), ``lr`` (when
         given), ``nonfinite`` (bool: the step was skipped) and, with a loss scale, ``loss_scale``
         and ``grads_finite``, all 0-d tensors; nothing calls ``.item()``. ``step`` grows by one.
@@ -183,7 +193,11 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
         raise TypeError(f"{fn}: loss_fn must be callable loss_fn(logits, labels) -> scalar "
                         f"(e.g. deepfn.losses.cross_entropy); got {type(loss_fn).__name__} {loss_fn!r}")
     require_compiled(fn, compile_cache, compile, "compile=True, 'whole' or 'split'")
+    dims = check_dynamic_dims(fn, dynamic_dims)
     if sharding is not None:
+        if dims:
+            raise ValueError(f"{fn}: dynamic_dims is not available with sharding={sharding!r} (its compiled "
+                             f"graphs are static-shape); pad batches to a few widths instead; got {dynamic_dims!r}")
         return _sharded_step(fn, model, loss_fn, optimizer, sharding, policy=policy, loss_scale=loss_scale,
                              accumulation_steps=accumulation_steps, clip_norm=clip_norm, all_reduce=all_reduce,
                              compile=compile, lr=lr, ignore_index=ignore_index, donate=donate,
@@ -191,8 +205,11 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     split = compile == "split"
     pure = build_train_step(model, loss_fn, optimizer, policy=policy, accumulation_steps=accumulation_steps,
                             clip_norm=clip_norm, all_reduce=all_reduce, lr=lr, ignore_index=ignore_index,
-                            donate=donate, split_compile=split, compile_cache=compile_cache if split else None)
-    run = compiled(pure, compile_cache, f"{fn}: step") if compile and not split else pure
+                            donate=donate, split_compile=split, compile_cache=compile_cache if split else None,
+                            dynamic_dims=dims)
+    # step(ts, batch, key): the batch is argument 1
+    dynamic = DynamicDims((1,), dims) if dims else None
+    run = compiled(pure, compile_cache, f"{fn}: step", dynamic=dynamic) if compile and not split else pure
     unaliased = UnaliasedCheck(f"{fn}: step (donate=True)") if donate else None
 
     def diagnose(ts: TrainState, batch: tuple[Any, Any], key: Key | None) -> None:
@@ -216,6 +233,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
 
     step.donates = bool(donate)
     step.loss_scale = loss_scale   # fit completes a resume template with it
+    step.dynamic_dims = dims   # fit counts compile events with it
     return step
 
 

@@ -1,5 +1,6 @@
-"""The scripts feed their steps a few fixed shapes: every input signature is met in the first
-epoch, so compiled steps (static shapes, one compile per signature) never compile again.
+"""The scripts feed their steps a few fixed shapes, or (the Transformer) sizes its steps take as
+symbols: every input signature is met in the first epoch, so compiled steps (one compile per
+signature) never compile again.
 
 Run eagerly (``--no-compile``): the history's signature counts are the compiles a compiled
 run would make (tests/scripts/test_scripts.py's compiled MLP run checks that count against
@@ -45,3 +46,16 @@ def test_transformer_length_buckets_compile_in_the_first_epoch_only(tmp_path):
     assert 1 <= rows[0]["train_new_signatures"] <= 2 and 1 <= rows[0]["eval_new_signatures"] <= 2
     assert [r["train_new_signatures"] for r in rows[1:]] == [0, 0]
     assert [r["eval_new_signatures"] for r in rows[1:]] == [0, 0]
+
+
+def test_transformer_exact_widths_compile_once(tmp_path):
+    """The default: every batch at its own widths, which the steps take as symbols
+    (``dynamic_dims=(1,)``): one signature each for every width."""
+    out = str(tmp_path / "tr")
+    args = [*FLAGS, "--out", out, "--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300",
+            "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--max-len", "16",
+            "--bleu-subset", "4", "--beam-size", "1", "--batch-size", "16", "--epochs", "3"]
+    _script("train_transformer").main(args)
+    rows = _rows(out)
+    assert [r["train_new_signatures"] for r in rows] == [1, 0, 0]
+    assert [r["eval_new_signatures"] for r in rows] == [1, 0, 0]

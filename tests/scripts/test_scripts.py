@@ -124,13 +124,21 @@ def test_compile_cache_without_compiling_is_rejected(tmp_path):
         _script("train_mlp").main([*TINY, "--out", str(tmp_path / "x"), "--compile-cache", str(tmp_path / "c")])
 
 
-@pytest.mark.parametrize("flags", [["--length-buckets", "0"], ["--length-buckets", "0", "--compile-cache", "c"]])
-def test_transformer_exact_widths_with_saved_steps_are_rejected(tmp_path, capsys, flags):
-    with pytest.raises(SystemExit) as done:
-        _script("train_transformer").main([*flags, "--out", str(tmp_path / "x")])
-    assert done.value.code == 2
-    assert "--length-buckets: 0 (each batch at its own width) with compiling needs --no-compile-cache" in \
-        capsys.readouterr().err
+def test_compiled_transformer_takes_every_width_with_one_saved_step_each(tmp_path):
+    """The default: batches at their own widths, the train and eval steps compiled once each
+    with symbolic widths and saved; a second run loads both and compiles nothing."""
+    main = _script("train_transformer").main
+    flags = ["--no-progress", "--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300", "--d-model", "16",
+             "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--max-len", "16", "--bleu-subset", "4",
+             "--beam-size", "1", "--batch-size", "16", "--epochs", "2", "--compile-cache", str(tmp_path / "steps")]
+    first = main([*flags, "--out", str(tmp_path / "a")])
+    rows, _ = _outputs(str(tmp_path / "a"))
+    assert [r["train_new_signatures"] for r in rows] == [1, 0] and [r["eval_new_signatures"] for r in rows] == [1, 0]
+    saved = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert len(saved) == 2 and all(name.endswith(".pt2") and name.count(".") == 1 for name in saved)
+    second = main([*flags, "--out", str(tmp_path / "b")])
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == saved
+    assert second["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
 
 
 def test_train_cnn_with_augment_accumulation_amp(tmp_path):

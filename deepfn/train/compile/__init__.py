@@ -11,6 +11,7 @@
   processes, named by a :mod:`~deepfn.train.compile.fingerprint` of what they compute, their
   guards' functions pickled whole (:mod:`~deepfn.train.compile.guard_pickling`);
 - :mod:`~deepfn.train.compile.guard_filter`: no guards on torch's and deepfn's own globals;
+- :mod:`~deepfn.train.compile.dynamic`: ``dynamic_dims=``, batch sizes compiled as symbols;
 - :mod:`~deepfn.train.compile.split`: ``compile="split"``, the forward compiled and
   differentiated eagerly.
 """

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ... import tree
+from .dynamic import DynamicDims
 from .guard_filter import library_globals_unguarded
 
 __all__ = ["CompileOnFirstCall", "inductor_options", "SMALL_STEP_ELEMENTS", "SMALL_STEP_TENSORS"]
@@ -56,15 +57,19 @@ def inductor_options(args: tuple[Any, ...], training: bool = True) -> dict[str, 
 class CompileOnFirstCall:
     """``torch.compile(fn, fullgraph=True, options=inductor_options(args, training))``, made when
     first called with ``args`` (later calls on other devices keep the first call's settings),
-    without guards on torch's and deepfn's globals (:mod:`deepfn.train.compile.guard_filter`)."""
+    without guards on torch's and deepfn's globals (:mod:`deepfn.train.compile.guard_filter`).
+    ``dynamic``: the batch dims that the first compile takes as symbols."""
 
-    def __init__(self, fn: Callable, *, training: bool = True) -> None:
+    def __init__(self, fn: Callable, *, training: bool = True, dynamic: DynamicDims | None = None) -> None:
         self._fn = fn
         self._training = training
+        self._dynamic = dynamic
         self._run: Callable | None = None
 
     def __call__(self, *args: Any) -> Any:
         if self._run is None:
             options = {**inductor_options(args, self._training), "guard_filter_fn": library_globals_unguarded(self._fn)}
             self._run = torch.compile(self._fn, fullgraph=True, options=options)
+            if self._dynamic is not None:
+                return self._run(*self._dynamic.marked(args))
         return self._run(*args)

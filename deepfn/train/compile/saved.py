@@ -75,14 +75,17 @@ from ..._private_files import (
     write_private,
 )
 from .fingerprint import SCALAR_TYPES, fingerprint
+from .dynamic import DynamicDims
 from .first_call import CompileOnFirstCall, inductor_options
 from .guard_pickling import keep_functions_whole
+from .own_code import with_own_code
 
 __all__ = ["SavedCompile", "closure_objects"]
 
 _SUFFIX = ".pt2"
 _MAGIC = b"deepfn compiled step, format 2\n"
 _MAC_HEX = 64   # the HMAC-SHA256 line: 32 bytes as hex
+_VARIANTS = 8   # files per name: a dynamic step's guards may reject a size (0 or 1, other strides)
 
 
 class SavedCompile:
@@ -96,7 +99,8 @@ class SavedCompile:
     function, with a warning.
     """
 
-    def __init__(self, fn: Callable, directory: str | os.PathLike, what: str, *, training: bool = True) -> None:
+    def __init__(self, fn: Callable, directory: str | os.PathLike, what: str, *, training: bool = True,
+                 dynamic: DynamicDims | None = None) -> None:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"{what}: compile_cache must be a directory path (str or os.PathLike); "
                             f"got {type(directory).__name__}")
@@ -104,6 +108,8 @@ class SavedCompile:
         self._dir = Path(directory)
         self._what = what
         self._training = training
+        self._dynamic = dynamic
+        self._compiled_once = False
         self._externals = closure_objects(fn)
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
         self._fallback: Callable | None = None
@@ -120,11 +126,18 @@ class SavedCompile:
         if untrusted is not None:
             return self._run_unsaved(args, untrusted)
         try:
-            path = self.path_for(args)
+            first = self.path_for(args)
         except Exception as error:   # an object the fingerprint cannot read (a __repr__ that raises)
             return self._run_unsaved(args, f"{type(error).__name__}: {error}")
-        program = self._load(path, args)
-        if program is not None:
+        target = None   # where a new compile is saved: a stale file, else the first free name
+        for path in _variants(first):
+            program, stale = self._load(path, args)
+            if program is None:
+                if stale or not path.exists():
+                    target = target or path
+                if not path.exists():   # variants are written in order: none after a missing one
+                    break
+                continue
             program.disable_guard_check()   # checked above on every call
             try:
                 out = program(*args)
@@ -132,10 +145,11 @@ class SavedCompile:
                 warnings.warn(f"{self._what}: the saved compiled step {path.name} failed on its first call "
                               f"({type(error).__name__}: {error}); removed, compiling it again", stacklevel=3)
                 path.unlink(missing_ok=True)
-            else:
-                self._ready.insert(0, program)
-                return out
-        program, unsaved = self._compile(path, args)
+                target = target or path
+                continue
+            self._ready.insert(0, program)
+            return out
+        program, unsaved = self._compile(target or path, args)   # all taken: the last one is replaced
         if program is None:
             return self._run_unsaved(args, unsaved)
         program.disable_guard_check()
@@ -144,12 +158,15 @@ class SavedCompile:
 
     def path_for(self, args: tuple[Any, ...]) -> Path:
         """The file that holds (or will hold) the step compiled for ``args`` (named anew on each
-        call: the objects the step closes over may have changed since the last one)."""
+        call: the objects the step closes over may have changed since the last one). A step with
+        dynamic dims names its file without their sizes; should a saved program's guards reject
+        some size, the program compiled for it goes to the next variant, ``<name>.1.pt2``, ..."""
         environment = _environment()
         if environment is None:   # caught by the caller: the step runs compiled but unsaved
             raise RuntimeError("torch's compiler settings cannot be read on this torch release")
-        settings = (environment, inductor_options(args, self._training))
-        return self._dir / f"{fingerprint(self._fn, settings)[:24]}-{fingerprint(args)[:16]}{_SUFFIX}"
+        settings = (environment, inductor_options(args, self._training), self._dynamic)
+        shapes = args if self._dynamic is None else self._dynamic.signature(args)
+        return self._dir / f"{fingerprint(self._fn, settings)[:24]}-{fingerprint(shapes)[:16]}{_SUFFIX}"
 
     def _untrusted_folder(self) -> str | None:
         """Why the folder cannot hold this process's saved steps, or ``None``: it is created
@@ -167,19 +184,22 @@ class SavedCompile:
 
     def _run_unsaved(self, args: tuple[Any, ...], why: str) -> Any:
         """Compile the plain way from now on (:class:`CompileOnFirstCall`), run once, then warn."""
-        plain = CompileOnFirstCall(self._fn, training=self._training)
+        plain = CompileOnFirstCall(self._fn, training=self._training, dynamic=self._dynamic)
         out = plain(*args)   # a bad input raises here, as it would without a cache
         warnings.warn(f"{self._what}: this step cannot be saved to compile_cache ({why}); it runs compiled "
                       f"but unsaved", stacklevel=4)
         self._fallback = plain
         return out
 
-    def _load(self, path: Path, args: tuple[Any, ...]) -> Any:
+    def _load(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, bool]:
+        """``(program, False)`` when ``path`` holds a usable program whose guards accept ``args``;
+        ``(None, False)`` when there is no file or its guards reject ``args`` (another variant's
+        sizes); ``(None, True)`` with a warning when the file is unreadable or stale."""
         try:
             try:
                 header, payload = _read(path)   # checked (owner, mode, HMAC) before anything is unpickled
             except FileNotFoundError:
-                return None
+                return None, False
             program = torch.compiler.load_compiled_function(
                 io.BytesIO(payload), f_globals=self._fn.__globals__, external_data=self._externals)
             changed = _changed_sources(program)
@@ -190,13 +210,17 @@ class SavedCompile:
                 if values.get(module) != saved:
                     raise ValueError(f"a module-level name of {module} is bound to another value than when "
                                      f"it was saved")
-            if not program.guard_check(*args):
-                raise ValueError("its guards reject these inputs")
         except Exception as error:   # any unreadable or stale file: compile again, never fail on a cache
             warnings.warn(f"{self._what}: not using the saved compiled step {path} "
                           f"({type(error).__name__}: {error}); compiling it again", stacklevel=4)
-            return None
-        return program
+            return None, True
+        if not program.guard_check(*args):
+            if self._dynamic is None:   # a static step's file is named by its inputs' shapes: stale
+                warnings.warn(f"{self._what}: not using the saved compiled step {path} (its guards reject "
+                              f"these inputs); compiling it again", stacklevel=4)
+                return None, True
+            return None, False
+        return program, False
 
     def _compile(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, str]:
         """The step compiled ahead of time for ``args`` and saved to ``path``, or ``(None, why)``
@@ -204,11 +228,17 @@ class SavedCompile:
         _torch.forget_module_sources()   # a module edited since is saved as it reads now
         try:
             with keep_functions_whole():
-                # Static shapes and values: one file per input signature, and no restart of the
-                # analysis for values an earlier compile of the same code saw change (aot_compile
-                # cannot restart: "TensorifyScalarRestartAnalysis").
-                program = torch.compile(self._fn, fullgraph=True, dynamic=False,
-                                        options=inductor_options(args, self._training)).aot_compile((args, {}))
+                # Static shapes and values but the marked dims: one file per input signature, and
+                # no restart of the analysis for values an earlier compile of the same code saw
+                # change (aot_compile cannot restart: "TensorifyScalarRestartAnalysis").
+                static = self._dynamic is None
+                example = args if static else self._dynamic.marked(args)
+                # A second compile of one code object in a process ignores the marks (its sizes
+                # come out static), so each variant of a dynamic step compiles from a new copy.
+                fn = self._fn if static or not self._compiled_once else with_own_code(self._fn)
+                self._compiled_once = True
+                program = torch.compile(fn, fullgraph=True, dynamic=False if static else None,
+                                        options=inductor_options(args, self._training)).aot_compile((example, {}))
         except Exception as error:   # also a bad input: the caller's plain compile raises that
             return None, f"{type(error).__name__}: {error}"
         try:
@@ -218,6 +248,12 @@ class SavedCompile:
             warnings.warn(f"{self._what}: could not save the compiled step to {path} "
                           f"({type(error).__name__}: {error})", stacklevel=4)
         return program, ""
+
+
+def _variants(first: Path) -> list[Path]:
+    """``first`` and the names of its variants, ``<name>.1.pt2`` ... ``<name>.7.pt2``."""
+    stem = first.name[:-len(_SUFFIX)]
+    return [first] + [first.with_name(f"{stem}.{i}{_SUFFIX}") for i in range(1, _VARIANTS)]
 
 
 def _write(path: Path, header: dict[str, Any], payload: bytes) -> None:

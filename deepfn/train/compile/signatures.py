@@ -8,7 +8,8 @@ shapes from step to step). So the signatures a step met for the first time in an
 compiles that epoch cost, and a run whose later epochs meet none compiled in its first epoch
 only. (The plain ``torch.compile`` of ``compile_cache=None`` may instead recompile once with
 symbolic sizes and then serve new sizes without compiling: there, a count of new signatures
-is an upper bound.) Eager steps have signatures too: the count is what a compiled step would
+is an upper bound.) A step made with ``dynamic_dims`` compiles once for all sizes of those
+dims, so they are left out of its signatures (:mod:`deepfn.train.compile.dynamic`). Eager steps have signatures too: the count is what a compiled step would
 have compiled, so a test of the shapes a job feeds needs no compile.
 """
 
@@ -18,30 +19,36 @@ from typing import Any
 
 import torch
 
+from .dynamic import symbolic_dims
+
 __all__ = ["batch_signature", "SignatureLog"]
 
 
-def batch_signature(batch: Any) -> tuple[Any, ...]:
+def batch_signature(batch: Any, dynamic_dims: tuple[int, ...] = ()) -> tuple[Any, ...]:
     """A hashable description of ``batch``: its nesting of tuples and lists, and for each tensor
-    its shape, dtype and device (other leaves by their type and value)."""
+    its shape (``None`` for each size that ``dynamic_dims`` makes symbolic), dtype and device
+    (other leaves by their type and value)."""
     if isinstance(batch, torch.Tensor):
-        return ("tensor", tuple(batch.shape), batch.dtype, batch.device)
+        symbolic = symbolic_dims(batch, dynamic_dims)
+        return ("tensor", tuple(None if d in symbolic else n for d, n in enumerate(batch.shape)), batch.dtype,
+                batch.device)
     if isinstance(batch, (tuple, list)):
-        return (type(batch).__name__, *(batch_signature(item) for item in batch))
+        return (type(batch).__name__, *(batch_signature(item, dynamic_dims) for item in batch))
     return (type(batch).__name__, repr(batch))
 
 
 class SignatureLog:
     """The distinct batch signatures seen so far, and how many were new since the last
-    :meth:`take_new`."""
+    :meth:`take_new`; ``dynamic_dims`` those of the step the batches are for."""
 
-    def __init__(self) -> None:
+    def __init__(self, dynamic_dims: tuple[int, ...] = ()) -> None:
+        self._dims = tuple(dynamic_dims)
         self._seen: set[tuple[Any, ...]] = set()
         self._new = 0
 
     def see(self, batch: Any) -> None:
         """Record the signature of ``batch`` (a new one counts once)."""
-        signature = batch_signature(batch)
+        signature = batch_signature(batch, self._dims)
         if signature not in self._seen:
             self._seen.add(signature)
             self._new += 1

@@ -15,15 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ..remat import differentiated_outside
+from .dynamic import DynamicDims
 from .one_graph import compiled
 
 __all__ = ["split_compiled"]
 
 
-def split_compiled(objective: Callable, compile_cache: str | os.PathLike | None, what: str) -> Callable:
+def split_compiled(objective: Callable, compile_cache: str | os.PathLike | None, what: str,
+                   dynamic: DynamicDims | None = None) -> Callable:
     """``objective`` compiled for eager differentiation (saved in ``compile_cache`` when given;
-    ``what`` names it in messages); same signature and values as ``objective``."""
-    compiled_objective = compiled(objective, compile_cache, what)
+    ``what`` names it in messages; ``dynamic``: the batch dims compiled as symbols); same
+    signature and values as ``objective``."""
+    compiled_objective = compiled(objective, compile_cache, what, dynamic=dynamic)
 
     def eager_objective(*args: Any) -> Any:
         with differentiated_outside():   # remat regions become checkpoint regions
