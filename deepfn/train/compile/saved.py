@@ -74,8 +74,8 @@ from ..._private_files import (
     secret_key,
     write_private,
 )
-from .fingerprint import SCALAR_TYPES, fingerprint
 from .dynamic import DynamicDims
+from .fingerprint import SCALAR_TYPES, fingerprint
 from .first_call import CompileOnFirstCall, inductor_options
 from .guard_pickling import keep_functions_whole
 from .own_code import with_own_code
