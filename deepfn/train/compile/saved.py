@@ -112,6 +112,7 @@ class SavedCompile:
         self._compiled_once = False
         self._externals = closure_objects(fn)
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
+        self._held: set[Path] = set()   # the files whose programs are in _ready
         self._fallback: Callable | None = None
 
     def __call__(self, *args: Any) -> Any:
@@ -129,32 +130,53 @@ class SavedCompile:
             first = self.path_for(args)
         except Exception as error:   # an object the fingerprint cannot read (a __repr__ that raises)
             return self._run_unsaved(args, f"{type(error).__name__}: {error}")
-        target = None   # where a new compile is saved: a stale file, else the first free name
+        ran, out, target = self._run_saved(first, args)
+        if ran:
+            return out
+        program, unsaved = self._compile(target, args)
+        if program is None:
+            return self._run_unsaved(args, unsaved)
+        self._held.add(target)
+        program.disable_guard_check()
+        self._ready.insert(0, program)
+        return program(*args)
+
+    def _run_saved(self, first: Path, args: tuple[Any, ...]) -> tuple[bool, Any, Path]:
+        """Run the first saved variant of ``first`` whose guards accept ``args``: ``(True, its
+        output, _)``; else ``(False, None, where a new compile is saved)``: the first stale or free
+        name, or the last variant when all are taken."""
+        target = None
         for path in _variants(first):
-            program, stale = self._load(path, args)
+            if path in self._held:   # already in _ready, and its guards rejected these inputs
+                continue
+            program = self._load(path)
             if program is None:
-                if stale or not path.exists():
-                    target = target or path
+                target = target or path
                 if not path.exists():   # variants are written in order: none after a missing one
                     break
                 continue
-            program.disable_guard_check()   # checked above on every call
+            program.disable_guard_check()   # checked by the caller on every call
+            if not program.guard_check(*args):
+                if self._dynamic is None:   # a static step's file is named by its inputs' shapes: stale
+                    warnings.warn(f"{self._what}: not using the saved compiled step {path} (its guards reject "
+                                  f"these inputs); compiling it again", stacklevel=4)
+                    target = target or path
+                else:   # another variant's sizes: kept for them, so each file loads once
+                    self._held.add(path)
+                    self._ready.append(program)
+                continue
             try:
                 out = program(*args)
             except Exception as error:   # a file that passed every check but cannot run: drop it
                 warnings.warn(f"{self._what}: the saved compiled step {path.name} failed on its first call "
-                              f"({type(error).__name__}: {error}); removed, compiling it again", stacklevel=3)
+                              f"({type(error).__name__}: {error}); removed, compiling it again", stacklevel=4)
                 path.unlink(missing_ok=True)
                 target = target or path
                 continue
+            self._held.add(path)
             self._ready.insert(0, program)
-            return out
-        program, unsaved = self._compile(target or path, args)   # all taken: the last one is replaced
-        if program is None:
-            return self._run_unsaved(args, unsaved)
-        program.disable_guard_check()
-        self._ready.insert(0, program)
-        return program(*args)
+            return True, out, path
+        return False, None, target or path
 
     def path_for(self, args: tuple[Any, ...]) -> Path:
         """The file that holds (or will hold) the step compiled for ``args`` (named anew on each
@@ -191,15 +213,14 @@ class SavedCompile:
         self._fallback = plain
         return out
 
-    def _load(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, bool]:
-        """``(program, False)`` when ``path`` holds a usable program whose guards accept ``args``;
-        ``(None, False)`` when there is no file or its guards reject ``args`` (another variant's
-        sizes); ``(None, True)`` with a warning when the file is unreadable or stale."""
+    def _load(self, path: Path) -> Any:
+        """The program saved in ``path``, or None when there is no file, or (with a warning) when
+        it is unreadable or stale; its guards are the caller's to check."""
         try:
             try:
                 header, payload = _read(path)   # checked (owner, mode, HMAC) before anything is unpickled
             except FileNotFoundError:
-                return None, False
+                return None
             program = torch.compiler.load_compiled_function(
                 io.BytesIO(payload), f_globals=self._fn.__globals__, external_data=self._externals)
             changed = _changed_sources(program)
@@ -212,15 +233,9 @@ class SavedCompile:
                                      f"it was saved")
         except Exception as error:   # any unreadable or stale file: compile again, never fail on a cache
             warnings.warn(f"{self._what}: not using the saved compiled step {path} "
-                          f"({type(error).__name__}: {error}); compiling it again", stacklevel=4)
-            return None, True
-        if not program.guard_check(*args):
-            if self._dynamic is None:   # a static step's file is named by its inputs' shapes: stale
-                warnings.warn(f"{self._what}: not using the saved compiled step {path} (its guards reject "
-                              f"these inputs); compiling it again", stacklevel=4)
-                return None, True
-            return None, False
-        return program, False
+                          f"({type(error).__name__}: {error}); compiling it again", stacklevel=5)
+            return None
+        return program
 
     def _compile(self, path: Path, args: tuple[Any, ...]) -> tuple[Any, str]:
         """The step compiled ahead of time for ``args`` and saved to ``path``, or ``(None, why)``

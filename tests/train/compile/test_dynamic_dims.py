@@ -43,11 +43,12 @@ def _model():
     return model, opt, TrainState.create(model, opt, random.key(0))
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["plain", "compile_cache"])
-def test_one_compile_serves_every_width_with_the_eager_numbers(tmp_path, cached):
+@pytest.mark.parametrize("cached, mode", [(False, True), (True, True), (True, "split")],
+                         ids=["plain", "compile_cache", "split"])
+def test_one_compile_serves_every_width_with_the_eager_numbers(tmp_path, cached, mode):
     model, opt, ts = _model()
     cache = tmp_path if cached else None
-    step = make_train_step(model, losses.cross_entropy, opt, compile_cache=cache, dynamic_dims=(1,))
+    step = make_train_step(model, losses.cross_entropy, opt, compile=mode, compile_cache=cache, dynamic_dims=(1,))
     eager = make_train_step(model, losses.cross_entropy, opt, compile=False)
     ev = make_eval_step(model, losses.cross_entropy, compile_cache=cache, dynamic_dims=1)
     ev_eager = make_eval_step(model, losses.cross_entropy, compile=False)
