@@ -9,7 +9,7 @@ the saved steps)."""
 import json
 import os
 
-from .test_scripts import MULTI30K, _script
+from .test_scripts import TINY_TRANSFORMER, _script
 
 FLAGS = ["--no-compile", "--no-progress", "--epochs", "2", "--batch-size", "32"]
 
@@ -36,9 +36,7 @@ def test_cnn_compiles_in_the_first_epoch_only(tmp_path):
 
 def test_transformer_length_buckets_compile_in_the_first_epoch_only(tmp_path):
     out = str(tmp_path / "tr")
-    args = [*FLAGS, "--out", out, "--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300",
-            "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--max-len", "16",
-            "--bleu-subset", "4", "--beam-size", "1", "--batch-size", "16", "--length-buckets", "2", "--epochs", "3"]
+    args = [*FLAGS, "--out", out, *TINY_TRANSFORMER, "--length-buckets", "2", "--epochs", "3"]
     _script("train_transformer").main(args)
     rows = _rows(out)
     # Widths 8 and 16: at most two train shapes and two eval shapes (the 96 validation rows are
@@ -52,9 +50,7 @@ def test_transformer_exact_widths_compile_once(tmp_path):
     """The default: every batch at its own widths, which the steps take as symbols
     (``dynamic_dims=(1,)``): one signature each for every width."""
     out = str(tmp_path / "tr")
-    args = [*FLAGS, "--out", out, "--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300",
-            "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--max-len", "16",
-            "--bleu-subset", "4", "--beam-size", "1", "--batch-size", "16", "--epochs", "3"]
+    args = [*FLAGS, "--out", out, *TINY_TRANSFORMER, "--epochs", "3"]
     _script("train_transformer").main(args)
     rows = _rows(out)
     assert [r["train_new_signatures"] for r in rows] == [1, 0, 0]

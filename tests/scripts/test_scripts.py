@@ -19,6 +19,10 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 # The committed sample of Multi30k (300 lines per file), so the test needs no download.
 MULTI30K = os.path.join(os.path.dirname(SCRIPTS), "tests", "data", "multi30k_sample")
 TINY = ["--no-compile", "--no-progress", "--epochs", "1", "--batch-size", "32"]
+# A Transformer that trains in seconds on the committed Multi30k sample.
+TINY_TRANSFORMER = ["--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300", "--d-model", "16", "--n-heads", "2",
+                    "--n-layers", "1", "--d-ff", "32", "--max-len", "16", "--bleu-subset", "4", "--beam-size", "1",
+                    "--batch-size", "16"]
 
 
 def _script(name):
@@ -128,9 +132,7 @@ def test_compiled_transformer_takes_every_width_with_one_saved_step_each(tmp_pat
     """The default: batches at their own widths, the train and eval steps compiled once each
     with symbolic widths and saved; a second run loads both and compiles nothing."""
     main = _script("train_transformer").main
-    flags = ["--no-progress", "--data-dir", MULTI30K, "--limit", "96", "--vocab-size", "300", "--d-model", "16",
-             "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--max-len", "16", "--bleu-subset", "4",
-             "--beam-size", "1", "--batch-size", "16", "--epochs", "2", "--compile-cache", str(tmp_path / "steps")]
+    flags = ["--no-progress", *TINY_TRANSFORMER, "--epochs", "2", "--compile-cache", str(tmp_path / "steps")]
     first = main([*flags, "--out", str(tmp_path / "a")])
     rows, _ = _outputs(str(tmp_path / "a"))
     assert [r["train_new_signatures"] for r in rows] == [1, 0] and [r["eval_new_signatures"] for r in rows] == [1, 0]

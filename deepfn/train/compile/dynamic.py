@@ -21,6 +21,7 @@ size then compiles once more, as a static step would).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 
 from ... import _torch, tree
 
-__all__ = ["DynamicDims", "check_dynamic_dims", "symbolic_dims"]
+__all__ = ["DynamicDims", "check_dynamic_dims", "shape_without_symbolic", "symbolic_dims"]
 
 
 def check_dynamic_dims(where: str, dims: Any) -> tuple[int, ...]:
@@ -53,6 +54,12 @@ def symbolic_dims(tensor: torch.Tensor, dims: tuple[int, ...]) -> tuple[int, ...
     return tuple(d for d in dims if d < tensor.dim() and tensor.shape[d] >= 2)
 
 
+def shape_without_symbolic(tensor: torch.Tensor, dims: tuple[int, ...]) -> tuple[int | None, ...]:
+    """``tensor``'s shape with ``None`` for each of its :func:`symbolic_dims`."""
+    symbolic = symbolic_dims(tensor, dims)
+    return tuple(None if d in symbolic else n for d, n in enumerate(tensor.shape))
+
+
 @dataclass(frozen=True)
 class DynamicDims:
     """``dims`` of every tensor in the arguments at ``positions`` (the batch) are symbolic."""
@@ -62,28 +69,25 @@ class DynamicDims:
 
     def contiguous(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """``args`` with each batch tensor contiguous (itself when it already is)."""
-        def dense(leaf: Any) -> Any:
-            return leaf.contiguous() if isinstance(leaf, torch.Tensor) else leaf
-        return tuple(tree.map(dense, a) if i in self.positions else a for i, a in enumerate(args))
+        return self._map_batch(lambda t: t.contiguous(), args)
 
     def marked(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """``args`` with each batch tensor replaced by an alias (same storage, sizes and strides)
         whose :func:`symbolic_dims` are marked dynamic for the compile that takes it."""
-        def mark(leaf: Any) -> Any:
-            if not isinstance(leaf, torch.Tensor):
-                return leaf
-            alias = leaf[...]
-            _torch.mark_dynamic(alias, symbolic_dims(leaf, self.dims))
+        def mark(tensor: torch.Tensor) -> torch.Tensor:
+            alias = tensor[...]
+            _torch.mark_dynamic(alias, symbolic_dims(tensor, self.dims))
             return alias
-        return tuple(tree.map(mark, a) if i in self.positions else a for i, a in enumerate(args))
+        return self._map_batch(mark, args)
 
     def signature(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """``args`` with each batch tensor replaced by a description that leaves out its symbolic
         sizes and its strides (which follow them): what a saved step's file name is made of."""
-        def describe(leaf: Any) -> Any:
-            if not isinstance(leaf, torch.Tensor):
-                return leaf
-            symbolic = symbolic_dims(leaf, self.dims)
-            shape = tuple(None if d in symbolic else n for d, n in enumerate(leaf.shape))
-            return ("tensor with symbolic dims", shape, leaf.dtype, leaf.device, leaf.requires_grad)
-        return tuple(tree.map(describe, a) if i in self.positions else a for i, a in enumerate(args))
+        return self._map_batch(lambda t: ("tensor with symbolic dims", shape_without_symbolic(t, self.dims),
+                                          t.dtype, t.device, t.requires_grad), args)
+
+    def _map_batch(self, fn: Callable[[torch.Tensor], Any], args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``args`` with ``fn`` applied to every tensor of the arguments at ``positions``."""
+        def leaf(x: Any) -> Any:
+            return fn(x) if isinstance(x, torch.Tensor) else x
+        return tuple(tree.map(leaf, a) if i in self.positions else a for i, a in enumerate(args))

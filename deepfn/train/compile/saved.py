@@ -109,7 +109,6 @@ class SavedCompile:
         self._what = what
         self._training = training
         self._dynamic = dynamic
-        self._compiled_once = False
         self._externals = closure_objects(fn)
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
         self._held: set[Path] = set()   # the files whose programs are in _ready
@@ -250,8 +249,7 @@ class SavedCompile:
                 example = args if static else self._dynamic.marked(args)
                 # A second compile of one code object in a process ignores the marks (its sizes
                 # come out static), so each variant of a dynamic step compiles from a new copy.
-                fn = self._fn if static or not self._compiled_once else with_own_code(self._fn)
-                self._compiled_once = True
+                fn = self._fn if static else with_own_code(self._fn)
                 program = torch.compile(fn, fullgraph=True, dynamic=False if static else None,
                                         options=inductor_options(args, self._training)).aot_compile((example, {}))
         except Exception as error:   # also a bad input: the caller's plain compile raises that

@@ -9,7 +9,8 @@ compiles that epoch cost, and a run whose later epochs meet none compiled in its
 only. (The plain ``torch.compile`` of ``compile_cache=None`` may instead recompile once with
 symbolic sizes and then serve new sizes without compiling: there, a count of new signatures
 is an upper bound.) A step made with ``dynamic_dims`` compiles once for all sizes of those
-dims, so they are left out of its signatures (:mod:`deepfn.train.compile.dynamic`). Eager steps have signatures too: the count is what a compiled step would
+dims, so they are left out of its signatures (:mod:`deepfn.train.compile.dynamic`). Eager
+steps have signatures too: the count is what a compiled step would
 have compiled, so a test of the shapes a job feeds needs no compile.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .dynamic import symbolic_dims
+from .dynamic import shape_without_symbolic
 
 __all__ = ["batch_signature", "SignatureLog"]
 
@@ -29,9 +30,7 @@ def batch_signature(batch: Any, dynamic_dims: tuple[int, ...] = ()) -> tuple[Any
     its shape (``None`` for each size that ``dynamic_dims`` makes symbolic), dtype and device
     (other leaves by their type and value)."""
     if isinstance(batch, torch.Tensor):
-        symbolic = symbolic_dims(batch, dynamic_dims)
-        return ("tensor", tuple(None if d in symbolic else n for d, n in enumerate(batch.shape)), batch.dtype,
-                batch.device)
+        return ("tensor", shape_without_symbolic(batch, dynamic_dims), batch.dtype, batch.device)
     if isinstance(batch, (tuple, list)):
         return (type(batch).__name__, *(batch_signature(item, dynamic_dims) for item in batch))
     return (type(batch).__name__, repr(batch))
