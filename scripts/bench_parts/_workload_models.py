@@ -138,6 +138,8 @@ class Seq2SeqTransformer(nn.Module):
         t = tgt.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=tgt.device).triu(1)
         memory = self.encoder(self._embed(src), src_key_padding_mask=src_pad)
+        # tgt_is_causal: the mask is known causal, so torch need not compare it on every call (a
+        # data-dependent check that breaks torch.compile's graph in two).
         y = self.decoder(self._embed(tgt), memory, tgt_mask=causal, tgt_key_padding_mask=tgt_pad,
-                         memory_key_padding_mask=src_pad)
+                         memory_key_padding_mask=src_pad, tgt_is_causal=True)
         return self.output_layer(y)

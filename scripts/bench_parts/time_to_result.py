@@ -173,9 +173,10 @@ def parse_result(stdout: str) -> dict[str, float]:
     return figures
 
 
-def run_job(cmd: list[str], cache_dir: str) -> dict[str, float]:
+def run_job(cmd: list[str], cache_dir: str, metric: str = "test_acc", high: float = 1.0) -> dict[str, float]:
     """Run one job in a fresh process with ``TORCHINDUCTOR_CACHE_DIR=cache_dir``: ``wall_s`` (the
-    whole process), ``test_acc`` and ``script_wall_s`` (the job's own count, after its imports)."""
+    whole process), ``metric`` (a number in ``[0, high]`` on its RESULT line) and ``script_wall_s``
+    (the job's own count, after its imports)."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
@@ -184,10 +185,10 @@ def run_job(cmd: list[str], cache_dir: str) -> dict[str, float]:
         raise RuntimeError(f"time_to_result: {' '.join(cmd[1:3])} exited with {done.returncode}: "
                            f"{done.stderr.strip()[-800:]}")
     result = parse_result(done.stdout)
-    acc = result.get("test_acc")
-    if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
-        raise ValueError(f"time_to_result: test_acc must be a number in [0, 1]; the job printed {acc!r}")
-    return {"wall_s": wall, "test_acc": acc, "script_wall_s": result.get("wall_s")}
+    value = result.get(metric)
+    if not isinstance(value, float) or not 0.0 <= value <= high:
+        raise ValueError(f"time_to_result: {metric} must be a number in [0, {high:g}]; the job printed {value!r}")
+    return {"wall_s": wall, metric: value, "script_wall_s": result.get("wall_s")}
 
 
 def saved_steps(out: str) -> dict[str, int]:
