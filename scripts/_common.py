@@ -9,8 +9,9 @@ The train and eval steps are compiled by default, on every device (``--no-compil
 and saved in ``OUT/compiled-steps`` for later runs (``--compile-cache DIR``,
 ``--no-compile-cache``). A script feeds its steps a few fixed shapes only (full batches,
 padded last batches, a few padded sequence widths), so they compile in the first epoch and
-never again; each history row counts the input shapes the epoch's steps met for the first
-time (``train_new_signatures``, ``eval_new_signatures``).
+never again; each history row counts the programs the epoch's steps compiled or loaded
+(``train_compiles``, ``eval_compiles``) and the input shapes they met for the first time
+(``train_new_signatures``, ``eval_new_signatures``).
 
 ``--distributed`` makes a script data parallel under ``torchrun --nproc_per_node N``:
 ``--batch-size`` stays the global batch, every rank trains on its shard, and only rank 0
@@ -157,8 +158,8 @@ def parser(description: str, *, epochs: int, batch_size: int, lr: float, out: st
     p.add_argument("--seed", type=seed, default=0, help="seed of the run's base key (deepfn.random.key)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.compile the train and eval steps, on every device (--no-compile: eager; the "
-                        "history's train_new_signatures / eval_new_signatures count the input shapes each "
-                        "step compiled for)")
+                        "history's train_compiles / eval_compiles count the programs each step compiled or "
+                        "loaded)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="when compiling: save the compiled steps in DIR, and load them in later runs with the "
                         "same model and settings instead of tracing the steps again (default: "

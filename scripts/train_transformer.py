@@ -18,7 +18,7 @@ test_bleu=... val_loss=... params=... wall_s=...``.
 The train and eval steps are compiled (``--no-compile``: eager). Each batch is trimmed to its
 longest source and target row, and the compiled steps take those widths as symbols
 (``make_train_step(dynamic_dims=(1,))``): one compile each, in the first epoch, saved in
-``--out/compiled-steps`` for the next run (the history's ``*_new_signatures`` are 0 after it).
+``--out/compiled-steps`` for the next run (the history's ``*_compiles`` are 0 after it).
 The last validation batch is padded to the full 128 rows with ignored labels.
 ``--length-buckets N`` pads instead to the next of N widths up to --max-len, one compile per
 width (slower here: measured in docs/benchmarks.md).

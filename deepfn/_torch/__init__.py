@@ -33,6 +33,7 @@ from .collectives import traceable_all_gather
 from .dynamo import (
     compiler_settings,
     forget_module_sources,
+    graphs_compiled,
     guard_pickler_class,
     guard_pickler_patched,
     mark_dynamic,
@@ -59,5 +60,6 @@ __all__ = [
     "register_pointwise_lowering", "clear_compile_caches", "clear_kernel_caches", "phase_seconds",
     "fx_graph_cache_hits",
     "compiler_settings", "forget_module_sources", "guard_pickler_class", "guard_pickler_patched", "mark_dynamic",
+    "graphs_compiled",
     "traceable_all_gather", "on_dynamo_import",
 ]

@@ -1,11 +1,13 @@
-"""Dynamo's internals that compiled steps rely on: marking a batch's dims dynamic; and for saved
+"""Dynamo's internals that compiled steps rely on: marking a batch's dims dynamic, counting the
+graphs Dynamo compiled; and for saved
 compiles (``deepfn.train.compile.saved``) rely on: the
 compilers' settings and the CPU's vector instructions (part of a saved file's name), torch's
 per-process cache of module sources, and the pickler of Dynamo's saved guard state.
 
 Each has a safe fallback: no settings (the caller then does not save or load compiled steps),
 nothing to forget, the unpatched pickler (a step whose guard state cannot be saved compiles
-again instead of loading), no marks (a step compiles once per size instead of once for all).
+again instead of loading), no marks (a step compiles once per size instead of once for all),
+no count of compiles (a plain compiled step's history then holds no compile counts).
 """
 
 from __future__ import annotations
@@ -103,3 +105,16 @@ def mark_dynamic(tensor: Any, dims: tuple[int, ...]) -> bool:
         turn_off("mark_dynamic", error)
         return False
     return True
+
+
+def graphs_compiled() -> int | None:
+    """How many graphs Dynamo has compiled in this process so far (each compile and recompile of
+    any function counts one), or None when the count cannot be read (hook off)."""
+    if not hook_on("compile_count"):
+        return None
+    try:
+        import torch._dynamo.utils
+        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    except Exception as error:
+        turn_off("compile_count", error)
+        return None

@@ -29,6 +29,7 @@ HOOKS = {
     "compiler_settings": "reading Dynamo's and Inductor's settings for saved compiles",
     "compile_stats": "Dynamo's and Inductor's counters and caches (bench only)",
     "cpu_isa": "torch.cpu's instruction-set probes: whether bf16 matrix products run in hardware",
+    "compile_count": "Dynamo's count of compiled graphs: a compiled step's compile events in fit's history",
     "mark_dynamic": "torch._dynamo.mark_dynamic: a compiled step's chosen batch dims stay symbolic, one compile "
                     "for every size",
     "traceable_gather": "torch.ops._c10d_functional's all-gather traced into compiled ZeRO-3 graphs, one unit "

@@ -17,7 +17,7 @@ from .. import random, tree
 from .._checks import describe
 from ..amp import DynamicLossScale, Policy
 from ..typing import Block, Key, Params, State
-from .compile import compiled, require_compiled
+from .compile import compiled, no_programs, require_compiled
 from .state import TrainState
 from .step import build_train_step
 from .step_checks import check_batch
@@ -89,4 +89,5 @@ def make_ensemble_train_step(model: Block, loss_fn: Callable, optimizer: Any, *,
         check_batch(where, batch if shared_batch else tree.map(lambda t: t[0], tuple(batch)), accumulation_steps)
         return run(train_state, tuple(batch), keys)
 
+    step.compiled_programs = getattr(run, "compiled_programs", no_programs)   # fit's compile events
     return step

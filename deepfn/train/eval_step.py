@@ -8,7 +8,7 @@ from typing import Any
 
 from ..amp import Policy
 from ..typing import Block, Params, State, Tensor
-from .compile import compiled, require_compiled
+from .compile import compiled, no_programs, require_compiled
 from .compile.dynamic import DynamicDims, check_dynamic_dims
 from .objective import accuracy, forward
 from .step_checks import check_batch, surface_model_errors
@@ -53,4 +53,5 @@ def make_eval_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], *, po
                                     compile, params, state, tuple(batch))
 
     eval_step.dynamic_dims = dims   # evaluate and fit count compile events with it
+    eval_step.compiled_programs = getattr(run, "compiled_programs", no_programs)
     return eval_step

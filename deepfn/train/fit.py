@@ -27,7 +27,7 @@ from .. import tree
 from .._checks import describe
 from ..data.padding import pad_rows
 from ..typing import Key
-from .compile.signatures import SignatureLog
+from .compile.signatures import CompileCount, SignatureLog
 from .early_stopping import EarlyStopping
 from .fit_batches import EpochBatches, as_pair, leading_size, take_rows, world_of
 from .fit_checkpoints import FitCheckpoints, Resumed, whole
@@ -111,6 +111,9 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     ``train_step`` and ``eval_step`` for the first time in this call: each is one compile of
     a compiled step with static shapes, so 0 after the first epoch means no recompilation (the
     sizes of a step's ``dynamic_dims`` are left out: it compiles once for all of them).
+    ``train_compiles`` and ``eval_compiles`` count exactly the programs each step compiled or
+    loaded during the epoch (a guard's recompile and each saved variant included; 0 for eager
+    steps; absent for steps that do not count them, such as sharded ones).
 
     Args:
         train_step: ``step(train_state, (inputs, labels), key) -> (train_state, metrics)``, e.g.
@@ -197,6 +200,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
     out_of_time = _Deadline(time_limit_s, world, device)
     validate = _Validation(eval_step, val_data, eval_batch_size or batch_size, batch_fn, distributed, eval_pad_label)
     train_signatures = SignatureLog(getattr(train_step, "dynamic_dims", ()))
+    train_compiles = CompileCount(train_step)
     reports = _Reports(main, epochs, log, saver, metadata, history_path, plot_path)
     step = int(train_state.step.reshape(-1)[0])
     more = lambda: (max_steps is None or step < max_steps) and not out_of_time()  # noqa: E731
@@ -220,7 +224,7 @@ def fit(train_step: Callable, train_state: TrainState, train_data: tuple, *, epo
             break
         partial = b < batches.per_epoch
         train_state, row = _epoch_row(means, train_state, epoch, step, tic, partial, world, validate, on_epoch_end,
-                                      train_signatures)
+                                      train_signatures, train_compiles)
         value = _monitored(row, monitor, world, device)
         if stopping.observe(value, epoch + 1, partial):   # stopping.last_value: ``value`` smoothed
             best_state = keep(train_state)
@@ -305,9 +309,11 @@ class _Validation:
         self.eval_step, self.data, self.batch_size = eval_step, val_data, batch_size
         self.batch_fn, self.distributed, self.pad_label = batch_fn, distributed, pad_label
         self.signatures = SignatureLog(getattr(eval_step, "dynamic_dims", ()))
+        self.compiles = CompileCount(eval_step)
 
     def __call__(self, train_state: TrainState) -> dict[str, Any]:
-        """``{"val_<name>": mean, "eval_time": seconds, "eval_new_signatures": count}``, or ``{}``
+        """``{"val_<name>": mean, "eval_time": seconds, "eval_new_signatures": count,
+        "eval_compiles": count}`` (the last for a step that counts its programs), or ``{}``
         without an ``eval_step``."""
         if self.eval_step is None:
             return {}
@@ -315,13 +321,17 @@ class _Validation:
         val = evaluate(self.eval_step, train_state.params, train_state.state, self.data, self.batch_size,
                        batch_fn=self.batch_fn, distributed=self.distributed, pad_label=self.pad_label,
                        signatures=self.signatures)
-        return {**{f"val_{k}": v for k, v in val.items()}, "eval_time": time.perf_counter() - tic,
-                "eval_new_signatures": self.signatures.take_new()}
+        row = {**{f"val_{k}": v for k, v in val.items()}, "eval_time": time.perf_counter() - tic,
+               "eval_new_signatures": self.signatures.take_new()}
+        compiles = self.compiles.take_new()
+        if compiles is not None:
+            row["eval_compiles"] = compiles
+        return row
 
 
 def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int, tic: float, partial: bool,
                world: int, validate: _Validation, on_epoch_end: Callable | None,
-               train_signatures: SignatureLog) -> tuple[TrainState, dict[str, Any]]:
+               train_signatures: SignatureLog, train_compiles: CompileCount) -> tuple[TrainState, dict[str, Any]]:
     """The history row of an epoch (and the train state with rank-averaged model state)."""
     if world > 1:
         # Every rank saw the same number of rows: the mean of the ranks' sums is the global mean's numerator.
@@ -333,6 +343,9 @@ def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int
     row["epoch_time"] = time.perf_counter() - tic
     row["samples_per_s"] = means.rows * world / max(row["epoch_time"], 1e-9)
     row["train_new_signatures"] = train_signatures.take_new()
+    compiles = train_compiles.take_new()
+    if compiles is not None:
+        row["train_compiles"] = compiles
     full = whole(train_state)   # a sharded state is evaluated whole
     row.update(validate(full))
     row["partial"] = partial

@@ -34,7 +34,9 @@ class History:
             ``lr``, ``epoch_time``, ``samples_per_s``, ``partial`` (the epoch was cut short),
             ``train_new_signatures`` and ``eval_new_signatures`` (batch signatures the epoch
             gave the train and eval steps for the first time: compiles of a static-shape
-            compiled step; 0 after the first epoch means no recompilation).
+            compiled step; 0 after the first epoch means no recompilation), and
+            ``train_compiles`` and ``eval_compiles`` (the programs each step compiled or
+            loaded in the epoch, exactly; absent for steps that do not count them).
         best_epoch, best_value: the epoch with the best ``monitor`` value (None if unmonitored).
         stopped_early: patience ran out.
     """
@@ -112,8 +114,8 @@ def plot_history(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, tit
     names = {k[len("train_"):] for r in rows for k in r if k.startswith("train_")}
     names |= {k[len("val_"):] for r in rows for k in r if k.startswith("val_")}
     metrics = [m for m in ("loss", "accuracy") if m in names]
-    # Counts that are not learning curves: the compile events (train_/eval_new_signatures) among them.
-    metrics += sorted(m for m in names if m not in metrics and m not in ("steps", "samples", "new_signatures"))
+    # Counts that are not learning curves: the compile events (train_/eval_new_signatures, _compiles) among them.
+    metrics += sorted(m for m in names if m not in metrics and m not in ("steps", "samples", "new_signatures", "compiles"))
     panels = [m for m in metrics if _series(rows, f"train_{m}")[0] or _series(rows, f"val_{m}")[0]]
     if _series(rows, "lr")[0]:
         panels.append("lr")

@@ -25,7 +25,7 @@ from .. import distributed, optim, tree
 from ..amp import NoOpLossScale, Policy
 from ..optim.clipping import clip_given_norm
 from ..typing import Block, Key, PyTree, State, Tensor
-from .compile import compiled, require_compiled, split_compiled
+from .compile import compiled, no_programs, require_compiled, split_compiled
 from .compile.dynamic import DynamicDims, check_dynamic_dims
 from .donate import UnaliasedCheck, make_donated_update
 from .finite import keep_if, unscale_and_check
@@ -98,6 +98,8 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         return TrainState(params, state, opt_state, ts.step + 1,
                           scaler if ts.loss_scale is not None else None), metrics
 
+    if split_compile:   # the compiled forward's count, for make_train_step's step
+        step.compiled_programs = eager_objective.compiled_programs
     return step
 
 
@@ -234,6 +236,7 @@ def make_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opti
     step.donates = bool(donate)
     step.loss_scale = loss_scale   # fit completes a resume template with it
     step.dynamic_dims = dims   # fit counts compile events with it
+    step.compiled_programs = getattr(run, "compiled_programs", no_programs)   # and with this
     return step
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -30,6 +31,9 @@ def _script(name):
         sys.path.insert(0, SCRIPTS)   # the scripts import their shared _common module
     spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(SCRIPTS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    # Registered as a run script is (as __main__): a saved compiled step names the module of the
+    # functions it traced, and loads only where that module is importable.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -136,10 +140,16 @@ def test_compiled_transformer_takes_every_width_with_one_saved_step_each(tmp_pat
     first = main([*flags, "--out", str(tmp_path / "a")])
     rows, _ = _outputs(str(tmp_path / "a"))
     assert [r["train_new_signatures"] for r in rows] == [1, 0] and [r["eval_new_signatures"] for r in rows] == [1, 0]
-    saved = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert [r["train_compiles"] for r in rows] == [1, 0] and [r["eval_compiles"] for r in rows] == [1, 0]
+    saved = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").iterdir()}
     assert len(saved) == 2 and all(name.endswith(".pt2") and name.count(".") == 1 for name in saved)
-    second = main([*flags, "--out", str(tmp_path / "b")])
-    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # a saved step it cannot use warns
+        second = main([*flags, "--out", str(tmp_path / "b")])
+    # loaded, not compiled again: the files are the first run's (a compile rewrites its file)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").iterdir()} == saved
+    rows, _ = _outputs(str(tmp_path / "b"))
+    assert [r["train_compiles"] for r in rows] == [1, 0] and [r["eval_compiles"] for r in rows] == [1, 0]
     assert second["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
 
 

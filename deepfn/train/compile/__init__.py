@@ -17,9 +17,9 @@
 """
 
 from .first_call import CompileOnFirstCall, inductor_options
-from .one_graph import compiled, require_compiled
+from .one_graph import compiled, no_programs, require_compiled
 from .saved import SavedCompile
 from .split import split_compiled
 
-__all__ = ["CompileOnFirstCall", "SavedCompile", "compiled", "inductor_options", "require_compiled",
+__all__ = ["CompileOnFirstCall", "SavedCompile", "compiled", "inductor_options", "no_programs", "require_compiled",
            "split_compiled"]

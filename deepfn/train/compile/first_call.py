@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ... import tree
+from ... import _torch, tree
 from .dynamic import DynamicDims
 from .guard_filter import library_globals_unguarded
 
@@ -65,8 +65,23 @@ class CompileOnFirstCall:
         self._training = training
         self._dynamic = dynamic
         self._run: Callable | None = None
+        self._programs: int | None = 0
+
+    def compiled_programs(self) -> int | None:
+        """The programs its calls have compiled so far (a recompile for new inputs counts one),
+        or None when Dynamo's count cannot be read."""
+        return self._programs
 
     def __call__(self, *args: Any) -> Any:
+        before = _torch.graphs_compiled()   # compiles happen inside the call, on this thread
+        try:
+            return self._call(args)
+        finally:
+            after = _torch.graphs_compiled()
+            if self._programs is not None:
+                self._programs = None if before is None or after is None else self._programs + after - before
+
+    def _call(self, args: tuple[Any, ...]) -> Any:
         if self._run is None:
             options = {**inductor_options(args, self._training), "guard_filter_fn": library_globals_unguarded(self._fn)}
             self._run = torch.compile(self._fn, fullgraph=True, options=options)

@@ -12,7 +12,12 @@ from .first_call import CompileOnFirstCall
 from .own_code import with_own_code
 from .saved import SavedCompile
 
-__all__ = ["compiled", "require_compiled"]
+__all__ = ["compiled", "no_programs", "require_compiled"]
+
+
+def no_programs() -> int:
+    """``compiled_programs()`` of an uncompiled step: it compiles nothing."""
+    return 0
 
 
 def require_compiled(where: str, compile_cache: str | os.PathLike | None, compile: Any,
@@ -30,7 +35,8 @@ def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str, *
     ``fn`` differentiates, which decides the layout setting; ``dynamic``: the batch dims compiled
     as symbols, the batch passed contiguous, :mod:`deepfn.train.compile.dynamic`).
 
-    ``fn`` is compiled as a copy with its own code object (:func:`deepfn.train.compile.own_code.with_own_code`):
+    The result's ``compiled_programs()`` counts the programs it has compiled or loaded so far
+    (None: unknown). ``fn`` is compiled as a copy with its own code object (:func:`deepfn.train.compile.own_code.with_own_code`):
     any number of steps, of any structures, compile in one process."""
     fn = with_own_code(fn)
     if compile_cache is None:
@@ -42,4 +48,5 @@ def compiled(fn: Callable, compile_cache: str | os.PathLike | None, what: str, *
 
     def run_contiguous(*args: Any) -> Any:   # one stride pattern for every size: no compile per layout
         return run(*dynamic.contiguous(args))
+    run_contiguous.compiled_programs = run.compiled_programs
     return run_contiguous

@@ -112,7 +112,16 @@ class SavedCompile:
         self._externals = closure_objects(fn)
         self._ready: list[Any] = []   # loaded or compiled programs, each checked by its guards
         self._held: set[Path] = set()   # the files whose programs are in _ready
-        self._fallback: Callable | None = None
+        self._fallback: CompileOnFirstCall | None = None
+        self._programs = 0   # compiled or loaded here (the fallback counts its own)
+
+    def compiled_programs(self) -> int | None:
+        """The programs this step has compiled or loaded from its folder so far (each variant
+        counts one), or None when its plain fallback cannot count its compiles."""
+        if self._fallback is None:
+            return self._programs
+        fallback = self._fallback.compiled_programs()
+        return None if fallback is None else self._programs + fallback
 
     def __call__(self, *args: Any) -> Any:
         for i, program in enumerate(self._ready):
@@ -135,6 +144,7 @@ class SavedCompile:
         program, unsaved = self._compile(target, args)
         if program is None:
             return self._run_unsaved(args, unsaved)
+        self._programs += 1
         self._held.add(target)
         program.disable_guard_check()
         self._ready.insert(0, program)
@@ -154,6 +164,7 @@ class SavedCompile:
                 if not path.exists():   # variants are written in order: none after a missing one
                     break
                 continue
+            self._programs += 1
             program.disable_guard_check()   # checked by the caller on every call
             if not program.guard_check(*args):
                 if self._dynamic is None:   # a static step's file is named by its inputs' shapes: stale

@@ -12,6 +12,12 @@ is an upper bound.) A step made with ``dynamic_dims`` compiles once for all size
 dims, so they are left out of its signatures (:mod:`deepfn.train.compile.dynamic`). Eager
 steps have signatures too: the count is what a compiled step would
 have compiled, so a test of the shapes a job feeds needs no compile.
+
+The exact count of compiles is the step's own: :class:`CompileCount` reads the programs a
+step made by :func:`~deepfn.train.make_train_step` or :func:`~deepfn.train.make_eval_step`
+has compiled or loaded (``step.compiled_programs()``), which also counts what signatures
+cannot see: a program compiled again because a guard on a size rejected it, and each saved
+variant loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from .dynamic import shape_without_symbolic
 
-__all__ = ["batch_signature", "SignatureLog"]
+__all__ = ["batch_signature", "CompileCount", "SignatureLog"]
 
 
 def batch_signature(batch: Any, dynamic_dims: tuple[int, ...] = ()) -> tuple[Any, ...]:
@@ -59,3 +65,23 @@ class SignatureLog:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class CompileCount:
+    """The programs a step has compiled or loaded (``step.compiled_programs()``), and how many
+    since the last :meth:`take_new`; ``None`` throughout for a step that does not count them."""
+
+    def __init__(self, step: Any) -> None:
+        self._read = getattr(step, "compiled_programs", None)
+        self._last = self._now()
+
+    def _now(self) -> int | None:
+        return None if self._read is None else self._read()
+
+    def take_new(self) -> int | None:
+        """The programs compiled or loaded since the last call (or since it was made), or None
+        when the step does not count them."""
+        now = self._now()
+        new = None if now is None or self._last is None else now - self._last
+        self._last = now
+        return new

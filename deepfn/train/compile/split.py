@@ -25,10 +25,11 @@ def split_compiled(objective: Callable, compile_cache: str | os.PathLike | None,
                    dynamic: DynamicDims | None = None) -> Callable:
     """``objective`` compiled for eager differentiation (saved in ``compile_cache`` when given;
     ``what`` names it in messages; ``dynamic``: the batch dims compiled as symbols); same
-    signature and values as ``objective``."""
+    signature and values as ``objective``; ``compiled_programs()`` as :func:`compiled`'s."""
     compiled_objective = compiled(objective, compile_cache, what, dynamic=dynamic)
 
     def eager_objective(*args: Any) -> Any:
         with differentiated_outside():   # remat regions become checkpoint regions
             return compiled_objective(*args)
+    eager_objective.compiled_programs = compiled_objective.compiled_programs
     return eager_objective
