@@ -68,6 +68,17 @@ def _batch(width, n=4):
     return torch.randn(n, width, 6, generator=g), torch.randint(0, 3, (n, width), generator=g)
 
 
+def _trimmed_to(widths):
+    """A ``batch_fn`` that cuts each batch to the next of ``widths`` (cycling), as token batches
+    trimmed to their longest row."""
+    widths = iter(list(widths) * 10)
+
+    def trimmed(xb, yb):
+        w = next(widths)
+        return xb[:, :w], yb[:, :w]
+    return trimmed
+
+
 @pytest.mark.parametrize("mode, cached", [(True, False), (True, True), ("split", True), (False, False)],
                          ids=["plain", "compile_cache", "split", "eager"])
 def test_train_and_eval_steps_count_their_programs(tmp_path, mode, cached):
@@ -87,13 +98,8 @@ def test_fit_records_the_programs_each_epoch_compiled():
     step = make_train_step(model, losses.cross_entropy, opt, dynamic_dims=(1,))
     ev = make_eval_step(model, losses.cross_entropy, dynamic_dims=(1,))
     x, y = _batch(12, n=16)
-    widths = iter([3, 5, 7, 9] * 10)
-
-    def trimmed(xb, yb):
-        w = next(widths)
-        return xb[:, :w], yb[:, :w]
     _, history = fit(step, ts, (x, y), epochs=2, batch_size=4, key=random.key(0), eval_step=ev, val_data=(x, y),
-                     batch_fn=trimmed, progress=False)
+                     batch_fn=_trimmed_to([3, 5, 7, 9]), progress=False)
     assert [r["train_compiles"] for r in history.rows] == [1, 0]
     assert [r["eval_compiles"] for r in history.rows] == [1, 0]
 
@@ -111,12 +117,8 @@ def test_fit_counts_a_guard_variant_that_signatures_miss():
     step.dynamic_dims = (1,)
     step.compiled_programs = lambda: len(programs)
     x, y = _batch(12, n=16)
-    widths = iter([3, 10, 5, 11] * 10)
-
-    def trimmed(xb, yb):
-        w = next(widths)
-        return xb[:, :w], yb[:, :w]
-    _, history = fit(step, ts, (x, y), epochs=2, batch_size=4, key=random.key(0), batch_fn=trimmed, progress=False)
+    _, history = fit(step, ts, (x, y), epochs=2, batch_size=4, key=random.key(0), batch_fn=_trimmed_to([3, 10, 5, 11]),
+                     progress=False)
     assert [r["train_new_signatures"] for r in history.rows] == [1, 0]
     assert [r["train_compiles"] for r in history.rows] == [2, 0]
 
