@@ -323,9 +323,7 @@ class _Validation:
                        signatures=self.signatures)
         row = {**{f"val_{k}": v for k, v in val.items()}, "eval_time": time.perf_counter() - tic,
                "eval_new_signatures": self.signatures.take_new()}
-        compiles = self.compiles.take_new()
-        if compiles is not None:
-            row["eval_compiles"] = compiles
+        self.compiles.record(row, "eval_compiles")
         return row
 
 
@@ -343,9 +341,7 @@ def _epoch_row(means: EpochMeans, train_state: TrainState, epoch: int, step: int
     row["epoch_time"] = time.perf_counter() - tic
     row["samples_per_s"] = means.rows * world / max(row["epoch_time"], 1e-9)
     row["train_new_signatures"] = train_signatures.take_new()
-    compiles = train_compiles.take_new()
-    if compiles is not None:
-        row["train_compiles"] = compiles
+    train_compiles.record(row, "train_compiles")
     full = whole(train_state)   # a sharded state is evaluated whole
     row.update(validate(full))
     row["partial"] = partial

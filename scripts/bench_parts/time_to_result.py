@@ -98,7 +98,8 @@ class Settings:
         return self.epochs is None and self.limit is None and self.torch_backend == "inductor"
 
 
-def _ints(name: str, text: str, low: int) -> list[int]:
+def parse_ints(name: str, text: str, low: int) -> list[int]:
+    """The comma-separated ints of knob ``name``'s ``text``, each at least ``low``; ValueError names the knob."""
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
@@ -111,7 +112,7 @@ def _ints(name: str, text: str, low: int) -> list[int]:
 def settings(quick: bool = False, env: dict[str, str] | None = None) -> Settings:
     """The part's settings from the environment (``env``, default ``os.environ``); ValueError names a bad knob."""
     env = os.environ if env is None else env
-    seeds = _ints(SEEDS_ENV, env.get(SEEDS_ENV) or ("0" if quick else "0,1,2,3,4"), 0)
+    seeds = parse_ints(SEEDS_ENV, env.get(SEEDS_ENV) or ("0" if quick else "0,1,2,3,4"), 0)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{SEEDS_ENV} must not repeat a seed; got {env.get(SEEDS_ENV)!r}")
     chosen = [c.strip() for c in (env.get(CONTENDERS_ENV) or ",".join(CONTENDERS)).split(",")]
@@ -124,8 +125,8 @@ def settings(quick: bool = False, env: dict[str, str] | None = None) -> Settings
     epochs = env.get(EPOCHS_ENV)
     limit = env.get(LIMIT_ENV)
     return Settings(seeds=tuple(seeds), contenders=tuple(c for c in CONTENDERS if c in chosen),
-                    epochs=_ints(EPOCHS_ENV, epochs, 1)[0] if epochs else (QUICK_EPOCHS if quick else None),
-                    limit=_ints(LIMIT_ENV, limit, 1)[0] if limit else None,
+                    epochs=parse_ints(EPOCHS_ENV, epochs, 1)[0] if epochs else (QUICK_EPOCHS if quick else None),
+                    limit=parse_ints(LIMIT_ENV, limit, 1)[0] if limit else None,
                     torch_backend=env.get(BACKEND_ENV) or "inductor")
 
 

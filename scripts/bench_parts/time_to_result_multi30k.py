@@ -97,7 +97,7 @@ def settings(quick: bool = False, env: dict[str, str] | None = None) -> Settings
         return None
     if not os.path.isdir(data_dir):
         raise ValueError(f"{DATA_ENV} must be a folder with Multi30k's files; got {data_dir!r}")
-    seeds = ttr._ints(ttr.SEEDS_ENV, env.get(ttr.SEEDS_ENV) or "0", 0)
+    seeds = ttr.parse_ints(ttr.SEEDS_ENV, env.get(ttr.SEEDS_ENV) or "0", 0)
     chosen = [c.strip() for c in (env.get(CONTENDERS_ENV) or ",".join(CONTENDERS)).split(",")]
     unknown = [c for c in chosen if c not in CONTENDERS]
     if unknown:

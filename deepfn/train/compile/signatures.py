@@ -85,3 +85,9 @@ class CompileCount:
         new = None if now is None or self._last is None else now - self._last
         self._last = now
         return new
+
+    def record(self, row: dict[str, Any], column: str) -> None:
+        """Put :meth:`take_new` into ``row[column]``, unless the step does not count."""
+        new = self.take_new()
+        if new is not None:
+            row[column] = new
