@@ -117,9 +117,11 @@ def div_lists(xs: Leaves, ys: Leaves, fe: bool, into_y: bool = False) -> list[Te
     """``x / y``; ``into_y=True`` (``ys`` the caller's own temporaries) writes into ``ys`` eagerly.
 
     There is no in-place foreach op for ``y = x / y``; ``torch.div(x, y, out=y)`` per leaf
-    costs a Python call each but saves an allocation (and its page faults) per leaf.
+    costs a Python call each but saves an allocation (and its page faults) per leaf. Autograd
+    refuses ``out=`` on tensors that require grad (an update of ``nn.Parameter`` leaves under
+    grad mode): those take the foreach op into fresh tensors.
     """
-    if fe and into_y:
+    if fe and into_y and not (torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *ys))):
         for x, y in zip(xs, ys, strict=True):
             torch.div(x, y, out=y)
         return list(ys)

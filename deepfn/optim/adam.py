@@ -14,6 +14,7 @@ from ..typing import PyTree, Tensor
 from . import _ops
 from . import _steps as S
 from .base import (
+    EmptyState,
     GradientTransformation,
     ScalarOrSchedule,
     chain,
@@ -130,6 +131,8 @@ def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: 
     ``g = g + weight_decay * p`` (masked leaves only), then ``p = p - lr(n) * adam(g)``.
     ``betas[0]`` may be a schedule, e.g. ``one_cycle_momentum(total_steps)`` next to
     ``lr=one_cycle(...)`` for ``OneCycleLR(cycle_momentum=True)`` (see :func:`scale_by_adam`).
+    Donated eager CPU steps (``make_train_step(donate=True)``) use its in-place form
+    ``update.in_place``, in ``torch.optim.Adam``'s order.
 
     Raises:
         ValueError: negative ``lr``/``eps``/``weight_decay``, betas outside ``[0, 1)``.
@@ -143,8 +146,42 @@ def adam(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: 
         [-0.1, -0.1]
     """
     name = "deepfn.optim.adam"
-    _check_common(name, lr, betas, eps, weight_decay)
-    return chain(add_decayed_weights(weight_decay, mask), scale_by_adam(betas, eps), scale_by_learning_rate(lr))
+    b1, b2 = _check_common(name, lr, betas, eps, weight_decay)
+    inner = chain(add_decayed_weights(weight_decay, mask), scale_by_adam(betas, eps), scale_by_learning_rate(lr))
+
+    def update_in_place(updates: PyTree, state: tuple, params: PyTree):
+        """``params`` and ``state`` given up: the new values written into their tensors in
+        ``torch.optim.Adam``'s order (``g + wd * p`` into a fresh gradient, the moments in
+        place, then ``p += -lr * scale * mu / denom``, one ``addcdiv_``): no separate division,
+        scaling and sum passes as in ``update`` + ``apply_updates``. Equal to them up to float
+        rounding.
+
+        Returns ``(params, state)``, or None (nothing written) off the eager CPU path, as
+        :func:`adamw`'s form does.
+        """
+        if not isinstance(state, tuple) or not state or not isinstance(state[0], EmptyState):
+            return None   # the chain's update raises its own error on it
+        flat = _fast_path(updates, state, params, weight_decay, mask, ADAM_AT["adam"])
+        if flat is None:
+            return None
+        gs, spec, mu, nu, ps, idx = flat
+        adam_s = state[ADAM_AT["adam"]]
+        beta1 = _beta1(b1, adam_s.count)
+        rate = _host_rate(lr, state, beta1, ps)
+        if rate is None:
+            return None
+        with torch.no_grad():
+            if idx:   # L2 decay into fresh gradients: the caller's gradients are not given up
+                gs = list(gs)
+                decayed = _ops.add([gs[i] for i in idx], [ps[i] for i in idx], True, alpha=weight_decay)
+                for i, d in zip(idx, decayed, strict=True):
+                    gs[i] = d
+            count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, adam_s.count, beta1, b2, eps, True, True)
+            foreach("addcdiv_", ps, mu, denom, -rate * float(scale))
+        return _flat.unflatten(spec, ps), _after_fast_update(state, "adam", spec, count, mu, nu)
+
+    inner.update.in_place = update_in_place   # the chain's own update (made for this call), marks kept
+    return inner
 
 
 def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps: float = 1e-8,
@@ -164,7 +201,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
 
     def update(updates: PyTree, state: tuple, params: PyTree = None, *, donate_state: bool = False,
                _owned: bool = False):
-        flat = _adamw_fast_path(updates, state, params, weight_decay, mask)
+        flat = _fast_path(updates, state, params, weight_decay, mask, ADAM_AT["adamw"])
         if flat is None:
             return inner.update(updates, state, params, donate_state=donate_state, _owned=_owned)
         gs, spec, mu, nu, ps, idx = flat
@@ -180,7 +217,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
             _ops.add([out[i] for i in idx], [ps[i] for i in idx], True, alpha=alpha, inplace=True)
         if tensor_rate:
             out = _ops.mul(out, -rate, True, inplace=True)
-        return _flat.unflatten(spec, out), _adamw_state(state, spec, count, mu, nu)
+        return _flat.unflatten(spec, out), _after_fast_update(state, "adamw", spec, count, mu, nu)
 
     def update_in_place(updates: PyTree, state: tuple, params: PyTree):
         """``params`` and ``state`` given up: the new values written into their tensors, in
@@ -192,39 +229,41 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: Sequence[Any] = (0.9, 0.999), eps:
         step sizes are read on the host as Python numbers, as ``torch.optim`` reads its steps.
         Parameters that require grad are written under ``no_grad``, as ``torch.optim`` does.
         """
-        flat = _adamw_fast_path(updates, state, params, weight_decay, mask)
+        flat = _fast_path(updates, state, params, weight_decay, mask, ADAM_AT["adamw"])
         if flat is None:
             return None
         gs, spec, mu, nu, ps, idx = flat
         beta1 = _beta1(b1, state[0].count)
-        rate = _value(lr, state[2].count)
-        host = (state[0].count, state[2].count, *(v for v in (beta1, rate) if isinstance(v, torch.Tensor)), *ps)
-        if any(not isinstance(t, torch.Tensor) or t.device.type != "cpu" for t in host):
+        rate = _host_rate(lr, state, beta1, ps)
+        if rate is None:
             return None
         with torch.no_grad():
             count, mu, nu, denom, scale = _adam_moments(gs, mu, nu, state[0].count, beta1, b2, eps, True, True)
-            rate = float(rate)
             if idx:
                 foreach("mul_", [ps[i] for i in idx], 1.0 - rate * weight_decay)
             foreach("addcdiv_", ps, mu, denom, -rate * float(scale))
-        return _flat.unflatten(spec, ps), _adamw_state(state, spec, count, mu, nu)
+        return _flat.unflatten(spec, ps), _after_fast_update(state, "adamw", spec, count, mu, nu)
 
     update = mark(update, fresh=True, reuses=True, donates=True)
     update.in_place = update_in_place
     return GradientTransformation(inner.init, update)
 
 
-# The chain's three passes after Adam's division (scale, decay, learning rate) are fused into two
-# on adamw's eager foreach path, with the chain's state; elsewhere (compile, vmap) Inductor or the
-# per-leaf path does not gain from it, so the chain runs as written.
-def _adamw_fast_path(updates: PyTree, state: tuple, params: PyTree, weight_decay: float, mask: Mask | None):
-    """``(grads, spec, mu, nu, params, decayed indices)`` as flat lists when adamw's eager foreach
-    path applies to this update, else None."""
+# Where each chain keeps Adam's state: adam = (decay, Adam, schedule), adamw = (Adam, decay, schedule).
+ADAM_AT = {"adam": 1, "adamw": 0}
+
+
+# The chain's passes after Adam's division (scale, decay, learning rate, the sum into the params)
+# are fused on the eager foreach paths, with the chain's state; elsewhere (compile, vmap) Inductor
+# or the per-leaf path does not gain from it, so the chain runs as written.
+def _fast_path(updates: PyTree, state: tuple, params: PyTree, weight_decay: float, mask: Mask | None, at: int):
+    """``(grads, spec, mu, nu, params, decayed indices)`` as flat lists when the eager foreach
+    path applies to this update of a chain holding Adam's state at index ``at``, else None."""
     gs, spec = _flat.flatten(updates)
     if (params is None or not _ops.use_foreach(gs) or not isinstance(state, tuple) or len(state) != 3
-            or not isinstance(state[0], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
+            or not isinstance(state[at], ScaleByAdamState) or not isinstance(state[2], ScaleByScheduleState)):
         return None
-    adam_s, lr_s = state[0], state[2]
+    adam_s, lr_s = state[at], state[2]
     check_count("deepfn.optim.scale_by_adam", adam_s.count)
     check_count("deepfn.optim.scale_by_learning_rate", lr_s.count)
     mu, mu_spec = _flat.flatten(adam_s.mu)
@@ -237,10 +276,23 @@ def _adamw_fast_path(updates: PyTree, state: tuple, params: PyTree, weight_decay
     return gs, spec, mu, _flat.flatten(adam_s.nu)[0], ps, [i for i, f in enumerate(flags) if f]
 
 
-def _adamw_state(state: tuple, spec: Any, count: Tensor, mu: list, nu: list) -> tuple:
-    """adamw's chain state after one fused update: Adam's moments, the decay's, the schedule's count."""
-    return (ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu)), state[1],
-            ScaleByScheduleState(state[2].count + 1))
+def _host_rate(lr: ScalarOrSchedule, state: tuple, beta1: Any, ps: list) -> float | None:
+    """This update's learning rate as a Python number, read on the host as ``torch.optim`` reads
+    its steps; None (no in-place update) when a count, a scheduled value or a param is not on the CPU."""
+    rate = _value(lr, state[2].count)
+    host = (*(s.count for s in state if isinstance(s, (ScaleByAdamState, ScaleByScheduleState))),
+            *(v for v in (beta1, rate) if isinstance(v, torch.Tensor)), *ps)
+    if any(not isinstance(t, torch.Tensor) or t.device.type != "cpu" for t in host):
+        return None
+    return float(rate)
+
+
+def _after_fast_update(state: tuple, which: str, spec: Any, count: Tensor, mu: list, nu: list) -> tuple:
+    """The chain's state after one fused update: Adam's moments, the decay's, the schedule's count."""
+    new = list(state)
+    new[ADAM_AT[which]] = ScaleByAdamState(count, _flat.unflatten(spec, mu), _flat.unflatten(spec, nu))
+    new[2] = ScaleByScheduleState(state[2].count + 1)
+    return tuple(new)
 
 
 def _check_common(name: str, lr, betas, eps, weight_decay) -> tuple[ScalarOrSchedule, float]:

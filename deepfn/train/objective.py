@@ -12,7 +12,7 @@ from .. import random, tree
 from ..amp import Policy
 from ..typing import Block, Key, Params, State, Tensor
 
-__all__ = ["forward", "make_objective", "accuracy", "micro_batch", "micro_key"]
+__all__ = ["forward", "make_objective", "with_accuracy", "accuracy", "micro_batch", "micro_key"]
 
 
 def forward(model: Block, policy: Policy | None, params: Params, state: State, inputs: Any,
@@ -38,6 +38,18 @@ def make_objective(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], polic
         loss = loss_fn(logits, labels).float()
         return scaler.scale(loss), (loss, logits, new_state)
     return objective
+
+
+def with_accuracy(objective: Callable, ignore_index: int | None) -> Callable:
+    """``objective`` (as :func:`make_objective` makes it) with ``(loss, accuracy, new state)`` as
+    its aux instead of ``(loss, logits, new state)``: the accuracy (:func:`accuracy`, or None) is
+    computed inside the differentiated function. A compiled forward (``compile="split"``) then
+    returns a 0-d tensor instead of the ``[B, ..., C]`` logits, and its argmax runs in the
+    compiled kernels instead of eagerly after them."""
+    def objective_with_accuracy(params, state, inputs, labels, key, scaler):
+        scaled, (loss, logits, new_state) = objective(params, state, inputs, labels, key, scaler)
+        return scaled, (loss, accuracy(logits, labels, ignore_index), new_state)
+    return objective_with_accuracy
 
 
 def accuracy(logits: Tensor, labels: Any, ignore_index: int | None = None) -> Tensor | None:

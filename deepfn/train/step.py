@@ -30,7 +30,7 @@ from .compile.dynamic import DynamicDims, check_dynamic_dims
 from .donate import UnaliasedCheck, make_donated_update
 from .finite import keep_if, unscale_and_check
 from .grad_engines import OVERLAP, accumulate_micro_batch, choose_engine
-from .objective import accuracy, forward, make_objective, micro_batch, micro_key
+from .objective import forward, make_objective, micro_batch, micro_key, with_accuracy
 from .state import TrainState
 from .step_checks import check_batch, check_step_options, surface_model_errors
 
@@ -49,7 +49,7 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
     (saved in ``compile_cache`` when given, ``dynamic_dims`` of its inputs and labels as symbols)
     and differentiated eagerly, as ``compile="split"``."""
     k = accumulation_steps
-    objective = make_objective(model, loss_fn, policy)
+    objective = with_accuracy(make_objective(model, loss_fn, policy), ignore_index)
     # objective(params, state, inputs, labels, key, scaler): the batch is arguments 2 and 3
     dynamic = DynamicDims((2, 3), dynamic_dims) if dynamic_dims else None
     eager_objective = (split_compiled(objective, compile_cache, "deepfn.train.make_train_step: step", dynamic)
@@ -69,11 +69,11 @@ def build_train_step(model: Block, loss_fn: Callable[[Tensor, Any], Tensor], opt
         grads, state, losses, accs = None, ts.state, [], []
         for i in range(k):
             x, y = micro_batch(inputs, k, i), micro_batch(labels, k, i)
-            grads, (_, (loss, logits, state)) = accumulate_micro_batch(
+            grads, (_, (loss, acc, state)) = accumulate_micro_batch(
                 engine, objective, eager_objective, ts.params, (state, x, y, micro_key(key, k, i), scaler),
                 grads, last=i == k - 1, k=k)
             losses.append(loss)
-            accs.append(accuracy(logits, y, ignore_index))
+            accs.append(acc)
         if engine != OVERLAP:   # (the overlapped engine has divided and all-reduced already)
             grads = tree.map(lambda g: g / k, grads) if k > 1 else grads   # mean loss: the whole batch's gradient
             grads = all_reduce(grads) if all_reduce is not None else grads

@@ -353,7 +353,7 @@ def _compiled_rows(wl: Workload, steps: int, flops: int, contenders: tuple[str, 
     compiled one after another, timed in turns, then their warm and saved starts."""
     clear_in_memory_compile_caches()   # no compiled frames of earlier workloads
     torch_too = "compiled" in contenders
-    split_too = torch_too and not isinstance(wl.model, MLP)   # torch.compile(nn.Module)'s own split
+    split_too = torch_too   # the mode that compiles what torch.compile(nn.Module) compiles
     jax_too = "jax" in contenders and jax_available()
     if not torch_too and not jax_too:
         return [_jax_skipped_row(wl)]

@@ -23,10 +23,12 @@ ADAMW = {
 }
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
 @pytest.mark.parametrize("case", list(ADAM))
-def test_adam_matches_torch(case, dtype):
+def test_adam_matches_torch(case, dtype, in_place):
     kw = ADAM[case]
-    run_against_torch(optim.adam(**kw), lambda ps: torch.optim.Adam(ps.values(), foreach=False, **kw), dtype)
+    run_against_torch(optim.adam(**kw), lambda ps: torch.optim.Adam(ps.values(), foreach=False, **kw), dtype,
+                      in_place=in_place)
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
@@ -58,8 +60,9 @@ def test_adamw_default_weight_decay_is_torch_default():
     assert_trees_close(optim.apply_updates(params, updates), tree.unflatten({k: p.detach() for k, p in twin.items()}))
 
 
-@pytest.mark.parametrize("make,in_place", [(optim.adam, False), (optim.adamw, False), (optim.adamw, True)],
-                         ids=["adam", "adamw", "adamw_in_place"])
+@pytest.mark.parametrize("make,in_place", [(optim.adam, False), (optim.adam, True), (optim.adamw, False),
+                                           (optim.adamw, True)],
+                         ids=["adam", "adam_in_place", "adamw", "adamw_in_place"])
 def test_adam_cosine_schedule(make, in_place, dtype):
     lr, T = 1e-2, 50
     torch_cls = torch.optim.Adam if make is optim.adam else torch.optim.AdamW
@@ -68,6 +71,20 @@ def test_adam_cosine_schedule(make, in_place, dtype):
         lambda ps: torch_cls(ps.values(), lr=lr, weight_decay=0.05, foreach=False), dtype,
         make_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.1 * lr),
         in_place=in_place)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
+def test_adam_mask_matches_torch_param_groups(dtype, in_place):
+    """L2 decay for weights only (Adam adds it to the gradient), as two torch param groups."""
+    def decay(path, leaf):
+        return not path.endswith("bias")
+
+    def make_torch(ps):
+        return torch.optim.Adam([{"params": [p for k, p in ps.items() if decay(k, p)]},
+                                 {"params": [p for k, p in ps.items() if not decay(k, p)], "weight_decay": 0.0}],
+                                lr=1e-2, weight_decay=0.2, foreach=False)
+
+    run_against_torch(optim.adam(1e-2, weight_decay=0.2, mask=decay), make_torch, dtype, in_place=in_place)
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["update", "in_place"])
@@ -160,9 +177,10 @@ def test_mask_with_non_bool_leaves_is_rejected():
 
 
 @pytest.mark.parametrize("make, twin, in_place", [(optim.adam, torch.optim.Adam, False),
+                                                   (optim.adam, torch.optim.Adam, True),
                                                    (optim.adamw, torch.optim.AdamW, False),
                                                    (optim.adamw, torch.optim.AdamW, True)],
-                         ids=["adam", "adamw", "adamw_in_place"])
+                         ids=["adam", "adam_in_place", "adamw", "adamw_in_place"])
 def test_adam_cycled_beta1_matches_one_cycle_lr(make, twin, in_place, dtype):
     """OneCycleLR(cycle_momentum=True) rewrites Adam's beta1 each step; deepfn takes it as a schedule."""
     T = 50

@@ -44,10 +44,10 @@ def _poison(batch):
     return x * torch.nan, y
 
 
-@pytest.mark.parametrize("opt", [optim.adamw(1e-2, weight_decay=0.1), optim.sgd(0.1, momentum=0.9)],
-                         ids=["adamw", "sgd"])
+@pytest.mark.parametrize("opt", [optim.adamw(1e-2, weight_decay=0.1), optim.adam(1e-2, weight_decay=0.1),
+                                 optim.sgd(0.1, momentum=0.9)], ids=["adamw", "adam", "sgd"])
 def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
-    """Bit for bit, except AdamW's own donated form (equal up to rounding)."""
+    """Bit for bit, except Adam's and AdamW's own donated forms (equal up to rounding)."""
     batches = [_data(0), _data(1), _poison(_data(2)), _data(3)]
     _, _, pure = _train(False, False, opt, batches)
     first, last, donated = _train(True, False, opt, batches)
@@ -55,7 +55,7 @@ def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
         for a, b in zip(donated, pure, strict=True):
             _assert_same(a, b)
     else:
-        # AdamW's donated form is torch.optim's order of the same arithmetic: equal up to rounding
+        # Their donated forms are torch.optim's order of the same arithmetic: equal up to rounding
         # from the same state. (Across steps Adam would amplify that rounding: it normalises the
         # near-zero gradient of a bias that batch norm cancels to a step of size lr.)
         pure_step = make_train_step(MODEL, losses.cross_entropy, opt, clip_norm=1.0, compile=False)
@@ -73,8 +73,9 @@ def test_eager_donated_steps_equal_pure_steps_and_write_in_place(opt):
     assert moments and all(a is b for a, b in moments)
 
 
-def test_eager_donated_adamw_steps_take_its_in_place_form():
-    opt = optim.adamw(1e-2, weight_decay=0.1)
+@pytest.mark.parametrize("make", [optim.adamw, optim.adam], ids=["adamw", "adam"])
+def test_eager_donated_adam_steps_take_its_in_place_form(make):
+    opt = make(1e-2, weight_decay=0.1)
     calls = []
 
     def counted(*args, own=opt.update.in_place):
@@ -89,9 +90,10 @@ def test_eager_donated_adamw_steps_take_its_in_place_form():
     assert not calls                                                # only when donating
 
 
-def test_adamw_in_place_form_writes_parameters_that_require_grad():
+@pytest.mark.parametrize("make", [optim.adamw, optim.adam], ids=["adamw", "adam"])
+def test_adam_in_place_form_writes_parameters_that_require_grad(make):
     params = {"w": torch.nn.Parameter(torch.ones(3))}
-    opt = optim.adamw(0.1, weight_decay=0.1)
+    opt = make(0.1, weight_decay=0.1)
     expected = optim.apply_updates(params, opt.update({"w": torch.ones(3)}, opt.init(params), params)[0])
     got, _ = opt.update.in_place({"w": torch.ones(3)}, opt.init(params), params)
     assert got["w"] is params["w"]
@@ -110,8 +112,10 @@ def test_compiled_donated_steps_equal_pure_steps_and_write_in_place():
     assert all(a is b for a, b in zip(tree.leaves(last.params), tree.leaves(first.params), strict=True))
 
 
+# The mechanics tests below compare donated and pure steps bit for bit, so they use SGD, whose
+# donated form is the same arithmetic (Adam's and AdamW's in-place forms round differently).
 def test_donated_loss_scaled_overflow_keeps_params_and_halves_the_scale():
-    opt = optim.adam(1e-2)
+    opt = optim.sgd(0.05, momentum=0.9)
     scale = amp.DynamicLossScale(init_scale=2.0 ** 10, growth_interval=2)
     batches = [_data(0), _poison(_data(1)), _data(2)]
     _, _, pure = _train(False, False, opt, batches, loss_scale=scale)
@@ -122,7 +126,7 @@ def test_donated_loss_scaled_overflow_keeps_params_and_halves_the_scale():
 
 
 def test_fit_keeps_a_copy_of_the_best_state_when_the_step_donates():
-    opt = optim.adam(0.05)
+    opt = optim.sgd(0.05, momentum=0.9)
     results = []
     for donate in (False, True):
         ts = TrainState.create(MODEL, opt, random.key(1))
@@ -170,7 +174,7 @@ def test_the_returned_state_is_not_walked_again_but_any_other_state_is(monkeypat
 
 def test_donation_accepts_disjoint_views_of_one_buffer():
     # distributed.broadcast hands back views of one flat buffer: disjoint, so safe to update in place.
-    opt = optim.adam(1e-2)
+    opt = optim.sgd(0.05, momentum=0.9)
     ts = TrainState.create(MODEL, opt, random.key(0))
     leaves = tree.leaves(ts.params)
     flat = torch.cat([x.reshape(-1) for x in leaves])
